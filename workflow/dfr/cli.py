@@ -1,0 +1,184 @@
+"""The small command-line interface the Snakemake rules call: ``dfr <stage> ...``.
+
+Stage parameters travel as one JSON object (``--params``), so a rule's ``params`` and what the stage sees
+are the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .io import DFRError
+
+
+def _params(s: str) -> dict:
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--params is not JSON: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dfr", description=__doc__)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (the rule's threads)")
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    s = sub.add_parser("synthetic", help="generate one synthetic category in MVTec layout")
+    s.add_argument("--root", required=True)
+    s.add_argument("--category", required=True)
+    s.add_argument("--params", type=_params, default={})
+
+    s = sub.add_parser("prepare-dataset", help="download, verify and extract a public dataset")
+    s.add_argument("--root", required=True)
+    s.add_argument("--spec", type=_params, required=True)
+
+    s = sub.add_parser("index", help="validate and index one MVTec-layout category")
+    s.add_argument("--root", required=True)
+    s.add_argument("--category", required=True)
+    s.add_argument("--out", required=True)
+
+    s = sub.add_parser("split", help="hold out normal training images for validation")
+    s.add_argument("--index", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--params", type=_params, required=True)
+
+    s = sub.add_parser("features", help="extract fused features f(x) of one split into HDF5")
+    s.add_argument("--index", required=True)
+    s.add_argument("--split", required=True, choices=["train", "test"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--params", type=_params, required=True)
+
+    s = sub.add_parser("pca", help="select the latent dimension d by PCA")
+    s.add_argument("--features", required=True)
+    s.add_argument("--split-json", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--params", type=_params, required=True)
+
+    s = sub.add_parser("train", help="train the 1x1 CAE on cached normal features")
+    s.add_argument("--features", required=True)
+    s.add_argument("--split-json", required=True)
+    s.add_argument("--pca", default=None)
+    s.add_argument("--model", required=True)
+    s.add_argument("--history", required=True)
+    s.add_argument("--params", type=_params, required=True)
+
+    s = sub.add_parser("maps", help="anomaly maps A(x) of validation and test images")
+    s.add_argument("--model", required=True)
+    s.add_argument("--train-features", required=True)
+    s.add_argument("--test-features", required=True)
+    s.add_argument("--split-json", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--params", type=_params, default={})
+
+    s = sub.add_parser("scores", help="top-k image scores s(x)")
+    s.add_argument("--maps", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--top-k", type=int, required=True)
+
+    s = sub.add_parser("metrics", help="per-category metrics")
+    s.add_argument("--scores", required=True)
+    s.add_argument("--maps", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--params", type=_params, required=True)
+
+    s = sub.add_parser("plots", help="per-category figures")
+    s.add_argument("--scores", required=True)
+    s.add_argument("--maps", required=True)
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--history", required=True)
+    s.add_argument("--outdir", required=True)
+    s.add_argument("--params", type=_params, default={})
+
+    s = sub.add_parser("tables", help="aggregate per-category metrics into a dataset's tables")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--csv", required=True)
+    s.add_argument("--md", required=True)
+    s.add_argument("--val-csv", required=True)
+
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        return _run(args)
+    except DFRError as e:
+        print(f"dfr {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def runtime() -> dict:
+    """Runtime-only settings (batch size, workers, device) that the Snakefile puts in DFR_RUNTIME."""
+    try:
+        return json.loads(os.environ.get("DFR_RUNTIME", "{}"))
+    except json.JSONDecodeError:
+        raise DFRError(f"DFR_RUNTIME is not JSON: {os.environ['DFR_RUNTIME']!r}") from None
+
+
+def _run(a: argparse.Namespace) -> int:
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    rt = runtime()
+    if a.stage == "synthetic":
+        from . import synthetic
+
+        synthetic.generate_category(a.root, a.category, **a.params)
+    elif a.stage == "prepare-dataset":
+        from . import datasets
+
+        datasets.prepare(a.root, a.spec)
+    elif a.stage == "index":
+        from . import data
+
+        df = data.index_category(a.root, a.category)
+        data.write_index(df, a.out)
+        logging.info("indexed %s/%s: %d train, %d test (%d anomalous)", a.root, a.category,
+                     (df.split == "train").sum(), (df.split == "test").sum(), df.label.sum())
+    elif a.stage == "split":
+        from . import data
+
+        data.write_split(a.index, a.out, a.params["val_fraction"], a.params["seed"])
+    elif a.stage == "features":
+        from . import features
+
+        features.extract(a.index, a.split, a.out, {**rt, **a.params})
+    elif a.stage == "pca":
+        from . import pca
+
+        pca.run(a.features, a.split_json, a.out, a.params)
+    elif a.stage == "train":
+        from . import cae
+
+        cae.train(a.features, a.split_json, a.model, a.history, {"device": rt.get("device", "auto"), **a.params},
+                  pca_json=a.pca)
+    elif a.stage == "maps":
+        from . import scoring
+
+        mp = {"device": rt.get("device", "auto"), "batch_size": rt.get("batch_size", 16), **a.params}
+        scoring.anomaly_maps(a.model, a.train_features, a.test_features, a.split_json, a.out, mp)
+    elif a.stage == "scores":
+        from . import scoring
+
+        scoring.image_scores(a.maps, a.out, a.top_k)
+    elif a.stage == "metrics":
+        from . import metrics
+
+        metrics.evaluate(a.scores, a.maps, a.out, a.params)
+    elif a.stage == "plots":
+        from . import plots
+
+        plots.category_figures(a.scores, a.maps, a.metrics, a.history, a.outdir, a.params)
+    elif a.stage == "tables":
+        from . import tables
+
+        tables.write(a.metrics, a.dataset, a.csv, a.md, a.val_csv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""Configuration: defaults, schema validation with readable messages, and the params of each stage.
+
+The Snakefile calls :func:`load`; each rule's ``params`` come from the ``*_params`` functions here, so
+that exactly the settings that shape an artifact are recorded (and trigger its rerun) and nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .features import feature_params_key
+from .io import DFRError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+MVTEC_CATEGORIES = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
+                    "screw", "tile", "toothbrush", "transistor", "wood", "zipper"]
+VISA_CATEGORIES = ["candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1",
+                   "pcb2", "pcb3", "pcb4", "pipe_fryum"]
+
+
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _fill_defaults(cfg: Any, sch: dict) -> Any:
+    if sch.get("type") == "object" and isinstance(cfg, dict):
+        for key, sub in sch.get("properties", {}).items():
+            if key not in cfg and "default" in sub:
+                cfg[key] = copy.deepcopy(sub["default"])
+            if key in cfg:
+                cfg[key] = _fill_defaults(cfg[key], sub)
+        extra = sch.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in cfg:
+                if key not in sch.get("properties", {}):
+                    cfg[key] = _fill_defaults(cfg[key], extra)
+    return cfg
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """Fill defaults and validate; raise :class:`DFRError` listing every problem with its key path."""
+    import jsonschema
+
+    sch = schema()
+    cfg = _fill_defaults(copy.deepcopy(cfg), sch)
+    validator = jsonschema.Draft202012Validator(sch)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors:
+            where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+            lines.append(f"  {where}: {e.message}")
+        raise DFRError(f"{source}: invalid configuration\n" + "\n".join(lines))
+    for name, ds in cfg["datasets"].items():
+        if ds["kind"] == "synthetic":
+            from .synthetic import CATEGORIES
+
+            unknown = [c for c in ds["categories"] if c not in CATEGORIES]
+            if unknown:
+                raise DFRError(f"{source}: datasets.{name}.categories: unknown synthetic categories {unknown}; "
+                               f"choose from {sorted(CATEGORIES)}")
+        known = {"mvtec": MVTEC_CATEGORIES, "visa": VISA_CATEGORIES}.get(ds["kind"])
+        if known:
+            unknown = [c for c in ds["categories"] if c not in known]
+            if unknown:
+                raise DFRError(f"{source}: datasets.{name}.categories: {unknown} not in {ds['kind']} "
+                               f"(its categories: {', '.join(known)})")
+    return cfg
+
+
+def load(path: str | Path) -> dict:
+    try:
+        cfg = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise DFRError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise DFRError(f"{path}: not valid YAML ({e})") from None
+    return validate(cfg, str(path))
+
+
+# ---- the params of each stage: exactly what shapes its artifact ----
+
+def feature_params(cfg: dict) -> dict:
+    f = cfg["features"]
+    from . import backbones
+
+    layers = f["layers"] or backbones.DEFAULT_LAYERS.get(f["backbone"], [])
+    return {"backbone": f["backbone"], "weights": str(f["weights"]), "layers": list(layers),
+            "pool": f["pool"], "image_size": cfg["data"]["image_size"], "normalize": cfg["data"]["normalize"],
+            "dtype": f["dtype"]}
+
+
+def feature_runtime(cfg: dict) -> dict:
+    """Settings that change how fast features are made, not what they are (not rerun triggers)."""
+    f = cfg["features"]
+    return {"batch_size": f["batch_size"], "num_workers": f["num_workers"], "device": cfg["device"],
+            "channels_last": f["channels_last"], "amp": f["amp"]}
+
+
+def feature_key(cfg: dict) -> str:
+    p = feature_params(cfg)
+    return f"{p['backbone']}-{p['image_size']}-{feature_params_key(p)}"
+
+
+def split_params(cfg: dict) -> dict:
+    return {"val_fraction": cfg["data"]["val_fraction"], "seed": cfg["seed"]}
+
+
+def pca_params(cfg: dict) -> dict:
+    return {"variance": cfg["pca"]["variance"], "max_samples": cfg["pca"]["max_samples"], "seed": cfg["seed"]}
+
+
+def cae_params(cfg: dict) -> dict:
+    c = cfg["cae"]
+    return {"latent_dim": c["latent_dim"], "normalize": c["normalize"], "batchnorm": c["batchnorm"],
+            "epochs": c["epochs"], "batch_size": c["batch_size"], "lr": c["lr"],
+            "early_stopping": c["early_stopping"], "seed": cfg["seed"]}
+
+
+def metrics_params(cfg: dict) -> dict:
+    t, m = cfg["thresholds"], cfg["metrics"]
+    return {"alpha": t["alpha"], "percentile": t["percentile"], "pixel_fpr": t["pixel_fpr"],
+            "eval_size": m["eval_size"], "pixel": m["pixel"], "pro_fpr_limit": m["pro_fpr_limit"]}

@@ -1,0 +1,235 @@
+"""Datasets in MVTec AD layout: index, validate, hold out normals, load images.
+
+A category folder looks like::
+
+    <category>/train/good/*.png
+    <category>/test/good/*.png
+    <category>/test/<defect>/*.png
+    <category>/ground_truth/<defect>/<stem>_mask.png
+
+The index is one CSV per category; every later stage reads images through it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageFile
+
+from .io import DFRError, atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INDEX_COLUMNS = ["image_id", "split", "label", "defect", "path", "mask_path", "width", "height"]
+
+# Truncated files must fail loudly, never decode as half-grey images.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files of a folder, sorted; hidden and stray files (.DS_Store, Thumbs.db, readme.txt) ignored."""
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as 8-bit RGB, whatever its mode (grey, RGBA, palette, 16-bit)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except FileNotFoundError:
+        raise DFRError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DFRError(f"{path}: unreadable or truncated image ({e})") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        im = Image.fromarray(a, mode="L")
+    if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A ground-truth mask as a boolean array (any non-zero pixel is anomalous)."""
+    try:
+        with Image.open(path) as im:
+            a = np.asarray(im)
+    except FileNotFoundError:
+        raise DFRError(f"{path}: mask file not found") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DFRError(f"{path}: unreadable mask ({e})") from None
+    if a.ndim == 3:
+        a = a.max(axis=2)
+    return a > 0
+
+
+def _check_image(path: Path) -> tuple[int, int]:
+    im = load_image(path)
+    return im.size
+
+
+def _check_mask(mask_path: Path, image_size: tuple[int, int]) -> None:
+    try:
+        with Image.open(mask_path) as im:
+            im.load()
+            size = im.size
+            a = np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DFRError(f"{mask_path}: unreadable mask ({e})") from None
+    if size != image_size:
+        raise DFRError(
+            f"{mask_path}: mask is {size[0]}x{size[1]} but its image is {image_size[0]}x{image_size[1]}"
+        )
+    values = np.unique(a)
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        shown = ", ".join(str(v) for v in values[:6])
+        raise DFRError(
+            f"{mask_path}: mask is not binary (values {shown}{', ...' if len(values) > 6 else ''}); "
+            "expected 0 for normal and one non-zero value for anomalous pixels"
+        )
+
+
+def index_category(root: str | Path, category: str) -> pd.DataFrame:
+    """Index one category in MVTec layout, checking every file; raises :class:`DFRError` on bad input."""
+    croot = Path(root) / category
+    if not croot.is_dir():
+        raise DFRError(f"{croot}: category folder not found (is '{category}' a category of {root}?)")
+    train_good = croot / "train" / "good"
+    if not train_good.is_dir():
+        raise DFRError(f"{train_good}: missing; an MVTec-layout category needs normal training images there")
+    test_dir = croot / "test"
+    if not test_dir.is_dir():
+        raise DFRError(f"{test_dir}: missing; an MVTec-layout category needs a test folder")
+    gt_dir = croot / "ground_truth"
+    has_gt = gt_dir.is_dir()
+
+    rows = []
+    train_files = _image_files(train_good)
+    if not train_files:
+        raise DFRError(f"{train_good}: no images (empty split)")
+    for p in train_files:
+        w, h = _check_image(p)
+        rows.append(dict(image_id=f"train/good/{p.stem}", split="train", label=0, defect="good",
+                         path=str(p), mask_path="", width=w, height=h))
+    defect_dirs = _subdirs(test_dir)
+    if not defect_dirs:
+        raise DFRError(f"{test_dir}: no test subfolders (expected test/good and test/<defect>)")
+    for d in defect_dirs:
+        files = _image_files(d)
+        if not files:
+            raise DFRError(f"{d}: no images (empty split)")
+        anomalous = d.name != "good"
+        for p in files:
+            w, h = _check_image(p)
+            mask = ""
+            if anomalous and has_gt:
+                mp = gt_dir / d.name / f"{p.stem}_mask.png"
+                if not mp.is_file():
+                    raise DFRError(f"{p}: anomalous test image without a mask (expected {mp})")
+                _check_mask(mp, (w, h))
+                mask = str(mp)
+            rows.append(dict(image_id=f"test/{d.name}/{p.stem}", split="test", label=int(anomalous),
+                             defect=d.name, path=str(p), mask_path=mask, width=w, height=h))
+    df = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    test = df[df.split == "test"]
+    if not (test.label == 0).any():
+        raise DFRError(f"{test_dir}: no normal test images (test/good is missing or empty)")
+    if not (test.label == 1).any():
+        raise DFRError(f"{test_dir}: no anomalous test images (only test/good)")
+    if not has_gt:
+        log.warning("%s: no ground_truth folder; pixel metrics will be skipped", croot)
+    return df
+
+
+def write_index(df: pd.DataFrame, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def read_index(path: str | Path) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, keep_default_na=False, dtype={"mask_path": str, "defect": str})
+    except FileNotFoundError:
+        raise DFRError(f"{path}: index not found") from None
+    missing = set(INDEX_COLUMNS) - set(df.columns)
+    if missing:
+        raise DFRError(f"{path}: not a DFR index (missing columns {sorted(missing)})")
+    return df
+
+
+def holdout_split(index: pd.DataFrame, val_fraction: float, seed: int) -> dict[str, list[str]]:
+    """Hold out a seeded fraction of the normal training images as the validation set."""
+    train_ids = index.loc[index.split == "train", "image_id"].tolist()
+    n_val = int(round(val_fraction * len(train_ids)))
+    if val_fraction > 0:
+        n_val = max(1, n_val)
+    if n_val >= len(train_ids):
+        raise DFRError(
+            f"val_fraction={val_fraction} leaves no training images out of {len(train_ids)}"
+        )
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(train_ids))
+    val = sorted(train_ids[i] for i in perm[:n_val])
+    train = sorted(train_ids[i] for i in perm[n_val:])
+    return {"train": train, "val": val}
+
+
+def write_split(index_path: str | Path, out: str | Path, val_fraction: float, seed: int) -> dict:
+    index = read_index(index_path)
+    split = holdout_split(index, val_fraction, seed)
+    split["params"] = {"val_fraction": val_fraction, "seed": seed}
+    write_json(out, split)
+    return split
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image preprocessing of §5.1: resize to ``image_size``², ToTensor, optional ImageNet normalisation."""
+
+    image_size: int = 224
+    normalize: bool = True
+
+    def __call__(self, im: Image.Image) -> torch.Tensor:
+        im = im.resize((self.image_size, self.image_size), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+        if self.normalize:
+            mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+            x = (x - mean) / std
+        return x
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images of an index (one split), preprocessed for the backbone."""
+
+    def __init__(self, paths: list[str], preprocess: Preprocess):
+        self.paths = list(paths)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.preprocess(load_image(self.paths[i]))

@@ -1,0 +1,204 @@
+"""Hierarchical feature extraction (§3.1) and multi-scale fusion (§3.2), cached to HDF5.
+
+φ_a, φ_b are the outputs of the hooked layers (``layer2[-1]``, ``layer3[-1]`` for ResNet50). Each is
+aligned to the first layer's grid (bilinear), smoothed by AvgPool 3×3 stride 1 padding 1, and the results
+are concatenated along channels: f(x) ∈ R^{C×28×28}, C = 512 + 1024 = 1536 at 224².
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import backbones
+from .data import ImageDataset, Preprocess, read_index
+from .io import DFRError, atomic_path, versions
+
+log = logging.getLogger(__name__)
+
+
+class _LastLayerReached(Exception):
+    """Raised by the last hook: the rest of the backbone (layer4, pooling, fc) is never computed."""
+
+
+def fuse(maps: Sequence[torch.Tensor], pool: int = 3) -> torch.Tensor:
+    """f(x): align every map to the first one's grid (bilinear), AvgPool(pool, 1, pool // 2), concatenate."""
+    size = maps[0].shape[-2:]
+    out = []
+    for m in maps:
+        if m.shape[-2:] != size:
+            m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        if pool > 1:
+            m = F.avg_pool2d(m, kernel_size=pool, stride=1, padding=pool // 2)
+        out.append(m)
+    return torch.cat(out, dim=1)
+
+
+class FeatureExtractor(nn.Module):
+    """Forward hooks on the configured layers of a frozen backbone; returns fused features f(x)."""
+
+    def __init__(self, backbone: nn.Module, layers: Sequence[str], pool: int = 3, truncate: bool = True):
+        super().__init__()
+        if not layers:
+            raise DFRError("features.layers is empty: name at least one layer to hook")
+        self.backbone = backbone
+        self.layers = list(layers)
+        self.pool = pool
+        self.truncate = truncate
+        self._maps: dict[int, torch.Tensor] = {}
+        self._handles = [backbones.get_layer(backbone, name).register_forward_hook(self._hook(i))
+                         for i, name in enumerate(self.layers)]
+
+    def _hook(self, i: int):
+        def fn(_module, _inputs, output):
+            self._maps[i] = output
+            if self.truncate and len(self._maps) == len(self.layers):
+                raise _LastLayerReached
+
+        return fn
+
+    def hooked(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """φ_ℓ(x) for every hooked layer, in config order."""
+        self._maps = {}
+        try:
+            self.backbone(x)
+        except _LastLayerReached:
+            pass
+        missing = [self.layers[i] for i in range(len(self.layers)) if i not in self._maps]
+        if missing:
+            raise DFRError(f"hooked layers never ran in the forward pass: {missing}")
+        maps, self._maps = [self._maps[i] for i in range(len(self.layers))], {}
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fuse(self.hooked(x), self.pool)
+
+
+def feature_params_key(params: dict) -> str:
+    """A short stable hash of what shapes the cache (used in its path)."""
+    import hashlib
+
+    blob = json.dumps(params, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -> None:
+    """Extract f(x) for every image of ``split`` ("train" or "test") of an index into one HDF5 file.
+
+    params: backbone, weights, layers, pool, image_size, normalize, dtype, batch_size, num_workers, device,
+    channels_last, amp.
+    """
+    index = read_index(index_path)
+    rows = index[index.split == split].reset_index(drop=True)
+    if rows.empty:
+        raise DFRError(f"{index_path}: no images in split {split!r}")
+    device = backbones.resolve_device(params.get("device", "auto"))
+    model = backbones.build(params["backbone"], params["weights"])
+    extractor = FeatureExtractor(model, params["layers"], pool=params["pool"]).to(device)
+    if params.get("channels_last") and device.type == "cuda":
+        extractor = extractor.to(memory_format=torch.channels_last)
+    pre = Preprocess(params["image_size"], params["normalize"])
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(rows.path.tolist(), pre), batch_size=params["batch_size"], shuffle=False,
+        num_workers=params.get("num_workers", 0), pin_memory=device.type == "cuda",
+    )
+    dtype = np.dtype(params.get("dtype", "float16"))
+    amp = params.get("amp", "none")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    with torch.inference_mode():
+        probe = extractor(torch.zeros(1, 3, pre.image_size, pre.image_size, device=device))
+    c, h, w = probe.shape[1:]
+    log.info("%s: %d images -> f(x) of shape %dx%dx%d (%s, %s)", split, len(rows), c, h, w,
+             params["backbone"], ",".join(params["layers"]))
+    str_dt = h5py.string_dtype()
+    with atomic_path(out, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            feats = f.create_dataset("features", shape=(len(rows), c, h, w), dtype=dtype,
+                                     chunks=(1, c, h, w))
+            f.create_dataset("image_id", data=rows.image_id.to_numpy(dtype=object), dtype=str_dt)
+            f.create_dataset("label", data=rows.label.to_numpy(dtype=np.int8))
+            f.create_dataset("defect", data=rows.defect.to_numpy(dtype=object), dtype=str_dt)
+            f.create_dataset("path", data=rows.path.to_numpy(dtype=object), dtype=str_dt)
+            f.create_dataset("mask_path", data=rows.mask_path.to_numpy(dtype=object), dtype=str_dt)
+            f.create_dataset("orig_size", data=rows[["height", "width"]].to_numpy(dtype=np.int32))
+            f.attrs["params"] = json.dumps(params, sort_keys=True)
+            f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
+            f.attrs["split"] = split
+            f.attrs["index"] = str(index_path)
+            start = 0
+            with torch.inference_mode():
+                for x in tqdm(loader, desc=f"features {split}", unit="batch", mininterval=5):
+                    x = x.to(device, non_blocking=True)
+                    if params.get("channels_last") and device.type == "cuda":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        fx = extractor(x)
+                    feats[start:start + len(x)] = fx.float().cpu().numpy().astype(dtype, copy=False)
+                    start += len(x)
+    log.info("wrote %s (%d images)", out, len(rows))
+
+
+class FeatureCache:
+    """Read access to a ``features.h5`` file: ids, labels and f(x) rows as float32."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.file = h5py.File(self.path, "r")
+        except FileNotFoundError:
+            raise DFRError(f"{path}: feature cache not found") from None
+        except OSError as e:
+            raise DFRError(f"{path}: not a readable HDF5 feature cache ({e})") from None
+        if "features" not in self.file:
+            raise DFRError(f"{path}: no 'features' dataset (not a DFR feature cache)")
+        self.features = self.file["features"]
+        self.ids = [s.decode() if isinstance(s, bytes) else s for s in self.file["image_id"][()]]
+        self.pos = {k: i for i, k in enumerate(self.ids)}
+        self.label = self.file["label"][()].astype(int)
+        self.defect = [s.decode() if isinstance(s, bytes) else s for s in self.file["defect"][()]]
+        self.path_ = [s.decode() if isinstance(s, bytes) else s for s in self.file["path"][()]]
+        self.mask_path = [s.decode() if isinstance(s, bytes) else s for s in self.file["mask_path"][()]]
+        self.orig_size = self.file["orig_size"][()]
+        self.params = json.loads(self.file.attrs.get("params", "{}"))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.features.shape)
+
+    def positions(self, ids: Sequence[str]) -> np.ndarray:
+        try:
+            return np.array([self.pos[i] for i in ids], dtype=np.int64)
+        except KeyError as e:
+            raise DFRError(f"{self.path}: image {e.args[0]!r} is not in the feature cache "
+                           "(the index changed since the features were extracted?)") from None
+
+    def read(self, positions: Sequence[int]) -> np.ndarray:
+        """Rows at ``positions`` (any order) as float32, reading in increasing order as HDF5 needs."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if len(positions) == 0:
+            return np.zeros((0, *self.shape[1:]), np.float32)
+        order = np.argsort(positions, kind="stable")
+        sorted_pos = positions[order]
+        uniq, inverse = np.unique(sorted_pos, return_inverse=True)
+        block = self.features[uniq].astype(np.float32)
+        out = np.empty((len(positions), *self.shape[1:]), np.float32)
+        out[order] = block[inverse]
+        return out
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

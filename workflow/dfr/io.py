@@ -1,0 +1,88 @@
+"""Atomic writes and provenance: nothing half-written is ever trusted by a rerun."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class DFRError(RuntimeError):
+    """An error a user can act on: the message names the file and what is wrong."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DFRError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise DFRError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that shape an artifact (recorded in every artifact)."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    from . import __version__
+
+    out["dfr"] = __version__
+    for mod in ("torch", "torchvision", "timm", "numpy", "h5py", "sklearn", "scipy", "pandas", "PIL"):
+        m = sys.modules.get(mod)
+        if m is None:
+            try:
+                m = __import__(mod)
+            except ImportError:
+                continue
+        out[mod] = getattr(m, "__version__", "unknown")
+    return out
+
+
+def provenance(params: dict[str, Any]) -> dict[str, Any]:
+    """What made an artifact: its parameters and the library versions."""
+    return {"params": params, "versions": versions()}

@@ -1,0 +1,183 @@
+"""Per-category figures (matplotlib, PNG): loss curves, score histogram, ROC, confusion matrix, PRO curve,
+and heatmaps of the most and least anomalous test images."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from .data import load_image, load_mask  # noqa: E402
+from .io import atomic_path, read_json  # noqa: E402
+from .metrics import pro_curve  # noqa: E402
+from .scoring import Maps, read_scores, upsample  # noqa: E402
+
+log = logging.getLogger(__name__)
+THRESHOLD_STYLE = {"f1_optimal": ("t* (F1-optimal, oracle)", "tab:red", "-"),
+                   "val_mean_std": ("μ+ασ (validation)", "tab:purple", "--"),
+                   "val_percentile": ("percentile (validation)", "tab:green", ":")}
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def loss_curve(history: pd.DataFrame, path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(history.epoch, history.train_loss, label="train", marker=".")
+    if history.val_loss.notna().any():
+        ax.plot(history.epoch, history.val_loss, label="validation (held-out normals)", marker=".")
+        best = history.loc[history.val_loss.idxmin()]
+        ax.axvline(best.epoch, color="grey", lw=0.8, ls="--", label=f"best epoch {int(best.epoch)}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("reconstruction loss (Eq. 1)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    _save(fig, path)
+
+
+def score_histogram(scores: pd.DataFrame, metrics: dict, path: Path, title: str) -> None:
+    test = scores[scores.split == "test"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    bins = np.histogram_bin_edges(scores.score, bins=30)
+    ax.hist(test.score[test.label == 0], bins=bins, alpha=0.6, label="normal (test)", color="tab:blue")
+    ax.hist(test.score[test.label == 1], bins=bins, alpha=0.6, label="anomalous (test)", color="tab:orange")
+    val = scores[scores.split == "val"]
+    if len(val):
+        ax.hist(val.score, bins=bins, histtype="step", lw=1.5, label="normal (validation)", color="k")
+    for key, (label, color, ls) in THRESHOLD_STYLE.items():
+        if key in metrics["thresholds"]:
+            ax.axvline(metrics["thresholds"][key]["threshold"], color=color, ls=ls, lw=1.5, label=label)
+    ax.set_xlabel("image score s(x)")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def roc(scores: pd.DataFrame, metrics: dict, path: Path, title: str) -> None:
+    test = scores[scores.split == "test"]
+    fpr, tpr, _ = roc_curve(test.label, test.score)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot(fpr, tpr, lw=2, label=f"AUROC = {metrics['image_auroc']:.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def confusion(metrics: dict, path: Path, title: str) -> None:
+    t = metrics["thresholds"]["f1_optimal"]
+    cm = np.array([[t["TN"], t["FP"]], [t["FN"], t["TP"]]])
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(cm, cmap="Blues")
+    names = [["TN", "FP"], ["FN", "TP"]]
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, f"{names[i][j]}\n{cm[i, j]}", ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks([0, 1], ["normal", "anomalous"])
+    ax.set_yticks([0, 1], ["normal", "anomalous"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}\nat t* = {t['threshold']:.4g}", fontsize=9)
+    _save(fig, path)
+
+
+def _test_pairs(maps: Maps, eval_size: int | None):
+    meta = maps.meta
+    out = []
+    for i in np.nonzero((meta.split == "test").to_numpy())[0]:
+        r = meta.iloc[i]
+        h, w = (eval_size, eval_size) if eval_size else (int(r.height), int(r.width))
+        m = load_mask(r.mask_path) if r.mask_path else np.zeros((h, w), bool)
+        if eval_size and r.mask_path:
+            from PIL import Image
+
+            m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+        out.append((upsample(maps.A[i], m.shape), m))
+    return out
+
+
+def pro(maps: Maps, metrics: dict, path: Path, title: str) -> None:
+    pairs = _test_pairs(maps, (metrics.get("pixel") or {}).get("eval_size"))
+    fpr, pr = pro_curve([a for a, _ in pairs], [m for _, m in pairs])
+    limit = metrics.get("params", {}).get("pro_fpr_limit", 0.3)
+    keep = fpr <= limit
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.plot(fpr[keep], pr[keep], lw=2, label=f"AU-PRO@{limit} = {metrics['pixel']['au_pro']:.3f}")
+    ax.set_xlim(0, limit)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positive rate (pixels)")
+    ax.set_ylabel("per-region overlap (PRO)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def heatmaps(scores: pd.DataFrame, maps: Maps, metrics: dict, outdir: Path, n: int, title: str) -> list[Path]:
+    """Input, heatmap overlay, ground truth, binary mask at T_pixel for the n most and n least anomalous."""
+    test = scores[scores.split == "test"].sort_values("score", ascending=False)
+    pos = {k: i for i, k in enumerate(maps.meta.image_id)}
+    t_pixel = (metrics.get("pixel") or {}).get("t_pixel")
+    written = []
+    amax = float(maps.A.max()) or 1.0
+    for tag, rows in (("most", test.head(n)), ("least", test.tail(n)[::-1])):
+        fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.6 * len(rows)), squeeze=False)
+        for ax_row, (_, r) in zip(axes, rows.iterrows()):
+            img = np.asarray(load_image(r.path))
+            a = upsample(maps.A[pos[r.image_id]], img.shape[:2])
+            gt = load_mask(r.mask_path) if r.mask_path else np.zeros(img.shape[:2], bool)
+            ax_row[0].imshow(img)
+            ax_row[0].set_title(f"{r.image_id}\ns(x) = {r.score:.4g}", fontsize=8)
+            ax_row[1].imshow(img)
+            ax_row[1].imshow(a, cmap="jet", alpha=0.5, vmin=0, vmax=amax)
+            ax_row[1].set_title("error heatmap Ã(x)", fontsize=8)
+            ax_row[2].imshow(gt, cmap="gray", vmin=0, vmax=1)
+            ax_row[2].set_title("ground truth", fontsize=8)
+            if t_pixel is not None:
+                ax_row[3].imshow(a >= t_pixel, cmap="gray", vmin=0, vmax=1)
+                ax_row[3].set_title(f"Ã(x) ≥ T_pixel = {t_pixel:.3g}", fontsize=8)
+            else:
+                ax_row[3].set_title("no T_pixel (no validation images)", fontsize=8)
+            for ax in ax_row:
+                ax.set_xticks([])
+                ax.set_yticks([])
+        fig.suptitle(f"{title}: {tag} anomalous test images")
+        p = outdir / f"heatmaps_{tag}.png"
+        _save(fig, p)
+        written.append(p)
+    return written
+
+
+def category_figures(scores_csv, maps_h5, metrics_json, history_csv, outdir, params: dict) -> list[Path]:
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    scores = read_scores(scores_csv)
+    metrics = read_json(metrics_json)
+    history = pd.read_csv(history_csv)
+    maps = Maps(maps_h5)
+    title = f"{metrics.get('dataset')}/{metrics.get('category')}"
+    loss_curve(history, outdir / "loss.png", title)
+    score_histogram(scores, metrics, outdir / "score_histogram.png", title)
+    roc(scores, metrics, outdir / "roc.png", title)
+    confusion(metrics, outdir / "confusion_matrix.png", title)
+    written = [outdir / f for f in ("loss.png", "score_histogram.png", "roc.png", "confusion_matrix.png")]
+    if metrics.get("pixel"):
+        pro(maps, metrics, outdir / "pro_curve.png", title)
+        written.append(outdir / "pro_curve.png")
+    written += heatmaps(scores, maps, metrics, outdir, int(params.get("n_examples", 3)), title)
+    log.info("wrote %d figures to %s", len(written), outdir)
+    return written

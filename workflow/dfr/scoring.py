@@ -1,0 +1,122 @@
+"""Anomaly scoring (§3.4): error maps A(x), upsampled heatmaps Ã(x), top-k image scores s(x)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import backbones, cae
+from .features import FeatureCache
+from .io import DFRError, atomic_path, read_json, versions
+
+log = logging.getLogger(__name__)
+
+SCORE_COLUMNS = ["image_id", "split", "label", "defect", "score", "path", "mask_path", "height", "width"]
+
+
+def top_k_score(a: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+    """s(x) = mean of the k largest values of A(x); ``a`` has shape [N, H, W] (or [H, W])."""
+    a = torch.as_tensor(np.asarray(a, dtype=np.float32))
+    if a.ndim == 2:
+        a = a[None]
+    flat = a.reshape(a.shape[0], -1)
+    if not 1 <= k <= flat.shape[1]:
+        raise DFRError(f"scoring.top_k must be between 1 and {flat.shape[1]} (the map's size), got {k}")
+    return flat.topk(k, dim=1).values.mean(dim=1).numpy()
+
+
+def upsample(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Ã(x): bilinear upsampling of A(x) [H, W] (or [N, H, W]) to ``size`` = (height, width)."""
+    t = torch.as_tensor(np.asarray(a, dtype=np.float32))
+    squeeze = t.ndim == 2
+    t = t[None, None] if squeeze else t[:, None]
+    out = F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[:, 0]
+    return out[0].numpy() if squeeze else out.numpy()
+
+
+@torch.no_grad()
+def _maps(model: cae.CAE, cache: FeatureCache, positions: np.ndarray, device: torch.device,
+          batch: int) -> np.ndarray:
+    out = []
+    for start in range(0, len(positions), batch):
+        f = torch.from_numpy(cache.read(positions[start:start + batch])).to(device)
+        out.append(cae.error_map(f, model(f)).cpu().numpy())
+    if not out:
+        return np.zeros((0, *cache.shape[2:]), np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+def anomaly_maps(model_path: str | Path, train_features: str | Path, test_features: str | Path,
+                 split_json: str | Path, out: str | Path, params: dict) -> None:
+    """A(x) at the feature grid for every validation (held-out normal) and test image, into one HDF5."""
+    device = backbones.resolve_device(params.get("device", "auto"))
+    model = cae.load(model_path, device)
+    split = read_json(split_json)
+    parts = []
+    with FeatureCache(train_features) as tr:
+        pos = tr.positions(split["val"])
+        parts.append(("val", tr, pos, _maps(model, tr, pos, device, params["batch_size"])))
+        with FeatureCache(test_features) as te:
+            pos_t = np.arange(len(te.ids))
+            parts.append(("test", te, pos_t, _maps(model, te, pos_t, device, params["batch_size"])))
+            s = h5py.string_dtype()
+            with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+                f.create_dataset("A", data=np.concatenate([p[3] for p in parts]), compression="gzip")
+                cols = {k: [] for k in ("image_id", "split", "defect", "path", "mask_path")}
+                label, size = [], []
+                for name, c, p, _ in parts:
+                    cols["image_id"] += [c.ids[i] for i in p]
+                    cols["split"] += [name] * len(p)
+                    cols["defect"] += [c.defect[i] for i in p]
+                    cols["path"] += [c.path_[i] for i in p]
+                    cols["mask_path"] += [c.mask_path[i] for i in p]
+                    label += [int(c.label[i]) for i in p]
+                    size += [c.orig_size[i] for i in p]
+                for k, v in cols.items():
+                    f.create_dataset(k, data=np.array(v, dtype=object), dtype=s)
+                f.create_dataset("label", data=np.array(label, np.int8))
+                f.create_dataset("orig_size", data=np.array(size, np.int32).reshape(-1, 2))
+                f.attrs["params"] = json.dumps(params, sort_keys=True)
+                f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
+    log.info("wrote %s: %d val + %d test maps", out, len(parts[0][2]), len(parts[1][2]))
+
+
+class Maps:
+    """Read access to ``maps.h5``."""
+
+    def __init__(self, path: str | Path):
+        try:
+            with h5py.File(path, "r") as f:
+                self.A = f["A"][()]
+                dec = lambda k: [x.decode() if isinstance(x, bytes) else x for x in f[k][()]]  # noqa: E731
+                self.meta = pd.DataFrame({
+                    "image_id": dec("image_id"), "split": dec("split"), "label": f["label"][()].astype(int),
+                    "defect": dec("defect"), "path": dec("path"), "mask_path": dec("mask_path"),
+                    "height": f["orig_size"][:, 0], "width": f["orig_size"][:, 1],
+                })
+        except FileNotFoundError:
+            raise DFRError(f"{path}: anomaly maps not found") from None
+
+
+def image_scores(maps_path: str | Path, out: str | Path, top_k: int) -> pd.DataFrame:
+    m = Maps(maps_path)
+    df = m.meta.copy()
+    df["score"] = top_k_score(m.A, top_k)
+    df = df[SCORE_COLUMNS]
+    with atomic_path(out, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.8g")
+    return df
+
+
+def read_scores(path: str | Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, keep_default_na=False, dtype={"mask_path": str, "defect": str})
+    except FileNotFoundError:
+        raise DFRError(f"{path}: scores not found") from None

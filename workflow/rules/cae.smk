@@ -1,0 +1,26 @@
+# The 1x1 convolutional autoencoder, trained on cached normal features only (never runs the backbone).
+
+def cae_inputs(wildcards):
+    out = {"features": feats("train").format(**wildcards), "split": exp("split.json").format(**wildcards)}
+    if config["cae"]["latent_dim"] == "auto":
+        out["pca"] = exp("pca.json").format(**wildcards)
+    return out
+
+
+rule train:
+    input:
+        unpack(cae_inputs),
+    output:
+        model=exp("model.pt"),
+        history=exp("history.csv"),
+    params:
+        cae=P(dfr_config.cae_params(config)),
+        pca=lambda wc, input: f"--pca {input.pca}" if "pca" in input.keys() else "",
+    threads: 2
+    log:
+        f"logs/{E}/train/{{dataset}}/{{category}}.log",
+    conda:
+        ENV
+    shell:
+        "{DFR} --threads {threads} train --features {input.features} --split-json {input.split} {params.pca}"
+        " --model {output.model} --history {output.history} --params {params.cae:q} > {log} 2>&1"

@@ -1,0 +1,30 @@
+# Index and validate a category in MVTec layout; hold out normal training images for validation.
+
+rule index:
+    input:
+        category_ready,
+    output:
+        f"{R}/prepared/{{dataset}}/{{category}}/index.csv",
+    params:
+        root=lambda wc: dataset_root(wc.dataset),
+    log:
+        "logs/index/{dataset}/{category}.log",
+    conda:
+        ENV
+    shell:
+        "{DFR} index --root {params.root} --category {wildcards.category} --out {output} > {log} 2>&1"
+
+
+rule split:
+    input:
+        f"{R}/prepared/{{dataset}}/{{category}}/index.csv",
+    output:
+        exp("split.json"),
+    params:
+        split=P(dfr_config.split_params(config)),
+    log:
+        f"logs/{E}/split/{{dataset}}/{{category}}.log",
+    conda:
+        ENV
+    shell:
+        "{DFR} split --index {input} --out {output} --params {params.split:q} > {log} 2>&1"

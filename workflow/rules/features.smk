@@ -1,0 +1,19 @@
+# Feature extraction and fusion f(x), cached to HDF5 per category and split. The cache path is keyed by
+# what shapes it (backbone, weights, layers, pooling, image size, normalisation, dtype), so experiments that
+# differ only downstream share it.
+
+rule features:
+    input:
+        f"{R}/prepared/{{dataset}}/{{category}}/index.csv",
+    output:
+        feats("{split}"),
+    params:
+        features=P(dfr_config.feature_params(config)),
+    threads: 2
+    log:
+        f"logs/features/{{dataset}}/{{category}}/{FKEY}/{{split}}.log",
+    conda:
+        ENV
+    shell:
+        "{DFR} --threads {threads} features --index {input} --split {wildcards.split} --out {output}"
+        " --params {params.features:q} > {log} 2>&1"

@@ -1,0 +1,18 @@
+# Optional latent dimension selection by PCA (cae.latent_dim: auto).
+
+rule pca:
+    input:
+        features=feats("train"),
+        split=exp("split.json"),
+    output:
+        exp("pca.json"),
+    params:
+        pca=P(dfr_config.pca_params(config)),
+    threads: 2
+    log:
+        f"logs/{E}/pca/{{dataset}}/{{category}}.log",
+    conda:
+        ENV
+    shell:
+        "{DFR} --threads {threads} pca --features {input.features} --split-json {input.split} --out {output}"
+        " --params {params.pca:q} > {log} 2>&1"

@@ -1,0 +1,33 @@
+# Scoring: error maps A(x) for validation and test images, then top-k image scores s(x).
+
+rule maps:
+    input:
+        model=exp("model.pt"),
+        train=feats("train"),
+        test=feats("test"),
+        split=exp("split.json"),
+    output:
+        exp("maps.h5"),
+    threads: 2
+    log:
+        f"logs/{E}/maps/{{dataset}}/{{category}}.log",
+    conda:
+        ENV
+    shell:
+        "{DFR} --threads {threads} maps --model {input.model} --train-features {input.train}"
+        " --test-features {input.test} --split-json {input.split} --out {output} > {log} 2>&1"
+
+
+rule scores:
+    input:
+        exp("maps.h5"),
+    output:
+        exp("scores.csv"),
+    params:
+        top_k=config["scoring"]["top_k"],
+    log:
+        f"logs/{E}/scores/{{dataset}}/{{category}}.log",
+    conda:
+        ENV
+    shell:
+        "{DFR} scores --maps {input} --out {output} --top-k {params.top_k} > {log} 2>&1"

@@ -1,0 +1,14 @@
+# The synthetic dataset: deterministic MVTec-layout categories with exact masks (demo and tests).
+
+rule synthetic:
+    output:
+        f"{R}/datasets/{{dataset}}/{{category}}/synthetic.json",
+    params:
+        gen=lambda wc: P({**DATASETS[wc.dataset]["synthetic"], "seed": config["seed"]}),
+        root=lambda wc: f"{R}/datasets/{wc.dataset}",
+    log:
+        f"logs/synthetic/{{dataset}}/{{category}}.log",
+    conda:
+        ENV
+    shell:
+        "{DFR} synthetic --root {params.root} --category {wildcards.category} --params {params.gen:q} > {log} 2>&1"
