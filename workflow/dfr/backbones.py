@@ -44,12 +44,12 @@ def available() -> list[str]:
 
 def build(name: str, weights: str = "imagenet") -> nn.Module:
     """Build a frozen backbone in eval mode."""
-    if name in TORCHVISION:
-        model = _torchvision(name, weights)
-    elif name in TIMM_LITE:
-        model = _timm_lite(name, weights)
-    else:
+    if name not in TORCHVISION and name not in TIMM_LITE:
         raise DFRError(f"unknown backbone {name!r}; available: {', '.join(available())}")
+    # random initialisation (weights: none) is seeded, so that it too is reproducible
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _torchvision(name, weights) if name in TORCHVISION else _timm_lite(name, weights)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -112,55 +112,77 @@ def _check_mask(mask_path: Path, image_size: tuple[int, int]) -> None:
 
 
 def index_category(root: str | Path, category: str) -> pd.DataFrame:
-    """Index one category in MVTec layout, checking every file; raises :class:`DFRError` on bad input."""
+    """Index one category in MVTec layout, checking every file.
+
+    Every problem found is reported (one line each, naming the file) in a single :class:`DFRError`.
+    """
     croot = Path(root) / category
     if not croot.is_dir():
         raise DFRError(f"{croot}: category folder not found (is '{category}' a category of {root}?)")
+    problems: list[str] = []
+    rows: list[dict] = []
+
+    def check_image(p: Path) -> tuple[int, int] | None:
+        try:
+            return _check_image(p)
+        except DFRError as e:
+            problems.append(str(e))
+            return None
+
     train_good = croot / "train" / "good"
     if not train_good.is_dir():
-        raise DFRError(f"{train_good}: missing; an MVTec-layout category needs normal training images there")
+        problems.append(f"{train_good}: missing; an MVTec-layout category needs normal training images there")
+    else:
+        train_files = _image_files(train_good)
+        if not train_files:
+            problems.append(f"{train_good}: no images (empty split)")
+        for p in train_files:
+            size = check_image(p)
+            if size:
+                rows.append(dict(image_id=f"train/good/{p.stem}", split="train", label=0, defect="good",
+                                 path=str(p), mask_path="", width=size[0], height=size[1]))
     test_dir = croot / "test"
-    if not test_dir.is_dir():
-        raise DFRError(f"{test_dir}: missing; an MVTec-layout category needs a test folder")
     gt_dir = croot / "ground_truth"
     has_gt = gt_dir.is_dir()
-
-    rows = []
-    train_files = _image_files(train_good)
-    if not train_files:
-        raise DFRError(f"{train_good}: no images (empty split)")
-    for p in train_files:
-        w, h = _check_image(p)
-        rows.append(dict(image_id=f"train/good/{p.stem}", split="train", label=0, defect="good",
-                         path=str(p), mask_path="", width=w, height=h))
-    defect_dirs = _subdirs(test_dir)
-    if not defect_dirs:
-        raise DFRError(f"{test_dir}: no test subfolders (expected test/good and test/<defect>)")
+    if not test_dir.is_dir():
+        problems.append(f"{test_dir}: missing; an MVTec-layout category needs a test folder")
+        defect_dirs = []
+    else:
+        defect_dirs = _subdirs(test_dir)
+        if not defect_dirs:
+            problems.append(f"{test_dir}: no test subfolders (expected test/good and test/<defect>)")
+        elif not (test_dir / "good").is_dir():
+            problems.append(f"{test_dir / 'good'}: missing; normal test images are needed for every metric")
+        elif all(d.name == "good" for d in defect_dirs):
+            problems.append(f"{test_dir}: no anomalous test images (only test/good)")
     for d in defect_dirs:
         files = _image_files(d)
         if not files:
-            raise DFRError(f"{d}: no images (empty split)")
+            problems.append(f"{d}: no images (empty split)")
         anomalous = d.name != "good"
         for p in files:
-            w, h = _check_image(p)
+            size = check_image(p)
+            if size is None:
+                continue
             mask = ""
             if anomalous and has_gt:
                 mp = gt_dir / d.name / f"{p.stem}_mask.png"
                 if not mp.is_file():
-                    raise DFRError(f"{p}: anomalous test image without a mask (expected {mp})")
-                _check_mask(mp, (w, h))
+                    problems.append(f"{p}: anomalous test image without a mask (expected {mp})")
+                    continue
+                try:
+                    _check_mask(mp, size)
+                except DFRError as e:
+                    problems.append(str(e))
+                    continue
                 mask = str(mp)
             rows.append(dict(image_id=f"test/{d.name}/{p.stem}", split="test", label=int(anomalous),
-                             defect=d.name, path=str(p), mask_path=mask, width=w, height=h))
-    df = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-    test = df[df.split == "test"]
-    if not (test.label == 0).any():
-        raise DFRError(f"{test_dir}: no normal test images (test/good is missing or empty)")
-    if not (test.label == 1).any():
-        raise DFRError(f"{test_dir}: no anomalous test images (only test/good)")
+                             defect=d.name, path=str(p), mask_path=mask, width=size[0], height=size[1]))
+    if problems:
+        raise DFRError(f"{croot}: {len(problems)} problem(s) in the dataset:\n  " + "\n  ".join(problems))
     if not has_gt:
         log.warning("%s: no ground_truth folder; pixel metrics will be skipped", croot)
-    return df
+    return pd.DataFrame(rows, columns=INDEX_COLUMNS)
 
 
 def write_index(df: pd.DataFrame, path: str | Path) -> None:

@@ -82,6 +82,15 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y, scores))
 
 
+def pixel_auroc(maps: list[np.ndarray], masks: list[np.ndarray]) -> float:
+    """AUROC over all pixels of all given images (normal images contribute negatives only)."""
+    a = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in maps])
+    y = np.concatenate([np.asarray(m, dtype=bool).ravel() for m in masks])
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, a))
+
+
 def pro_curve(maps: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Exact (FPR, PRO) points over all distinct thresholds, starting at (0, 0)."""
     scores, weight, negative = [], [], []
@@ -176,12 +185,9 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
             a, m = _eval_pair(maps.A[i], r.mask_path, (int(r.height), int(r.width)), eval_size)
             amaps.append(a.astype(np.float32))
             masks.append(m)
-        flat_a = np.concatenate([a.ravel() for a in amaps])
-        flat_m = np.concatenate([m.ravel() for m in masks])
-        pixel = {"auroc": float(roc_auc_score(flat_m, flat_a)),
+        pixel = {"auroc": pixel_auroc(amaps, masks),
                  "au_pro": au_pro(amaps, masks, params.get("pro_fpr_limit", 0.3)),
-                 "eval_size": eval_size, "n_pixels": int(flat_a.size)}
-        del flat_a, flat_m
+                 "eval_size": eval_size, "n_pixels": int(sum(a.size for a in amaps))}
         vi = np.nonzero((meta.split == "val").to_numpy())[0]
         if len(vi):
             vals = np.concatenate([

@@ -1,0 +1,98 @@
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dfr import cae
+from dfr.io import DFRError
+
+
+@pytest.mark.parametrize("c,d", [(1536, 100), (1536, 1), (152, 7), (10, 64)])
+def test_shape_for_any_d(c, d):
+    m = cae.CAE(c, d)
+    convs = [l for l in [*m.encoder, *m.decoder] if isinstance(l, torch.nn.Conv2d)]
+    mid = (c + 2 * d) // 2
+    assert [(l.in_channels, l.out_channels) for l in convs] == [
+        (c, mid), (mid, 2 * d), (2 * d, d), (d, 2 * d), (2 * d, mid), (mid, c)]
+    assert all(l.kernel_size == (1, 1) for l in convs)
+    assert not isinstance(m.encoder[-1], (torch.nn.ReLU, torch.nn.BatchNorm2d))  # linear latent code
+    assert isinstance(m.decoder[-1], torch.nn.Conv2d)  # no output activation
+    m.eval()
+    assert m(torch.randn(2, c, 5, 5)).shape == (2, c, 5, 5)
+
+
+def test_bad_latent_dim():
+    with pytest.raises(DFRError):
+        cae.CAE(10, 0)
+
+
+def test_loss_is_eq1():
+    f, g = torch.randn(3, 6, 4, 5), torch.randn(3, 6, 4, 5)
+    per_image = ((f - g) ** 2).sum(1).sum((1, 2)) / 20
+    assert torch.isclose(cae.reconstruction_loss(f, g), per_image.mean())
+    torch.testing.assert_close(cae.error_map(f, g), ((f - g) ** 2).sum(1).sqrt())
+
+
+def test_normalisation_is_undone_at_the_output():
+    m = cae.CAE(4, 2, normalize=True).eval()
+    m.mean.fill_(100.0)
+    m.std.fill_(10.0)
+    plain = cae.CAE(4, 2, normalize=False).eval()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if k not in ("mean", "std")}, strict=False)
+    f = torch.randn(1, 4, 3, 3) * 10 + 100
+    torch.testing.assert_close(m(f), plain((f - 100) / 10) * 10 + 100)
+
+
+def _cache(path, n=24, c=16, hw=4, seed=0):
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((3, c))
+    x = (rng.standard_normal((n, hw * hw, 3)) @ basis).reshape(n, hw, hw, c).transpose(0, 3, 1, 2)
+    with h5py.File(path, "w") as f:
+        f["features"] = x.astype(np.float16)
+        s = h5py.string_dtype()
+        ids = [f"train/good/{i:03d}" for i in range(n)]
+        f.create_dataset("image_id", data=np.array(ids, dtype=object), dtype=s)
+        for k in ("defect", "path", "mask_path"):
+            f.create_dataset(k, data=np.array([""] * n, dtype=object), dtype=s)
+        f["label"] = np.zeros(n, np.int8)
+        f["orig_size"] = np.full((n, 2), 32, np.int32)
+    split = {"train": ids[:20], "val": ids[20:]}
+    (path.parent / "split.json").write_text(json.dumps(split))
+    return path, path.parent / "split.json"
+
+
+def test_training_is_deterministic_and_keeps_best(tmp_path):
+    feats, split = _cache(tmp_path / "train.h5")
+    params = {"latent_dim": 3, "normalize": True, "batchnorm": True, "epochs": 6, "batch_size": 8, "lr": 1e-2,
+              "early_stopping": 0, "seed": 5, "device": "cpu"}
+    r1 = cae.train(feats, split, tmp_path / "a.pt", tmp_path / "a.csv", params)
+    r2 = cae.train(feats, split, tmp_path / "b.pt", tmp_path / "b.csv", {**params, "in_memory": False})
+    h1, h2 = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    np.testing.assert_allclose(h1.train_loss, h2.train_loss, rtol=1e-6)
+    assert r1["best_epoch"] == r2["best_epoch"] == int(h1.val_loss.idxmin()) + 1
+    assert h1.train_loss.iloc[-1] < h1.train_loss.iloc[0]
+    a = torch.load(tmp_path / "a.pt", weights_only=False)
+    b = torch.load(tmp_path / "b.pt", weights_only=False)
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])
+    assert a["params"]["seed"] == 5 and "torch" in a["versions"]
+    model = cae.load(tmp_path / "a.pt")
+    assert model.latent_dim == 3 and not model.training
+
+
+def test_early_stopping(tmp_path):
+    feats, split = _cache(tmp_path / "train.h5")
+    params = {"latent_dim": 2, "normalize": False, "batchnorm": True, "epochs": 200, "batch_size": 8,
+              "lr": 0.5, "early_stopping": 2, "seed": 0, "device": "cpu"}
+    cae.train(feats, split, tmp_path / "m.pt", tmp_path / "h.csv", params)
+    assert len(pd.read_csv(tmp_path / "h.csv")) < 200
+
+
+def test_latent_auto_needs_pca(tmp_path):
+    feats, split = _cache(tmp_path / "train.h5")
+    with pytest.raises(DFRError, match="no pca.json"):
+        cae.train(feats, split, tmp_path / "m.pt", tmp_path / "h.csv",
+                  {"latent_dim": "auto", "normalize": False, "epochs": 1, "batch_size": 4, "lr": 1e-3, "seed": 0})

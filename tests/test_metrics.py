@@ -1,0 +1,181 @@
+from collections import deque
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from dfr import metrics
+from dfr.io import DFRError
+
+
+def _score_sets():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    yield y, rng.normal(size=60) + y  # continuous
+    yield y, np.round(rng.normal(size=60) + y, 1)  # many ties
+    yield np.array([0, 0, 1, 1, 1]), np.array([0.2, 0.5, 0.5, 0.5, 0.9])  # ties across classes
+    yield np.array([0, 1, 0, 1]), np.array([1.0, 1.0, 1.0, 1.0])  # all tied
+
+
+@pytest.mark.parametrize("y,s", list(_score_sets()))
+def test_confusion_metrics_match_sklearn(y, s):
+    for t in [*np.unique(s), s.min() - 1, s.max() + 1]:  # every distinct score and both extremes
+        m = metrics.confusion_at(y, s, t)
+        pred = (s >= t).astype(int)
+        assert m["precision"] == pytest.approx(precision_score(y, pred, zero_division=0))
+        assert m["recall"] == pytest.approx(recall_score(y, pred, zero_division=0))
+        assert m["f1"] == pytest.approx(f1_score(y, pred, zero_division=0))
+        assert m["specificity"] == pytest.approx(recall_score(1 - y, 1 - pred, zero_division=0))
+        assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+        assert m["error_pct"] == pytest.approx(100 * np.mean(pred != y))
+        assert m["TP"] + m["FP"] + m["TN"] + m["FN"] == len(y)
+
+
+@pytest.mark.parametrize("y,s", list(_score_sets()))
+def test_f1_sweep_against_brute_force(y, s):
+    ts, f1 = metrics.f1_sweep(y, s)
+    np.testing.assert_allclose(ts, np.unique(s)[::-1])
+    brute = [f1_score(y, (s >= t).astype(int), zero_division=0) for t in ts]
+    np.testing.assert_allclose(f1, brute)
+    t_star = metrics.f1_optimal_threshold(y, s)
+    assert f1_score(y, (s >= t_star).astype(int)) == pytest.approx(max(brute))
+
+
+@pytest.mark.parametrize("y,s", list(_score_sets()))
+def test_image_auroc_matches_sklearn(y, s):
+    assert metrics.image_auroc(y, s) == pytest.approx(roc_auc_score(y, s))
+
+
+def test_validation_thresholds():
+    v = np.array([1.0, 2.0, 3.0, 4.0])
+    t = metrics.validation_thresholds(v, alpha=3, percentile=50)
+    assert t["val_mean_std"] == pytest.approx(2.5 + 3 * np.std(v))
+    assert t["val_percentile"] == pytest.approx(2.5)
+    with pytest.raises(DFRError, match="val_fraction"):
+        metrics.validation_thresholds(np.array([]), 3, 99)
+
+
+# ---- AU-PRO: hand-derived values ----
+
+def test_au_pro_one_region_perfect():
+    m = np.zeros((4, 4), bool)
+    m[:2, :2] = True
+    a = m.astype(float)
+    assert metrics.au_pro([a], [m]) == pytest.approx(1.0)
+    assert metrics.pixel_auroc([a], [m]) == pytest.approx(1.0)
+
+
+def test_au_pro_two_regions_of_different_sizes():
+    m = np.zeros((10, 10), bool)
+    a = np.zeros((10, 10))
+    m[0, 0] = True
+    a[0, 0] = 0.9  # region A: 1 pixel
+    m[5:8, 5:8] = True  # region B: 9 pixels, 3 high and 6 low
+    a[5:8, 5:8] = 0.1
+    a[5, 5:8] = 0.8
+    neg = np.argwhere(~m)[:9]
+    a[tuple(neg.T)] = 0.5  # 9 of 90 normal pixels: FPR 0.1
+    # curve (0,0) (0,1/2) (0,2/3) (0.1,2/3) (0.1,1) (1,1): area to 0.3 = 0.1*2/3 + 0.2 = 0.26667
+    assert metrics.au_pro([a], [m]) == pytest.approx((0.1 * 2 / 3 + 0.2) / 0.3)
+
+
+def test_au_pro_normal_image_contributes_false_positives():
+    m1 = np.zeros((4, 4), bool)
+    m1[:2, :2] = True
+    a1 = m1.astype(float)
+    m2 = np.zeros((4, 4), bool)
+    a2 = np.zeros((4, 4))
+    a2[3, :] = 2.0  # 4 of 28 normal pixels above every anomalous one
+    # curve (0,0) (1/7,0) (1/7,1) (1,1): area to 0.3 = 0.3 - 1/7
+    assert metrics.au_pro([a1, a2], [m1, m2]) == pytest.approx((0.3 - 1 / 7) / 0.3)
+
+
+def test_au_pro_ties_are_collapsed():
+    m = np.zeros((1, 10), bool)
+    m[0, :2] = True
+    a = np.zeros((1, 10))
+    a[0, :3] = 0.5  # both region pixels tie with one normal pixel
+    # one point (1/8, 1): area to 0.3 = 0.125 / 2 + 0.175
+    assert metrics.au_pro([a], [m]) == pytest.approx((0.0625 + 0.175) / 0.3)
+
+
+def test_perfect_constant_inverted_maps():
+    rng = np.random.default_rng(1)
+    masks = [rng.random((16, 16)) > 0.8 for _ in range(3)] + [np.zeros((16, 16), bool)]
+    perfect = [m.astype(float) + 0.01 * rng.random(m.shape) * m for m in masks]
+    assert metrics.au_pro(perfect, masks) == pytest.approx(1.0)
+    assert metrics.pixel_auroc(perfect, masks) == pytest.approx(1.0)
+    const = [np.ones(m.shape) for m in masks]
+    assert metrics.pixel_auroc(const, masks) == pytest.approx(0.5)
+    assert metrics.au_pro(const, masks) == pytest.approx(0.3 * 0.3 / 2 / 0.3)  # the diagonal
+    inverted = [1.0 - m for m in masks]
+    assert metrics.pixel_auroc(inverted, masks) == pytest.approx(0.0)
+    assert metrics.au_pro(inverted, masks) == pytest.approx(0.0)
+
+
+def test_au_pro_undefined_without_regions():
+    with pytest.raises(DFRError, match="no anomalous regions"):
+        metrics.au_pro([np.zeros((3, 3))], [np.zeros((3, 3), bool)])
+
+
+# ---- AU-PRO against a slow, obviously-correct reference ----
+
+def _regions(mask):
+    """8-connected components by breadth-first search."""
+    seen = np.zeros_like(mask, bool)
+    out = []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        comp, q = [], deque([start])
+        seen[start] = True
+        while q:
+            i, j = q.popleft()
+            comp.append((i, j))
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    u, v = i + di, j + dj
+                    if 0 <= u < mask.shape[0] and 0 <= v < mask.shape[1] and mask[u, v] and not seen[u, v]:
+                        seen[u, v] = True
+                        q.append((u, v))
+        out.append(comp)
+    return out
+
+
+def _slow_au_pro(maps, masks, limit=0.3):
+    regions = [(k, comp) for k, m in enumerate(masks) for comp in _regions(m)]
+    n_neg = sum((~m).sum() for m in masks)
+    pts = [(0.0, 0.0)]
+    for t in sorted({float(v) for a in maps for v in a.ravel()}, reverse=True):
+        fp = sum(((a >= t) & ~m).sum() for a, m in zip(maps, masks))
+        pro = np.mean([np.mean([maps[k][p] >= t for p in comp]) for k, comp in regions])
+        pts.append((fp / n_neg, pro))
+    x, y = np.array(pts).T
+    area, i = 0.0, 1
+    while i < len(x) and x[i] <= limit:
+        area += (x[i] - x[i - 1]) * (y[i] + y[i - 1]) / 2
+        i += 1
+    if i < len(x) and x[i - 1] < limit:
+        y_lim = y[i - 1] + (y[i] - y[i - 1]) * (limit - x[i - 1]) / (x[i] - x[i - 1])
+        area += (limit - x[i - 1]) * (y_lim + y[i - 1]) / 2
+    return area / limit
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_au_pro_matches_slow_reference(seed):
+    rng = np.random.default_rng(seed)
+    masks, maps = [], []
+    for k in range(4):
+        m = np.zeros((12, 12), bool)
+        if k < 3:
+            for _ in range(rng.integers(1, 3)):
+                i, j = rng.integers(0, 10, 2)
+                m[i:i + rng.integers(1, 4), j:j + rng.integers(1, 4)] = True
+            m[rng.integers(0, 12), rng.integers(0, 12)] = True  # diagonal neighbours join regions
+        masks.append(m)
+        maps.append(np.round(rng.random((12, 12)) + 0.6 * m, 1))  # rounding makes many ties
+    for limit in (0.3, 0.05, 1.0):
+        assert metrics.au_pro(maps, masks, limit) == pytest.approx(_slow_au_pro(maps, masks, limit))
+    y = np.concatenate([m.ravel() for m in masks])
+    a = np.concatenate([m.ravel() for m in maps])
+    assert metrics.pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(y, a))

@@ -1,0 +1,138 @@
+"""The whole demo DAG for real through Snakemake on a tiny config, then incremental-rerun plans."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+TINY = {
+    "experiment": "tiny",
+    "results": "results",
+    "seed": 0,
+    "device": "cpu",
+    "datasets": {"synth": {"kind": "synthetic", "categories": ["disc", "grain"],
+                           "synthetic": {"n_train": 10, "n_test_good": 4, "n_test_defect": 2}}},
+    "data": {"image_size": 128, "val_fraction": 0.2},
+    "features": {"backbone": "tf_efficientnet_lite0", "weights": "imagenet",
+                 "layers": ["blocks[2]", "blocks[4]"], "batch_size": 8, "num_workers": 0},
+    "cae": {"latent_dim": "auto", "epochs": 3},
+    "scoring": {"top_k": 5},
+}
+
+
+def snakemake(workdir: Path, cfg: dict, *args: str) -> subprocess.CompletedProcess:
+    cfg_path = workdir / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(cfg_path), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def planned_jobs(out: str) -> dict[str, int]:
+    """Job counts from a dry run's 'Job stats' table ({} when nothing is to be done)."""
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)
+            if m.group(1) != "total"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("wf")
+    r = snakemake(wd, TINY)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return wd
+
+
+def test_every_artifact(tiny_run):
+    wd = tiny_run
+    exp = wd / "results" / "tiny" / "synth"
+    feats = list((wd / "results" / "features" / "synth" / "disc").glob("tf_efficientnet_lite0-128-*"))
+    assert len(feats) == 1
+    with h5py.File(feats[0] / "train.h5") as f:
+        assert f["features"].shape == (10, 152, 16, 16)
+        assert json.loads(f.attrs["params"])["backbone"] == "tf_efficientnet_lite0"
+    with h5py.File(feats[0] / "test.h5") as f:
+        assert f["features"].shape[0] == 4 + 4 * 2
+    for cat in ("disc", "grain"):
+        d = exp / cat
+        split = json.loads((d / "split.json").read_text())
+        assert len(split["val"]) == 2 and len(split["train"]) == 8
+        pca = json.loads((d / "pca.json").read_text())
+        assert 1 <= pca["latent_dim"] <= 152 and pca["explained_at_d"] >= 0.95
+        hist = pd.read_csv(d / "history.csv")
+        assert list(hist.epoch) == [1, 2, 3]
+        with h5py.File(d / "maps.h5") as f:
+            assert f["A"].shape == (2 + 12, 16, 16)
+        scores = pd.read_csv(d / "scores.csv")
+        assert (scores.split == "val").sum() == 2 and (scores.split == "test").sum() == 12
+        m = json.loads((d / "metrics.json").read_text())
+        assert 0 <= m["image_auroc"] <= 1
+        assert set(m["thresholds"]) == {"f1_optimal", "val_mean_std", "val_percentile"}
+        assert m["thresholds"]["f1_optimal"]["oracle"] is True
+        assert 0 <= m["pixel"]["auroc"] <= 1 and 0 <= m["pixel"]["au_pro"] <= 1
+        assert m["params"]["alpha"] == 3.0 and "torch" in m["versions"]
+        for png in ("loss", "score_histogram", "roc", "confusion_matrix", "pro_curve", "heatmaps_most",
+                    "heatmaps_least"):
+            assert (d / "plots" / f"{png}.png").stat().st_size > 1000
+    table = pd.read_csv(wd / "results" / "tiny" / "tables" / "synth.csv")
+    assert list(table.Category) == ["disc", "grain", "Mean"]
+    assert table.AUROC.iloc[-1] == pytest.approx(table.AUROC.iloc[:2].mean())
+    md = (wd / "results" / "tiny" / "tables" / "synth.md").read_text()
+    assert "| **Mean** |" in md and "oracle" in md
+    for rule in ("synthetic", "index", "features", "tiny/split", "tiny/pca", "tiny/train", "tiny/maps",
+                 "tiny/scores", "tiny/metrics", "tiny/plots", "tiny/tables"):
+        assert list((wd / "logs" / rule).rglob("*.log")), f"no log for {rule}"
+    assert not list((wd / "results").rglob(".*.tmp")), "temporary files left behind"
+
+
+def test_rerun_plans_touch_only_what_changed(tiny_run):
+    wd = tiny_run
+    assert planned_jobs(snakemake(wd, TINY, "-n").stdout) == {}
+
+    cae_edit = {**TINY, "cae": {**TINY["cae"], "epochs": 4}}
+    jobs = planned_jobs(snakemake(wd, cae_edit, "-n").stdout)
+    assert jobs.get("train") == 2
+    assert not {"features", "index", "synthetic", "pca", "split"} & set(jobs)
+
+    topk_edit = {**TINY, "scoring": {"top_k": 7}}
+    jobs = planned_jobs(snakemake(wd, topk_edit, "-n").stdout)
+    assert jobs.get("scores") == 2
+    assert not {"features", "train", "maps", "pca"} & set(jobs)
+
+    runtime_edit = {**TINY, "features": {**TINY["features"], "batch_size": 2, "num_workers": 1}}
+    assert planned_jobs(snakemake(wd, runtime_edit, "-n").stdout) == {}
+
+    layer_edit = {**TINY, "features": {**TINY["features"], "layers": ["blocks[2]", "blocks[3]"]}}
+    jobs = planned_jobs(snakemake(wd, layer_edit, "-n").stdout)
+    assert jobs.get("features") == 4  # a new cache key: extracted anew, the old cache stays
+
+
+def test_bad_config_fails_with_readable_message(tmp_path):
+    bad = {**TINY, "cae": {"epochs": -1}}
+    r = snakemake(tmp_path, bad, "-n")
+    assert r.returncode != 0
+    assert "cae.epochs: -1 is less than the minimum of 1" in r.stdout + r.stderr
+
+
+def test_bad_dataset_fails_naming_the_file(tmp_path):
+    root = tmp_path / "data" / "thing"
+    (root / "train" / "good").mkdir(parents=True)
+    cfg = {**TINY, "datasets": {"mine": {"kind": "folder", "root": str(tmp_path / "data"), "categories": ["thing"]}}}
+    r = snakemake(tmp_path, cfg)
+    assert r.returncode != 0
+    log = (tmp_path / "logs" / "index" / "mine" / "thing.log").read_text()
+    assert f"{root / 'train' / 'good'}: no images (empty split)" in log
+    assert not (tmp_path / "results" / "prepared" / "mine" / "thing" / "index.csv").exists()
