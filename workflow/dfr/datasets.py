@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import tarfile
 import urllib.request
@@ -59,6 +60,9 @@ def download(urls: list[str], dest: Path, expected_sha256: str) -> Path:
                     for block in iter(lambda: r.read(1 << 20), b""):
                         f.write(block)
                         bar.update(len(block))
+                    got_bytes = bar.n
+            if total and got_bytes < total:  # the connection closed early: keep .part to resume
+                raise ConnectionError(f"truncated download: got {got_bytes} of {total} bytes")
         except Exception as e:  # noqa: BLE001 - network errors come in many types
             errors.append(f"{url}: {type(e).__name__}: {e}")
             continue
@@ -108,8 +112,114 @@ def safe_extract(archive: Path, dest: Path) -> None:
         tmp.rename(dest)
 
 
+VISA_EXPECTED = {("train", "normal"): 8659, ("test", "normal"): 962, ("test", "anomaly"): 1200}
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link when possible (same filesystem), else copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def convert_visa(raw: Path, out: Path, categories: list[str] | None = None,
+                 split_csv: Path | None = None) -> dict[str, dict[str, int]]:
+    """Convert an extracted VisA tree into MVTec layout with the official one-class split.
+
+    ``split_csv/1cls.csv`` (columns object, split, label, image, mask; paths relative to ``raw``) decides
+    train/test; label normal -> ``good``, anomaly -> ``bad``. Masks hold class ids: any non-zero pixel is
+    anomalous; they are written binary (0/255) as ``ground_truth/bad/<image stem>_mask.png``.
+    Returns per-category counts and checks them against the split file.
+    """
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    split_csv = split_csv or raw / "split_csv" / "1cls.csv"
+    try:
+        df = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DFRError(f"{split_csv}: VisA split file not found (is {raw} an extracted VisA archive?)") from None
+    need = {"object", "split", "label", "image", "mask"}
+    if not need <= set(df.columns):
+        raise DFRError(f"{split_csv}: expected columns {sorted(need)}, found {list(df.columns)}")
+    bad_labels = set(df.label) - {"normal", "anomaly"}
+    bad_splits = set(df["split"]) - {"train", "test"}
+    if bad_labels or bad_splits:
+        raise DFRError(f"{split_csv}: unexpected labels {sorted(bad_labels)} or splits {sorted(bad_splits)}")
+    if categories:
+        unknown = sorted(set(categories) - set(df.object))
+        if unknown:
+            raise DFRError(f"{split_csv}: categories {unknown} not in the VisA split")
+        df = df[df.object.isin(categories)]
+    counts: dict[str, dict[str, int]] = {}
+    for obj, rows in df.groupby("object", sort=True):
+        tmp = out / f".{obj}.converting"
+        shutil.rmtree(tmp, ignore_errors=True)
+        c = {"train/good": 0, "test/good": 0, "test/bad": 0}
+        for r in rows.itertuples(index=False):
+            src = raw / r.image
+            if not src.is_file():
+                raise DFRError(f"{src}: listed in {split_csv.name} but missing from the archive")
+            sub = "good" if r.label == "normal" else "bad"
+            if r.split == "train" and sub == "bad":
+                raise DFRError(f"{split_csv}: anomalous image {r.image} in the train split")
+            dst = tmp / r.split / sub / src.name
+            if dst.exists():
+                raise DFRError(f"{split_csv}: two images map to {dst.relative_to(tmp)}")
+            _place(src, dst)
+            c[f"{r.split}/{sub}"] += 1
+            if sub == "bad":
+                mpath = raw / r.mask if r.mask else None
+                if mpath is None or not mpath.is_file():
+                    raise DFRError(f"{src}: anomalous image without a mask ({mpath or 'no mask in the split'})")
+                with Image.open(mpath) as im:
+                    m = np.asarray(im)
+                if m.ndim == 3:
+                    m = m.max(axis=2)
+                mdst = tmp / "ground_truth" / "bad" / f"{src.stem}_mask.png"
+                mdst.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(((m > 0) * 255).astype(np.uint8), "L").save(mdst)
+        final = out / obj
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        counts[obj] = c
+        log.info("VisA %s: %s", obj, c)
+    return counts
+
+
+def check_on_disk(root: Path, counts: dict[str, dict[str, int]]) -> None:
+    """The converted tree holds exactly the images the split file lists, and a mask for every anomaly."""
+    from .data import _image_files
+
+    for obj, c in counts.items():
+        for key, n in c.items():
+            found = len(_image_files(root / obj / key)) if (root / obj / key).is_dir() else 0
+            if found != n:
+                raise DFRError(f"{root / obj / key}: {found} images after conversion, the split lists {n}")
+        masks = root / obj / "ground_truth" / "bad"
+        n_masks = len(list(masks.glob("*_mask.png"))) if masks.is_dir() else 0
+        if n_masks != c["test/bad"]:
+            raise DFRError(f"{masks}: {n_masks} masks for {c['test/bad']} anomalous images")
+
+
+def check_visa_counts(counts: dict[str, dict[str, int]], split_csv: Path) -> None:
+    """All 12 categories converted: totals must be the published 8,659 / 962 / 1,200."""
+    total = {k: sum(c[k] for c in counts.values()) for k in ("train/good", "test/good", "test/bad")}
+    want = {"train/good": VISA_EXPECTED[("train", "normal")], "test/good": VISA_EXPECTED[("test", "normal")],
+            "test/bad": VISA_EXPECTED[("test", "anomaly")]}
+    if total != want:
+        raise DFRError(f"{split_csv}: converted counts {total} differ from the published VisA split {want}")
+
+
 def prepare(root: str | Path, spec: dict) -> None:
-    """Make ``root`` hold the dataset in MVTec layout, downloading only what is missing."""
+    """Make ``root`` hold the dataset in MVTec layout, downloading only what is missing.
+
+    Nothing a rerun would trust is left half-done: archives are verified before use, extraction and
+    conversion happen in temporary folders renamed into place, and ``.dfr-ready`` is written last.
+    """
     root = Path(root)
     kind = spec["kind"]
     if kind not in SOURCES:
@@ -117,18 +227,33 @@ def prepare(root: str | Path, spec: dict) -> None:
     missing = [c for c in spec["categories"] if not (root / c / "train").is_dir()]
     if missing:
         src = SOURCES[kind]
-        archive = Path(spec["archive"]) if spec.get("archive") else root.parent / "downloads" / src["file"]
+        expected = spec.get("sha256") or src["sha256"]
         if spec.get("archive"):
+            archive = Path(spec["archive"])
             if not archive.is_file():
                 raise DFRError(f"{archive}: archive not found (the dataset's 'archive' key points at it)")
             got = sha256(archive)
-            if got != src["sha256"]:
-                raise DFRError(f"{archive}: sha256 {got} does not match the expected {src['sha256']}")
+            if got != expected:
+                raise DFRError(f"{archive}: sha256 {got} does not match the expected {expected}; "
+                               "the file is corrupt or not the published archive")
         else:
-            download(spec.get("urls") or src["urls"], archive, src["sha256"])
+            archive = root.parent / "downloads" / src["file"]
+            log.info("%s: categories %s missing; fetching %s", root, missing, src["file"])
+            download(spec.get("urls") or src["urls"], archive, expected)
         if kind == "mvtec":
             safe_extract(archive, root)
         else:
-            raise DFRError("VisA conversion is not implemented yet: convert VisA to MVTec layout by hand and "
-                           f"point the dataset's root at it ({root})")
+            raw = root.with_name(root.name + ".raw")
+            safe_extract(archive, raw)
+            base = raw / "VisA_20220922" if (raw / "VisA_20220922").is_dir() else raw
+            root.mkdir(parents=True, exist_ok=True)
+            split_csv = base / "split_csv" / "1cls.csv"
+            counts = convert_visa(base, root, split_csv=split_csv)
+            check_on_disk(root, counts)
+            if expected == SOURCES["visa"]["sha256"]:  # the published archive: its published counts
+                check_visa_counts(counts, split_csv)
+            shutil.rmtree(raw, ignore_errors=True)
+        still = [c for c in spec["categories"] if not (root / c / "train").is_dir()]
+        if still:
+            raise DFRError(f"{root}: categories {still} are not in the archive {archive}")
     write_json(root / ".dfr-ready", {"kind": kind, "categories": spec["categories"]})

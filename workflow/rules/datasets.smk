@@ -1,11 +1,18 @@
-# Public datasets: download, verify (sha256), extract safely, convert (VisA) into MVTec layout.
+# Public datasets (MVTec AD, VisA): download (mirrors in order, resumable), verify sha256, extract safely,
+# convert VisA to MVTec layout. Runs only for categories missing under the dataset's root; `.dfr-ready` is
+# written last, so a failed or interrupted preparation is never trusted by a rerun.
+import re
+
+_DOWNLOADED = {dataset_root(d): d for d, ds in DATASETS.items() if ds["kind"] in ("mvtec", "visa")}
+
 
 rule prepare_dataset:
     output:
         "{root}/.dfr-ready",
+    wildcard_constraints:
+        root="|".join(re.escape(r) for r in _DOWNLOADED) or "^$",
     params:
-        dataset=lambda wc: next(d for d in DATASETS if dataset_root(d) == wc.root),
-        spec=lambda wc: P(DATASETS[next(d for d in DATASETS if dataset_root(d) == wc.root)]),
+        spec=lambda wc: P(DATASETS[_DOWNLOADED[wc.root]]),
     log:
         "logs/datasets/{root}.log",
     conda:

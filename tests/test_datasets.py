@@ -1,0 +1,247 @@
+"""Download -> verify -> extract/convert, offline: miniature archives served from 127.0.0.1."""
+
+import functools
+import hashlib
+import io
+import shutil
+import tarfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import BOTTLE, SHARED_DATA
+from dfr import data, datasets, synthetic
+from dfr.io import DFRError
+from test_workflow import TINY, snakemake
+
+VISA_SPLIT = SHARED_DATA / "visa-split" / "1cls.csv"
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    """Serves a folder; /truncated/<name> announces the full length but sends half and hangs up."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path.startswith("/truncated/"):
+            body = (self.server.root / self.path.split("/", 2)[2]).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
+    httpd.root = root
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def mvtec_archive(server, tmp_path_factory):
+    """A tar.xz with the real archive's inner structure: <category>/{train,test,ground_truth}, license.txt."""
+    root, url = server
+    src = tmp_path_factory.mktemp("mvtec_src")
+    for name, cat in (("bottle", "disc"), ("grid", "grain")):
+        synthetic.generate_category(src, cat, n_train=4, n_test_good=2, n_test_defect=1, seed=0)
+        (src / cat).rename(src / name)
+        (src / name / "synthetic.json").unlink()
+    (src / "license.txt").write_text("CC BY-NC-SA 4.0")
+    archive = root / "mvtec_anomaly_detection.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        for p in sorted(src.iterdir()):
+            tar.add(p, arcname=p.name)
+    return archive, url
+
+
+def _cfg(tmp_path, spec):
+    return {**TINY, "datasets": {"pub": {"root": str(tmp_path / "data" / "pub"), **spec}}}
+
+
+def _prepare(tmp_path, spec, *targets):
+    cats = spec["categories"]
+    return snakemake(tmp_path, _cfg(tmp_path, spec),
+                     *(targets or [f"results/prepared/pub/{c}/index.csv" for c in cats]))
+
+
+def test_mvtec_download_verify_extract(tmp_path, mvtec_archive):
+    archive, url = mvtec_archive
+    spec = {"kind": "mvtec", "categories": ["bottle", "grid"], "urls": [f"{url}/missing.tar.xz",
+                                                                         f"{url}/{archive.name}"],
+            "sha256": _sha(archive)}
+    r = _prepare(tmp_path, spec)
+    assert r.returncode == 0, r.stderr[-3000:]
+    idx = data.read_index(tmp_path / "results" / "prepared" / "pub" / "bottle" / "index.csv")
+    assert (idx.split == "train").sum() == 4 and (idx.label == 1).sum() == 4
+    m = np.asarray(Image.open(tmp_path / "data" / "pub" / "bottle" / "ground_truth" / "stain" / "000_mask.png"))
+    assert set(np.unique(m)) == {0, 255}
+    assert (tmp_path / "data" / "pub" / ".dfr-ready").is_file()
+    assert (tmp_path / "data" / "downloads" / archive.name).is_file()
+    # the dataset is there now: a second workflow run downloads nothing
+    r = snakemake(tmp_path, _cfg(tmp_path, {**spec, "urls": [f"{url}/gone"]}), "-n", "--forceall",
+                  "results/prepared/pub/bottle/index.csv")
+    assert "prepare_dataset" not in r.stdout
+
+
+def _assert_nothing_trusted(tmp_path):
+    pub = tmp_path / "data" / "pub"
+    assert not (pub / ".dfr-ready").exists()
+    assert not (pub / "bottle").exists()
+    assert not list((tmp_path / "data").glob("*.extracting"))
+    assert not (tmp_path / "data" / "downloads" / "mvtec_anomaly_detection.tar.xz").exists()
+
+
+def test_wrong_checksum_fails_clearly(tmp_path, mvtec_archive):
+    archive, url = mvtec_archive
+    r = _prepare(tmp_path, {"kind": "mvtec", "categories": ["bottle"], "urls": [f"{url}/{archive.name}"],
+                            "sha256": "0" * 64})
+    assert r.returncode != 0
+    log = next((tmp_path / "logs" / "datasets").rglob("*.log")).read_text()
+    assert f"sha256 {_sha(archive)} does not match the expected {'0' * 64}" in log
+    assert "Place the archive at" in log
+    _assert_nothing_trusted(tmp_path)
+    assert not list((tmp_path / "data" / "downloads").glob("*.part"))
+
+
+def test_truncated_download_fails_then_restarts_cleanly(tmp_path, mvtec_archive):
+    archive, url = mvtec_archive
+    spec = {"kind": "mvtec", "categories": ["bottle"], "urls": [f"{url}/truncated/{archive.name}"],
+            "sha256": _sha(archive)}
+    r = _prepare(tmp_path, spec)
+    assert r.returncode != 0
+    log = next((tmp_path / "logs" / "datasets").rglob("*.log")).read_text()
+    assert "could not download mvtec_anomaly_detection.tar.xz" in log and "truncated download: got" in log
+    _assert_nothing_trusted(tmp_path)
+    r = _prepare(tmp_path, {**spec, "urls": [f"{url}/{archive.name}"]})
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_archive_with_parent_member_is_refused(tmp_path, server):
+    root, url = server
+    evil = root / "evil.tar.xz"
+    with tarfile.open(evil, "w:xz") as tar:
+        info = tarfile.TarInfo("bottle/../../escaped.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    r = _prepare(tmp_path, {"kind": "mvtec", "categories": ["bottle"], "urls": [f"{url}/{evil.name}"],
+                            "sha256": _sha(evil)})
+    assert r.returncode != 0
+    log = next((tmp_path / "logs" / "datasets").rglob("*.log")).read_text()
+    assert "unsafe member 'bottle/../../escaped.txt'" in log
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not (tmp_path / "data" / "pub" / ".dfr-ready").exists()
+
+
+def test_local_archive_skips_the_network(tmp_path, mvtec_archive):
+    archive, _ = mvtec_archive
+    r = _prepare(tmp_path, {"kind": "mvtec", "categories": ["grid"], "archive": str(archive),
+                            "urls": ["http://127.0.0.1:9/unreachable"], "sha256": _sha(archive)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "data" / "pub" / "grid" / "train" / "good").is_dir()
+
+
+def _visa_tree(raw, split: pd.DataFrame, size=(12, 10)):
+    """Stand-in images and id-valued masks at every path a VisA split names."""
+    rng = np.random.default_rng(0)
+    for p in split.image:
+        (raw / p).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(raw / p, format="JPEG")
+    for p in split["mask"][split["mask"] != ""]:
+        (raw / p).parent.mkdir(parents=True, exist_ok=True)
+        m = np.zeros(size[::-1], np.uint8)
+        m[2:5, 3:7] = 3  # class ids, not 255
+        m[7, 1] = 7
+        Image.fromarray(m).save(raw / p)
+
+
+def _mini_visa_split():
+    rows = []
+    for obj in ("candle", "pcb1"):
+        for i in range(5):
+            rows.append((obj, "train", "normal", f"{obj}/Data/Images/Normal/{i:03d}.JPG", ""))
+        for i in range(5, 7):
+            rows.append((obj, "test", "normal", f"{obj}/Data/Images/Normal/{i:03d}.JPG", ""))
+        for i in range(3):
+            rows.append((obj, "test", "anomaly", f"{obj}/Data/Images/Anomaly/{i:03d}.JPG",
+                         f"{obj}/Data/Masks/Anomaly/{i:03d}.png"))
+    return pd.DataFrame(rows, columns=["object", "split", "label", "image", "mask"])
+
+
+def test_visa_download_convert(tmp_path, server):
+    root, url = server
+    raw = tmp_path / "visa_raw"
+    split = _mini_visa_split()
+    _visa_tree(raw, split)
+    (raw / "split_csv").mkdir()
+    split.to_csv(raw / "split_csv" / "1cls.csv", index=False)
+    archive = root / "VisA_20220922.tar"
+    with tarfile.open(archive, "w") as tar:
+        for p in sorted(raw.iterdir()):
+            tar.add(p, arcname=p.name)
+    r = _prepare(tmp_path, {"kind": "visa", "categories": ["candle", "pcb1"], "urls": [f"{url}/{archive.name}"],
+                            "sha256": _sha(archive)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "data" / "pub" / "candle"
+    assert len(list((out / "train" / "good").glob("*.JPG"))) == 5
+    assert len(list((out / "test" / "good").glob("*.JPG"))) == 2
+    assert len(list((out / "test" / "bad").glob("*.JPG"))) == 3
+    m = np.asarray(Image.open(out / "ground_truth" / "bad" / "001_mask.png"))
+    assert set(np.unique(m)) == {0, 255} and (m == 255).sum() == 13
+    idx = data.read_index(tmp_path / "results" / "prepared" / "pub" / "pcb1" / "index.csv")
+    assert (idx.defect == "bad").sum() == 3 and (idx[idx.label == 1].mask_path != "").all()
+    assert not (tmp_path / "data" / "pub.raw").exists()
+
+
+@pytest.mark.skipif(not VISA_SPLIT.is_file(), reason=f"{VISA_SPLIT} not present")
+def test_real_visa_split_converts_to_its_counts(tmp_path):
+    split = pd.read_csv(VISA_SPLIT, dtype=str, keep_default_na=False)
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _visa_tree(raw, split, size=(8, 8))
+    counts = datasets.convert_visa(raw, out, split_csv=VISA_SPLIT)
+    assert len(counts) == 12
+    want = split.assign(key=split["split"] + "/" + split.label.map({"normal": "good", "anomaly": "bad"}))
+    for obj, g in want.groupby("object"):
+        assert counts[obj] == {k: int((g.key == k).sum()) for k in ("train/good", "test/good", "test/bad")}
+    datasets.check_on_disk(out, counts)
+    datasets.check_visa_counts(counts, VISA_SPLIT)  # 8,659 / 962 / 1,200
+    df = data.index_category(out, "candle")
+    assert (df.split == "train").sum() == counts["candle"]["train/good"]
+
+
+def test_visa_split_problems(tmp_path):
+    split = _mini_visa_split()
+    raw = tmp_path / "raw"
+    _visa_tree(raw, split)
+    (raw / split.image.iloc[-1]).unlink()
+    split.to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(DFRError, match=r"002.JPG: listed in s.csv but missing from the archive"):
+        datasets.convert_visa(raw, tmp_path / "out", split_csv=tmp_path / "s.csv")
+    with pytest.raises(DFRError, match="VisA split file not found"):
+        datasets.convert_visa(raw, tmp_path / "out")
+    with pytest.raises(DFRError, match=r"categories \['moon'\] not in the VisA split"):
+        datasets.convert_visa(raw, tmp_path / "out", categories=["moon"], split_csv=tmp_path / "s.csv")
+
+
+@pytest.mark.skipif(not (BOTTLE / "bottle").is_dir(), reason=f"{BOTTLE} not present")
+def test_real_bottle_passes_validation():
+    df = data.index_category(BOTTLE, "bottle")
+    assert (df.split == "train").sum() == 209
+    assert (df.split == "test").sum() == 83 and df.label.sum() == 63

@@ -1,0 +1,36 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dfr import tables
+
+
+def _m(cat, auroc, f1, pixel):
+    t = {"threshold": 0.5, "TP": 1, "FP": 0, "TN": 1, "FN": 0, "precision": 1.0, "recall": f1, "f1": f1,
+         "specificity": 1.0, "balanced_accuracy": 0.9, "error_pct": 10.0}
+    return {"dataset": "d", "category": cat, "image_auroc": auroc,
+            "thresholds": {"f1_optimal": {**t, "oracle": True}, "val_mean_std": {**t, "threshold": 0.7},
+                           "val_percentile": {**t, "threshold": 0.8}},
+            "pixel": pixel}
+
+
+def test_tables_with_mean_rows(tmp_path):
+    files = []
+    for m in (_m("b", 0.9, 0.8, {"auroc": 0.95, "au_pro": 0.9}), _m("a", 0.7, 0.6, None)):
+        p = tmp_path / f"{m['category']}.json"
+        p.write_text(json.dumps(m))
+        files.append(p)
+    tables.write(files, "d", tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "v.csv")
+    t = pd.read_csv(tmp_path / "t.csv")
+    assert list(t.columns) == tables.COLUMNS
+    assert list(t.Category) == ["a", "b", "Mean"]
+    assert t.AUROC.iloc[2] == pytest.approx(0.8)
+    assert t["Pixel AUROC"].iloc[2] == pytest.approx(0.95)  # mean over categories that have masks
+    assert np.isnan(t.BestThr.iloc[2])
+    v = pd.read_csv(tmp_path / "v.csv")
+    assert len(v) == 4 + 2 and set(v.Threshold) == set(tables.THRESHOLD_NAMES.values())
+    md = (tmp_path / "t.md").read_text()
+    assert "| a | 0.700 | 0.5 | 1.000 | 0.600 | 0.600 | 1.000 | 0.900 | 10.00% | — | — |" in md
+    assert "oracle" in md and "no test labels" in md
