@@ -16,7 +16,11 @@ rule train:
     params:
         cae=P(dfr_config.cae_params(config)),
         pca=lambda wc, input: f"--pca {input.pca}" if "pca" in input.keys() else "",
-    threads: 2
+    threads: THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=train_mem_mb,
+        runtime=train_runtime,
     log:
         f"logs/{E}/train/{{dataset}}/{{category}}.log",
     conda:

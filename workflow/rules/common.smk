@@ -80,3 +80,60 @@ def all_targets():
         out += [f"{R}/{E}/tables/{d}.csv", f"{R}/{E}/tables/{d}.md"]
         out += [f"{R}/{E}/{d}/{c}/plots/.done" for c in ds["categories"]]
     return out
+
+
+# ---- resources: what a job asks a scheduler for, derived from config (and the index once it exists) ----
+RES = config["resources"]
+GPU = RES["gpu"]
+THREADS = RES["threads"]
+_CHANNELS = {"resnet18": 384, "resnet34": 384, "resnet50": 1536, "wide_resnet50_2": 1536,
+             "tf_efficientnet_lite0": 152, "tf_efficientnet_lite1": 152, "tf_efficientnet_lite2": 168}
+
+
+def n_images(wildcards, split=None):
+    """Images of a category (from its index once it exists; a generous guess before)."""
+    path = Path(f"{R}/prepared/{wildcards.dataset}/{wildcards.category}/index.csv")
+    if not path.is_file():
+        return 500
+    import pandas as pd
+
+    df = pd.read_csv(path, usecols=["split"])
+    return int(len(df) if split is None else (df.split == split).sum())
+
+
+def feature_mb_per_image():
+    side = config["data"]["image_size"] // 8
+    return _CHANNELS.get(config["features"]["backbone"], 1536) * side * side * 4 / 2**20
+
+
+def features_mem_mb(wildcards, attempt):
+    f = config["features"]
+    return attempt * (RES["mem_mb_min"] + 2000 + 60 * f["batch_size"] + 1000 * f["num_workers"])
+
+
+def features_runtime(wildcards, attempt):
+    # minutes: start-up + ~0.1 s an image (decoding bound on a GPU node), doubled on each retry
+    return attempt * int(10 + n_images(wildcards, wildcards.split) * 0.1 / 60 * 4)
+
+
+def train_mem_mb(wildcards, attempt):
+    # the cache held in RAM when it fits (2 GiB), plus the model and torch
+    cache = min(2048, n_images(wildcards, "train") * feature_mb_per_image())
+    return attempt * int(RES["mem_mb_min"] + 2000 + cache)
+
+
+def train_runtime(wildcards, attempt):
+    per_epoch_s = 1 + n_images(wildcards, "train") * feature_mb_per_image() / 200  # ~200 MB/s from HDF5
+    return attempt * int(10 + config["cae"]["epochs"] * per_epoch_s / 60 * 2)
+
+
+# Seconds-long bookkeeping runs on the submitting node under a cluster executor; downloads too, since
+# compute nodes often have no internet access.
+localrules:
+    all,
+    prepare_dataset,
+    synthetic,
+    index,
+    split,
+    scores,
+    tables,

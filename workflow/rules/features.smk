@@ -9,7 +9,11 @@ rule features:
         feats("{split}"),
     params:
         features=P(dfr_config.feature_params(config)),
-    threads: 2
+    threads: THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=features_mem_mb,
+        runtime=features_runtime,
     log:
         f"logs/features/{{dataset}}/{{category}}/{FKEY}/{{split}}.log",
     conda:

@@ -9,6 +9,9 @@ rule pca:
     params:
         pca=P(dfr_config.pca_params(config)),
     threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: attempt * (RES["mem_mb_min"] + 3000),
+        runtime=lambda wc, attempt: attempt * 20,
     log:
         f"logs/{E}/pca/{{dataset}}/{{category}}.log",
     conda:

@@ -8,7 +8,11 @@ rule maps:
         split=exp("split.json"),
     output:
         exp("maps.h5"),
-    threads: 2
+    threads: THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=train_mem_mb,
+        runtime=lambda wc, attempt: attempt * 20,
     log:
         f"logs/{E}/maps/{{dataset}}/{{category}}.log",
     conda:

@@ -1,0 +1,96 @@
+"""The tiny demo DAG through a real single-node SLURM cluster (scripts/slurm-cluster.sh) and the project's
+profile: same artifacts as a local run, GPU rules on the GPU partition with --gpus, failures reported."""
+
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from test_workflow import TINY, snakemake
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("sbatch") is None or shutil.which("slurmctld") is None,
+                       reason="SLURM is not installed (scripts/slurm-cluster.sh install, as root on Debian)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="starting slurmctld/slurmd/munged needs root"),
+]
+CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
+CFG = {**TINY, "datasets": {"synth": {**TINY["datasets"]["synth"], "categories": ["disc"]}},
+       "resources": {"gpu": 1, "threads": 2, "mem_mb_min": 500}}
+SLURM_ARGS = ["--profile", str(ROOT / "profiles" / "slurm"), "--slurm-status-command", "squeue",
+              "--slurm-init-seconds-before-status-checks", "2", "--set-threads", "features=2", "train=2",
+              "maps=2", "--verbose"]
+GPU_RULES = {"features", "train", "maps"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "DFR_SLURM_DIR": str(state)}
+    t0 = time.perf_counter()
+    subprocess.run([str(CLUSTER), "up"], check=True, env=env, capture_output=True, text=True)
+    print(f"SLURM up in {time.perf_counter() - t0:.1f} s")
+    yield state
+    subprocess.run([str(CLUSTER), "down"], env=env, capture_output=True)
+
+
+def _sbatch_calls(out: str) -> dict[str, str]:
+    calls = {}
+    for line in out.splitlines():
+        m = re.search(r"sbatch call: (sbatch .*?) --wrap", line)
+        if m:
+            rule = re.search(r"--comment rule_(\w+?)_wildcards", m.group(1)).group(1)
+            calls[rule] = re.sub(r" --(job-name|output) \S+", "", m.group(1))
+    return calls
+
+
+def test_slurm_run_matches_local_run(cluster, tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "slurm"
+    local.mkdir()
+    remote.mkdir()
+    t0 = time.perf_counter()
+    r = snakemake(local, CFG)
+    t_local = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr[-3000:]
+    t0 = time.perf_counter()
+    r = snakemake(remote, CFG, *SLURM_ARGS)
+    t_slurm = time.perf_counter() - t0
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    calls = _sbatch_calls(out)
+    print(f"local {t_local:.0f} s, SLURM {t_slurm:.0f} s")
+    for rule, call in sorted(calls.items()):
+        print(f"{rule}: {call}")
+    assert GPU_RULES <= set(calls) and {"pca", "metrics", "plots"} <= set(calls)
+    assert not {"index", "split", "scores", "tables", "synthetic"} & set(calls)  # local rules
+    for rule, call in calls.items():
+        if rule in GPU_RULES:
+            assert " -p gpu " in call and "--gpus=1" in call, call
+        else:
+            assert " -p cpu " in call and "--gpus" not in call, call
+    exp = "results/tiny/synth/disc"
+    a = pd.read_csv(local / exp / "scores.csv").set_index("image_id")
+    b = pd.read_csv(remote / exp / "scores.csv").set_index("image_id")
+    assert list(a.index) == list(b.index)
+    np.testing.assert_allclose(a.score, b.score, rtol=1e-5)
+    print("max relative score difference:", float(np.max(np.abs(a.score - b.score) / a.score)))
+    assert (pd.read_csv(local / "results/tiny/tables/synth.csv").AUROC
+            == pd.read_csv(remote / "results/tiny/tables/synth.csv").AUROC).all()
+
+
+def test_failing_job_fails_the_run_with_its_log(cluster, tmp_path):
+    cfg = {**CFG, "features": {**CFG["features"], "weights": str(tmp_path / "missing.pth")}}
+    r = snakemake(tmp_path, cfg, *SLURM_ARGS, "--retries", "0")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "Error in rule features" in out and "SLURM-job" in out
+    m = re.search(r"log: (logs/features/\S+\.log), (\S+/slurm_logs/\S+\.log)", out)
+    assert m, out[-3000:]
+    assert "weights file not found" in (tmp_path / m.group(1)).read_text()
+    assert os.path.isfile(m.group(2))
