@@ -66,7 +66,9 @@ def test_weights_file_errors(tmp_path):
     with pytest.raises(DFRError, match="not a readable PyTorch state dict"):
         backbones.build("resnet18", str(bad))
     good = tmp_path / "r18.pth"
-    torch.save(backbones.build("resnet18", "none").state_dict(), good)
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), good)  # a standard torchvision state dict
     with pytest.raises(DFRError, match="do not match the backbone"):
         backbones.build("resnet34", str(good))
     assert backbones.build("resnet18", str(good)) is not None
@@ -111,3 +113,36 @@ def test_extract_to_hdf5(synth_root, tmp_path):
         np.testing.assert_allclose(x[1], ref, rtol=2e-3, atol=2e-3)
     with pytest.raises(DFRError, match="no images in split"):
         features.extract(idx, "val", tmp_path / "v.h5", params)
+
+
+def test_two_extractors_on_one_backbone_do_not_interfere():
+    model = backbones.build("resnet18", "none")
+    a = features.FeatureExtractor(model, ["layer2[-1]", "layer3[-1]"])
+    b = features.FeatureExtractor(model, ["layer1[-1]"])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert a(x).shape == (1, 384, 8, 8)
+        assert b(x).shape == (1, 64, 16, 16)
+        assert a(x).shape == (1, 384, 8, 8)
+    b.remove_hooks()
+    assert b._handles == []
+
+
+def test_batchnorm_folding_keeps_the_function():
+    import torchvision
+
+    ref = torchvision.models.resnet50()
+    for m in ref.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    ref.eval()
+    import copy
+
+    folded = backbones.fold_batchnorm(copy.deepcopy(ref))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    a = features.FeatureExtractor(ref, ["layer2[-1]", "layer3[-1]"])
+    b = features.FeatureExtractor(folded, ["layer2[-1]", "layer3[-1]"])
+    with torch.inference_mode():
+        torch.testing.assert_close(b(x), a(x), rtol=1e-4, atol=1e-4)

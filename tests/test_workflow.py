@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -15,6 +16,7 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+FIRST_RUN: dict = {}
 
 TINY = {
     "experiment": "tiny",
@@ -51,8 +53,10 @@ def planned_jobs(out: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("wf")
+    t0 = time.perf_counter()
     r = snakemake(wd, TINY)
     assert r.returncode == 0, r.stderr[-4000:]
+    FIRST_RUN["seconds"] = time.perf_counter() - t0
     return wd
 
 
@@ -136,3 +140,29 @@ def test_bad_dataset_fails_naming_the_file(tmp_path):
     log = (tmp_path / "logs" / "index" / "mine" / "thing.log").read_text()
     assert f"{root / 'train' / 'good'}: no images (empty split)" in log
     assert not (tmp_path / "results" / "prepared" / "mine" / "thing" / "index.csv").exists()
+
+
+def executed_jobs(out: str) -> dict[str, int]:
+    """Job counts of a real run (its 'Job stats' table)."""
+    return planned_jobs(out)
+
+
+def test_incremental_reruns_execute_only_what_changed(tiny_run):
+    """Measured for real: a CAE-only edit runs no feature job, a top-k edit no training job."""
+    wd = tiny_run
+    t0 = time.perf_counter()
+    r = snakemake(wd, {**TINY, "cae": {**TINY["cae"], "epochs": 2}})
+    t_cae = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = executed_jobs(r.stdout + r.stderr)
+    assert jobs.get("train") == 2 and "features" not in jobs and "pca" not in jobs
+    t0 = time.perf_counter()
+    r = snakemake(wd, {**TINY, "cae": {**TINY["cae"], "epochs": 2}, "scoring": {"top_k": 3}})
+    t_topk = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = executed_jobs(r.stdout + r.stderr)
+    assert jobs.get("scores") == 2 and "train" not in jobs and "maps" not in jobs and "features" not in jobs
+    first = FIRST_RUN.get("seconds", float("nan"))
+    print(f"first run {first:.0f} s; rerun after a CAE edit {t_cae:.0f} s ({t_cae / first:.2f}x); "
+          f"after a top-k edit {t_topk:.0f} s ({t_topk / first:.2f}x)")
+    assert t_topk < t_cae < first

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import backbones
@@ -50,9 +51,26 @@ class CAE(nn.Module):
         self.register_buffer("std", torch.ones(1, c, 1, 1))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        z = (f - self.mean) / self.std if self.normalize else f
-        out = self.decoder(self.encoder(z))
-        return out * self.std + self.mean if self.normalize else out
+        """f̂(x). The 1×1 convolutions run as matrix products over all locations (rows = N·H·W), which
+        is exactly a 1×1 convolution and BatchNorm2d, at GEMM speed; the output is an NCHW tensor in
+        channels-last layout."""
+        n, c, h, w = f.shape
+        x = f.permute(0, 2, 3, 1).reshape(-1, c)  # a view when f is channels-last
+        if self.normalize:
+            x = (x - self.mean.view(1, -1)) / self.std.view(1, -1)
+        for layer in (*self.encoder, *self.decoder):
+            if isinstance(layer, nn.Conv2d):
+                x = F.linear(x, layer.weight.view(layer.out_channels, layer.in_channels), layer.bias)
+            elif isinstance(layer, nn.BatchNorm2d):
+                if self.training:
+                    layer.num_batches_tracked.add_(1)
+                x = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias,
+                                 self.training, layer.momentum, layer.eps)
+            else:
+                x = layer(x)
+        if self.normalize:
+            x = x * self.std.view(1, -1) + self.mean.view(1, -1)
+        return x.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def reconstruction_loss(f: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
@@ -80,11 +98,13 @@ def channel_stats(cache: FeatureCache, positions: np.ndarray, batch: int = 64) -
 
 
 class FeatureBatches:
-    """Batches of cached features: from RAM when it fits (or asked), else streamed from HDF5."""
+    """Batches of cached features as channels-last tensors: from RAM when it fits (or asked), else streamed
+    from HDF5 one batch at a time (memory bounded by the batch, whatever the cache's size)."""
 
     def __init__(self, cache: FeatureCache, positions: np.ndarray, batch_size: int, in_memory: bool):
         self.cache, self.positions, self.batch_size = cache, np.asarray(positions), batch_size
-        self.data = cache.read(self.positions) if in_memory else None
+        # held as N×H×W×C so that batches are channels-last without a copy
+        self.data = np.ascontiguousarray(cache.read(self.positions).transpose(0, 2, 3, 1)) if in_memory else None
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -93,8 +113,11 @@ class FeatureBatches:
         order = rng.permutation(len(self.positions)) if rng is not None else np.arange(len(self.positions))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            x = self.data[idx] if self.data is not None else self.cache.read(self.positions[idx])
-            yield torch.from_numpy(x)
+            if self.data is not None:
+                yield torch.from_numpy(self.data[idx]).permute(0, 3, 1, 2)
+            else:
+                x = torch.from_numpy(self.cache.read(self.positions[idx]))
+                yield x.contiguous(memory_format=torch.channels_last)
 
 
 def _fits_in_ram(cache: FeatureCache, n: int, limit_bytes: float = 2 * 2**30) -> bool:
@@ -126,7 +149,7 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
             mean, std = channel_stats(cache, tr_pos)
             model.mean.copy_(torch.from_numpy(mean).float().view(1, -1, 1, 1))
             model.std.copy_(torch.from_numpy(std).float().view(1, -1, 1, 1))
-        model.to(device)
+        model.to(device=device, memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=params["lr"])
         train_b = FeatureBatches(cache, tr_pos, params["batch_size"], in_mem)
         val_b = FeatureBatches(cache, va_pos, params["batch_size"], in_mem)
@@ -140,7 +163,7 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
             model.train()
             tot, n = 0.0, 0
             for x in train_b.batches(rng):
-                x = x.to(device, non_blocking=True)
+                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 loss = reconstruction_loss(x, model(x))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -181,7 +204,7 @@ def evaluate(model: CAE, batches: FeatureBatches, device: torch.device) -> float
     model.eval()
     tot, n = 0.0, 0
     for x in batches.batches(None):
-        x = x.to(device)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
         tot += reconstruction_loss(x, model(x)).item() * len(x)
         n += len(x)
     return tot / max(n, 1)
@@ -195,4 +218,4 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> CAE:
     model = CAE(ckpt["in_channels"], ckpt["latent_dim"], batchnorm=ckpt.get("batchnorm", True),
                 normalize=ckpt["normalize"])
     model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval()
+    return model.to(device=device, memory_format=torch.channels_last).eval()

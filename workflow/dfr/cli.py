@@ -154,7 +154,8 @@ def _run(a: argparse.Namespace) -> int:
     elif a.stage == "train":
         from . import cae
 
-        cae.train(a.features, a.split_json, a.model, a.history, {"device": rt.get("device", "auto"), **a.params},
+        cae.train(a.features, a.split_json, a.model, a.history, {"device": rt.get("device", "auto"),
+                                                            "in_memory": rt.get("train_in_memory", "auto"), **a.params},
                   pca_json=a.pca)
     elif a.stage == "maps":
         from . import scoring

@@ -99,7 +99,7 @@ def feature_runtime(cfg: dict) -> dict:
     """Settings that change how fast features are made, not what they are (not rerun triggers)."""
     f = cfg["features"]
     return {"batch_size": f["batch_size"], "num_workers": f["num_workers"], "device": cfg["device"],
-            "channels_last": f["channels_last"], "amp": f["amp"]}
+            "channels_last": f["channels_last"], "amp": f["amp"], "train_in_memory": cfg["cae"]["in_memory"]}
 
 
 def feature_key(cfg: dict) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -55,11 +56,14 @@ class FeatureExtractor(nn.Module):
         self.pool = pool
         self.truncate = truncate
         self._maps: dict[int, torch.Tensor] = {}
+        self._active = False  # hooks act only during this extractor's own forward pass
         self._handles = [backbones.get_layer(backbone, name).register_forward_hook(self._hook(i))
                          for i, name in enumerate(self.layers)]
 
     def _hook(self, i: int):
         def fn(_module, _inputs, output):
+            if not self._active:
+                return
             self._maps[i] = output
             if self.truncate and len(self._maps) == len(self.layers):
                 raise _LastLayerReached
@@ -69,10 +73,13 @@ class FeatureExtractor(nn.Module):
     def hooked(self, x: torch.Tensor) -> list[torch.Tensor]:
         """φ_ℓ(x) for every hooked layer, in config order."""
         self._maps = {}
+        self._active = True
         try:
             self.backbone(x)
         except _LastLayerReached:
             pass
+        finally:
+            self._active = False
         missing = [self.layers[i] for i in range(len(self.layers)) if i not in self._maps]
         if missing:
             raise DFRError(f"hooked layers never ran in the forward pass: {missing}")
@@ -81,6 +88,16 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fuse(self.hooked(x), self.pool)
+
+    def remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _one_thread(_worker_id: int) -> None:
+    """Decoding workers use one thread each: the cores belong to the backbone."""
+    torch.set_num_threads(1)
 
 
 def feature_params_key(params: dict) -> str:
@@ -91,12 +108,13 @@ def feature_params_key(params: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -> None:
+def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -> dict:
     """Extract f(x) for every image of ``split`` ("train" or "test") of an index into one HDF5 file.
 
     params: backbone, weights, layers, pool, image_size, normalize, dtype, batch_size, num_workers, device,
     channels_last, amp.
     """
+    t_start = time.perf_counter()
     index = read_index(index_path)
     rows = index[index.split == split].reset_index(drop=True)
     if rows.empty:
@@ -104,12 +122,13 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -
     device = backbones.resolve_device(params.get("device", "auto"))
     model = backbones.build(params["backbone"], params["weights"])
     extractor = FeatureExtractor(model, params["layers"], pool=params["pool"]).to(device)
-    if params.get("channels_last") and device.type == "cuda":
+    if params.get("channels_last"):
         extractor = extractor.to(memory_format=torch.channels_last)
     pre = Preprocess(params["image_size"], params["normalize"])
     loader = torch.utils.data.DataLoader(
         ImageDataset(rows.path.tolist(), pre), batch_size=params["batch_size"], shuffle=False,
         num_workers=params.get("num_workers", 0), pin_memory=device.type == "cuda",
+        worker_init_fn=_one_thread, persistent_workers=False,
     )
     dtype = np.dtype(params.get("dtype", "float16"))
     amp = params.get("amp", "none")
@@ -135,16 +154,21 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -
             f.attrs["split"] = split
             f.attrs["index"] = str(index_path)
             start = 0
+            t_loop = time.perf_counter()
             with torch.inference_mode():
                 for x in tqdm(loader, desc=f"features {split}", unit="batch", mininterval=5):
                     x = x.to(device, non_blocking=True)
-                    if params.get("channels_last") and device.type == "cuda":
+                    if params.get("channels_last"):
                         x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         fx = extractor(x)
                     feats[start:start + len(x)] = fx.float().cpu().numpy().astype(dtype, copy=False)
                     start += len(x)
-    log.info("wrote %s (%d images)", out, len(rows))
+            t_end = time.perf_counter()
+    stats = {"images": len(rows), "seconds_setup": t_loop - t_start, "seconds_loop": t_end - t_loop}
+    log.info("wrote %s (%d images, %.1f images/s after %.1f s of set-up)", out, len(rows),
+             len(rows) / stats["seconds_loop"], stats["seconds_setup"])
+    return stats
 
 
 class FeatureCache:
@@ -182,17 +206,23 @@ class FeatureCache:
                            "(the index changed since the features were extracted?)") from None
 
     def read(self, positions: Sequence[int]) -> np.ndarray:
-        """Rows at ``positions`` (any order) as float32, reading in increasing order as HDF5 needs."""
+        """Rows at ``positions`` (any order) as float32.
+
+        One chunk (one image) is read at a time into a reused buffer: memory stays at one batch however
+        large the cache, and no HDF5 fancy-index selection is built.
+        """
         positions = np.asarray(positions, dtype=np.int64)
-        if len(positions) == 0:
-            return np.zeros((0, *self.shape[1:]), np.float32)
-        order = np.argsort(positions, kind="stable")
-        sorted_pos = positions[order]
-        uniq, inverse = np.unique(sorted_pos, return_inverse=True)
-        block = self.features[uniq].astype(np.float32)
         out = np.empty((len(positions), *self.shape[1:]), np.float32)
-        out[order] = block[inverse]
+        buf = self._buffer()
+        for k, p in enumerate(positions):
+            self.features.read_direct(buf, np.s_[int(p)], np.s_[0])
+            out[k] = buf[0]
         return out
+
+    def _buffer(self) -> np.ndarray:
+        if getattr(self, "_buf", None) is None:
+            self._buf = np.empty((1, *self.shape[1:]), self.features.dtype)
+        return self._buf
 
     def close(self) -> None:
         self.file.close()

@@ -47,6 +47,7 @@ def _maps(model: cae.CAE, cache: FeatureCache, positions: np.ndarray, device: to
     out = []
     for start in range(0, len(positions), batch):
         f = torch.from_numpy(cache.read(positions[start:start + batch])).to(device)
+        f = f.contiguous(memory_format=torch.channels_last)
         out.append(cae.error_map(f, model(f)).cpu().numpy())
     if not out:
         return np.zeros((0, *cache.shape[2:]), np.float32)
