@@ -8,7 +8,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: setup demo bottle test test-fast dry-run clean
+.PHONY: setup demo bottle test test-fast bench dry-run clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -ra -m "not slow"
+
+bench: setup
+	$(BIN)/python -m dfr.bench
 
 dry-run: setup
 	$(BIN)/snakemake -n --quiet rules

@@ -83,14 +83,14 @@ def error_map(f: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
     return (f - f_hat).pow(2).sum(dim=1).sqrt()
 
 
-def channel_stats(cache: FeatureCache, positions: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Channel-wise mean and std over all locations of the given images (streamed, float64)."""
+def channel_stats(cache: FeatureCache, positions: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Channel-wise mean and std over all locations of the given images (streamed; float64 sums)."""
     c = cache.shape[1]
     s1, s2, n = np.zeros(c), np.zeros(c), 0
     for start in range(0, len(positions), batch):
-        x = cache.read(positions[start:start + batch]).astype(np.float64)
-        s1 += x.sum(axis=(0, 2, 3))
-        s2 += (x ** 2).sum(axis=(0, 2, 3))
+        x = cache.read(positions[start:start + batch])
+        s1 += x.sum(axis=(0, 2, 3), dtype=np.float64)
+        s2 += np.square(x).sum(axis=(0, 2, 3), dtype=np.float64)
         n += x.shape[0] * x.shape[2] * x.shape[3]
     mean = s1 / n
     std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0))

@@ -44,12 +44,18 @@ def _fill_defaults(cfg: Any, sch: dict) -> Any:
 
 def validate(cfg: dict, source: str = "config") -> dict:
     """Fill defaults and validate; raise :class:`DFRError` listing every problem with its key path."""
-    import jsonschema
-
     sch = schema()
     cfg = _fill_defaults(copy.deepcopy(cfg), sch)
-    validator = jsonschema.Draft202012Validator(sch)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    try:
+        import jsonschema
+    except ImportError:  # e.g. a GPU box with only PyTorch: defaults filled, schema not checked
+        import warnings
+
+        warnings.warn("jsonschema is not installed: the configuration is not validated", stacklevel=2)
+        errors = []
+    else:
+        validator = jsonschema.Draft202012Validator(sch)
+        errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []
         for e in errors:
@@ -126,3 +132,32 @@ def metrics_params(cfg: dict) -> dict:
     t, m = cfg["thresholds"], cfg["metrics"]
     return {"alpha": t["alpha"], "percentile": t["percentile"], "pixel_fpr": t["pixel_fpr"],
             "eval_size": m["eval_size"], "pixel": m["pixel"], "pro_fpr_limit": m["pro_fpr_limit"]}
+
+
+# ---- artifact paths: one definition for the Snakefile's patterns and for dfr.run ----
+
+def paths(cfg: dict, dataset: str = "{dataset}", category: str = "{category}") -> dict[str, str]:
+    """Every per-category artifact path; with the default arguments, Snakemake wildcard patterns."""
+    r, e, k = cfg["results"].rstrip("/"), cfg["experiment"], feature_key(cfg)
+    exp = f"{r}/{e}/{dataset}/{category}"
+    return {
+        "synthetic": f"{r}/datasets/{dataset}/{category}/synthetic.json",
+        "index": f"{r}/prepared/{dataset}/{category}/index.csv",
+        "features_train": f"{r}/features/{dataset}/{category}/{k}/train.h5",
+        "features_test": f"{r}/features/{dataset}/{category}/{k}/test.h5",
+        "split": f"{exp}/split.json", "pca": f"{exp}/pca.json", "model": f"{exp}/model.pt",
+        "history": f"{exp}/history.csv", "maps": f"{exp}/maps.h5", "scores": f"{exp}/scores.csv",
+        "metrics": f"{exp}/metrics.json", "plots": f"{exp}/plots",
+    }
+
+
+def table_paths(cfg: dict, dataset: str = "{dataset}") -> dict[str, str]:
+    t = f"{cfg['results'].rstrip('/')}/{cfg['experiment']}/tables"
+    return {"csv": f"{t}/{dataset}.csv", "md": f"{t}/{dataset}.md", "val": f"{t}/{dataset}_val_thresholds.csv"}
+
+
+def dataset_root(cfg: dict, dataset: str) -> str:
+    ds = cfg["datasets"][dataset]
+    if ds["kind"] == "synthetic":
+        return f"{cfg['results'].rstrip('/')}/datasets/{dataset}"
+    return (ds["root"] or f"data/{dataset}").rstrip("/")

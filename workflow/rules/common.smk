@@ -42,12 +42,7 @@ def P(params):
 
 
 def dataset_root(dataset):
-    ds = DATASETS[dataset]
-    if ds["kind"] == "synthetic":
-        return f"{R}/datasets/{dataset}"
-    if ds["root"]:
-        return ds["root"].rstrip("/")
-    return f"data/{dataset}"
+    return dfr_config.dataset_root(config, dataset)
 
 
 def category_ready(wildcards):
@@ -61,13 +56,17 @@ def category_ready(wildcards):
     return []
 
 
+PATHS = dfr_config.paths(config)  # wildcard patterns of every per-category artifact
+
+
 def exp(path):
     """A per-category artifact of this experiment."""
     return f"{R}/{E}/{{dataset}}/{{category}}/{path}"
 
 
 def feats(split):
-    return f"{R}/features/{{dataset}}/{{category}}/{FKEY}/{split}.h5"
+    return PATHS[f"features_{split}"] if split in ("train", "test") else PATHS["features_train"].replace(
+        "train.h5", f"{split}.h5")
 
 
 def all_categories():
