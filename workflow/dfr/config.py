@@ -128,10 +128,13 @@ def cae_params(cfg: dict) -> dict:
             "early_stopping": c["early_stopping"], "seed": cfg["seed"]}
 
 
-def metrics_params(cfg: dict) -> dict:
+def metrics_params(cfg: dict, dataset: str | None = None) -> dict:
     t, m = cfg["thresholds"], cfg["metrics"]
+    eval_size = m["eval_size"]
+    if dataset is not None and cfg["datasets"][dataset].get("eval_size"):
+        eval_size = cfg["datasets"][dataset]["eval_size"]
     return {"alpha": t["alpha"], "percentile": t["percentile"], "pixel_fpr": t["pixel_fpr"],
-            "eval_size": m["eval_size"], "pixel": m["pixel"], "pro_fpr_limit": m["pro_fpr_limit"]}
+            "eval_size": eval_size, "pixel": m["pixel"], "pro_fpr_limit": m["pro_fpr_limit"]}
 
 
 # ---- artifact paths: one definition for the Snakefile's patterns and for dfr.run ----

@@ -74,7 +74,7 @@ def run(cfg: dict, force: bool = False) -> dict[str, float]:
                                                                       cfg["scoring"]["top_k"]))
             stage("metrics", p["metrics"], lambda: metrics.evaluate(
                 p["scores"], p["maps"], p["metrics"],
-                {**dfr_config.metrics_params(cfg), "dataset": dataset, "category": category}))
+                {**dfr_config.metrics_params(cfg, dataset), "dataset": dataset, "category": category}))
             stage("plots", f"{p['plots']}/.done", lambda: (
                 plots.category_figures(p["scores"], p["maps"], p["metrics"], p["history"], p["plots"],
                                        {"n_examples": 3}), Path(f"{p['plots']}/.done").touch()))

@@ -7,7 +7,7 @@ rule metrics:
     output:
         exp("metrics.json"),
     params:
-        metrics=lambda wc: P({**dfr_config.metrics_params(config), "dataset": wc.dataset, "category": wc.category}),
+        metrics=lambda wc: P({**dfr_config.metrics_params(config, wc.dataset), "dataset": wc.dataset, "category": wc.category}),
     log:
         f"logs/{E}/metrics/{{dataset}}/{{category}}.log",
     conda:
