@@ -56,11 +56,22 @@ class CAE(nn.Module):
         channels-last layout."""
         n, c, h, w = f.shape
         x = f.permute(0, 2, 3, 1).reshape(-1, c)  # a view when f is channels-last
-        if self.normalize:
-            x = (x - self.mean.view(1, -1)) / self.std.view(1, -1)
-        for layer in (*self.encoder, *self.decoder):
+        layers = (*self.encoder, *self.decoder)
+        first, last = layers[0], layers[-1]
+        for layer in layers:
             if isinstance(layer, nn.Conv2d):
-                x = F.linear(x, layer.weight.view(layer.out_channels, layer.in_channels), layer.bias)
+                weight = layer.weight.view(layer.out_channels, layer.in_channels)
+                bias = layer.bias
+                if self.normalize and layer is first:
+                    # W((x - μ)/σ) + b = (W/σ)x + (b − (W/σ)μ): normalisation folded into the first GEMM
+                    inv = 1.0 / self.std.view(1, -1)
+                    weight = weight * inv
+                    bias = bias - weight @ self.mean.view(-1)
+                if self.normalize and layer is last:
+                    # σ(Wh + b) + μ: the inverse normalisation folded into the last GEMM
+                    weight = weight * self.std.view(-1, 1)
+                    bias = bias * self.std.view(-1) + self.mean.view(-1)
+                x = F.linear(x, weight, bias)
             elif isinstance(layer, nn.BatchNorm2d):
                 if self.training:
                     layer.num_batches_tracked.add_(1)
@@ -68,8 +79,6 @@ class CAE(nn.Module):
                                  self.training, layer.momentum, layer.eps)
             else:
                 x = layer(x)
-        if self.normalize:
-            x = x * self.std.view(1, -1) + self.mean.view(1, -1)
         return x.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
