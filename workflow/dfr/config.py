@@ -143,14 +143,16 @@ def paths(cfg: dict, dataset: str = "{dataset}", category: str = "{category}") -
     """Every per-category artifact path; with the default arguments, Snakemake wildcard patterns."""
     r, e, k = cfg["results"].rstrip("/"), cfg["experiment"], feature_key(cfg)
     exp = f"{r}/{e}/{dataset}/{category}"
+    features = f"{r}/features/{dataset}/{category}/{k}"
     return {
         "synthetic": f"{r}/datasets/{dataset}/{category}/synthetic.json",
         "index": f"{r}/prepared/{dataset}/{category}/index.csv",
-        "features_train": f"{r}/features/{dataset}/{category}/{k}/train.h5",
-        "features_test": f"{r}/features/{dataset}/{category}/{k}/test.h5",
+        "features": features + "/{split}.h5",
+        "features_train": f"{features}/train.h5",
+        "features_test": f"{features}/test.h5",
         "split": f"{exp}/split.json", "pca": f"{exp}/pca.json", "model": f"{exp}/model.pt",
         "history": f"{exp}/history.csv", "maps": f"{exp}/maps.h5", "scores": f"{exp}/scores.csv",
-        "metrics": f"{exp}/metrics.json", "plots": f"{exp}/plots",
+        "metrics": f"{exp}/metrics.json", "plots": f"{exp}/plots", "plots_done": f"{exp}/plots/.done",
     }
 
 

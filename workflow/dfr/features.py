@@ -185,6 +185,7 @@ class FeatureCache:
         if "features" not in self.file:
             raise DFRError(f"{path}: no 'features' dataset (not a DFR feature cache)")
         self.features = self.file["features"]
+        self._buf = np.empty((1, *self.features.shape[1:]), self.features.dtype)  # one chunk: one image
         self.ids = [s.decode() if isinstance(s, bytes) else s for s in self.file["image_id"][()]]
         self.pos = {k: i for i, k in enumerate(self.ids)}
         self.label = self.file["label"][()].astype(int)
@@ -213,16 +214,10 @@ class FeatureCache:
         """
         positions = np.asarray(positions, dtype=np.int64)
         out = np.empty((len(positions), *self.shape[1:]), np.float32)
-        buf = self._buffer()
         for k, p in enumerate(positions):
-            self.features.read_direct(buf, np.s_[int(p)], np.s_[0])
-            out[k] = buf[0]
+            self.features.read_direct(self._buf, np.s_[int(p)], np.s_[0])
+            out[k] = self._buf[0]
         return out
-
-    def _buffer(self) -> np.ndarray:
-        if getattr(self, "_buf", None) is None:
-            self._buf = np.empty((1, *self.shape[1:]), self.features.dtype)
-        return self._buf
 
     def close(self) -> None:
         self.file.close()

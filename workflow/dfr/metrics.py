@@ -156,6 +156,18 @@ def _eval_pair(a: np.ndarray, mask_path: str, hw: tuple[int, int], eval_size: in
     return upsample(a, (h, w)), m
 
 
+def test_pairs(maps: Maps, eval_size: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Ã(x) and the ground-truth mask of every test image, at the evaluation resolution."""
+    meta = maps.meta
+    amaps, masks = [], []
+    for i in np.nonzero((meta.split == "test").to_numpy())[0]:
+        r = meta.iloc[i]
+        a, m = _eval_pair(maps.A[i], r.mask_path, (int(r.height), int(r.width)), eval_size)
+        amaps.append(a)
+        masks.append(m)
+    return amaps, masks
+
+
 def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, params: dict) -> dict:
     """Per-category metrics into metrics.json."""
     scores = read_scores(scores_csv)
@@ -179,12 +191,7 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
     has_masks = bool((test.mask_path != "").any())
     if has_masks and params.get("pixel", True):
         eval_size = params.get("eval_size")
-        amaps, masks = [], []
-        for i in np.nonzero((meta.split == "test").to_numpy())[0]:
-            r = meta.iloc[i]
-            a, m = _eval_pair(maps.A[i], r.mask_path, (int(r.height), int(r.width)), eval_size)
-            amaps.append(a.astype(np.float32))
-            masks.append(m)
+        amaps, masks = test_pairs(maps, eval_size)
         pixel = {"auroc": pixel_auroc(amaps, masks),
                  "au_pro": au_pro(amaps, masks, params.get("pro_fpr_limit", 0.3)),
                  "eval_size": eval_size, "n_pixels": int(sum(a.size for a in amaps))}

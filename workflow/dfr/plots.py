@@ -16,7 +16,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from .data import load_image, load_mask  # noqa: E402
 from .io import atomic_path, read_json  # noqa: E402
-from .metrics import pro_curve  # noqa: E402
+from .metrics import pro_curve, test_pairs  # noqa: E402
 from .scoring import Maps, read_scores, upsample  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -96,24 +96,8 @@ def confusion(metrics: dict, path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def _test_pairs(maps: Maps, eval_size: int | None):
-    meta = maps.meta
-    out = []
-    for i in np.nonzero((meta.split == "test").to_numpy())[0]:
-        r = meta.iloc[i]
-        h, w = (eval_size, eval_size) if eval_size else (int(r.height), int(r.width))
-        m = load_mask(r.mask_path) if r.mask_path else np.zeros((h, w), bool)
-        if eval_size and r.mask_path:
-            from PIL import Image
-
-            m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
-        out.append((upsample(maps.A[i], m.shape), m))
-    return out
-
-
 def pro(maps: Maps, metrics: dict, path: Path, title: str) -> None:
-    pairs = _test_pairs(maps, (metrics.get("pixel") or {}).get("eval_size"))
-    fpr, pr = pro_curve([a for a, _ in pairs], [m for _, m in pairs])
+    fpr, pr = pro_curve(*test_pairs(maps, (metrics.get("pixel") or {}).get("eval_size")))
     limit = metrics.get("params", {}).get("pro_fpr_limit", 0.3)
     keep = fpr <= limit
     fig, ax = plt.subplots(figsize=(4.5, 3.5))

@@ -1,9 +1,9 @@
 # The 1x1 convolutional autoencoder, trained on cached normal features only (never runs the backbone).
 
 def cae_inputs(wildcards):
-    out = {"features": feats("train").format(**wildcards), "split": exp("split.json").format(**wildcards)}
+    out = {"features": PATHS["features_train"].format(**wildcards), "split": PATHS["split"].format(**wildcards)}
     if config["cae"]["latent_dim"] == "auto":
-        out["pca"] = exp("pca.json").format(**wildcards)
+        out["pca"] = PATHS["pca"].format(**wildcards)
     return out
 
 
@@ -11,8 +11,8 @@ rule train:
     input:
         unpack(cae_inputs),
     output:
-        model=exp("model.pt"),
-        history=exp("history.csv"),
+        model=PATHS["model"],
+        history=PATHS["history"],
     params:
         cae=P(dfr_config.cae_params(config)),
         pca=lambda wc, input: f"--pca {input.pca}" if "pca" in input.keys() else "",

@@ -8,6 +8,7 @@ WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(WORKFLOW_DIR))
 
 from dfr import config as dfr_config  # noqa: E402
+from dfr.backbones import FUSED_CHANNELS  # noqa: E402
 from dfr.io import DFRError  # noqa: E402
 
 try:
@@ -49,7 +50,7 @@ def category_ready(wildcards):
     """What must exist before a category can be indexed: generated, downloaded, or already there."""
     ds = DATASETS[wildcards.dataset]
     if ds["kind"] == "synthetic":
-        return f"{R}/datasets/{wildcards.dataset}/{wildcards.category}/synthetic.json"
+        return dfr_config.paths(config, wildcards.dataset, wildcards.category)["synthetic"]
     if ds["kind"] in ("mvtec", "visa"):
         if not (Path(dataset_root(wildcards.dataset)) / wildcards.category / "train").is_dir():
             return f"{dataset_root(wildcards.dataset)}/.dfr-ready"
@@ -57,27 +58,15 @@ def category_ready(wildcards):
 
 
 PATHS = dfr_config.paths(config)  # wildcard patterns of every per-category artifact
-
-
-def exp(path):
-    """A per-category artifact of this experiment."""
-    return f"{R}/{E}/{{dataset}}/{{category}}/{path}"
-
-
-def feats(split):
-    return PATHS[f"features_{split}"] if split in ("train", "test") else PATHS["features_train"].replace(
-        "train.h5", f"{split}.h5")
-
-
-def all_categories():
-    return [(d, c) for d, ds in DATASETS.items() for c in ds["categories"]]
+TABLES = dfr_config.table_paths(config)  # wildcard patterns of a dataset's tables
 
 
 def all_targets():
     out = []
     for d, ds in DATASETS.items():
-        out += [f"{R}/{E}/tables/{d}.csv", f"{R}/{E}/tables/{d}.md"]
-        out += [f"{R}/{E}/{d}/{c}/plots/.done" for c in ds["categories"]]
+        t = dfr_config.table_paths(config, d)
+        out += [t["csv"], t["md"]]
+        out += [dfr_config.paths(config, d, c)["plots_done"] for c in ds["categories"]]
     return out
 
 
@@ -85,13 +74,11 @@ def all_targets():
 RES = config["resources"]
 GPU = RES["gpu"]
 THREADS = RES["threads"]
-_CHANNELS = {"resnet18": 384, "resnet34": 384, "resnet50": 1536, "wide_resnet50_2": 1536,
-             "tf_efficientnet_lite0": 152, "tf_efficientnet_lite1": 152, "tf_efficientnet_lite2": 168}
 
 
 def n_images(wildcards, split=None):
     """Images of a category (from its index once it exists; a generous guess before)."""
-    path = Path(f"{R}/prepared/{wildcards.dataset}/{wildcards.category}/index.csv")
+    path = Path(dfr_config.paths(config, wildcards.dataset, wildcards.category)["index"])
     if not path.is_file():
         return 500
     import pandas as pd
@@ -102,7 +89,7 @@ def n_images(wildcards, split=None):
 
 def feature_mb_per_image():
     side = config["data"]["image_size"] // 8
-    return _CHANNELS.get(config["features"]["backbone"], 1536) * side * side * 4 / 2**20
+    return FUSED_CHANNELS.get(config["features"]["backbone"], 1536) * side * side * 4 / 2**20
 
 
 def features_mem_mb(wildcards, attempt):

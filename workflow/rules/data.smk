@@ -4,7 +4,7 @@ rule index:
     input:
         category_ready,
     output:
-        f"{R}/prepared/{{dataset}}/{{category}}/index.csv",
+        PATHS["index"],
     params:
         root=lambda wc: dataset_root(wc.dataset),
     log:
@@ -17,9 +17,9 @@ rule index:
 
 rule split:
     input:
-        f"{R}/prepared/{{dataset}}/{{category}}/index.csv",
+        PATHS["index"],
     output:
-        exp("split.json"),
+        PATHS["split"],
     params:
         split=P(dfr_config.split_params(config)),
     log:

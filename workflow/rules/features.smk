@@ -4,9 +4,9 @@
 
 rule features:
     input:
-        f"{R}/prepared/{{dataset}}/{{category}}/index.csv",
+        PATHS["index"],
     output:
-        feats("{split}"),
+        PATHS["features"],
     params:
         features=P(dfr_config.feature_params(config)),
     threads: THREADS

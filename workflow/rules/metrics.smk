@@ -2,10 +2,10 @@
 
 rule metrics:
     input:
-        scores=exp("scores.csv"),
-        maps=exp("maps.h5"),
+        scores=PATHS["scores"],
+        maps=PATHS["maps"],
     output:
-        exp("metrics.json"),
+        PATHS["metrics"],
     params:
         metrics=lambda wc: P({**dfr_config.metrics_params(config, wc.dataset), "dataset": wc.dataset, "category": wc.category}),
     log:
@@ -19,14 +19,14 @@ rule metrics:
 
 rule plots:
     input:
-        scores=exp("scores.csv"),
-        maps=exp("maps.h5"),
-        metrics=exp("metrics.json"),
-        history=exp("history.csv"),
+        scores=PATHS["scores"],
+        maps=PATHS["maps"],
+        metrics=PATHS["metrics"],
+        history=PATHS["history"],
     output:
-        touch(exp("plots/.done")),
+        touch(PATHS["plots_done"]),
     params:
-        outdir=exp("plots"),
+        outdir=PATHS["plots"],
         plots=P({"n_examples": 3}),
     log:
         f"logs/{E}/plots/{{dataset}}/{{category}}.log",

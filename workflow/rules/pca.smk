@@ -2,10 +2,10 @@
 
 rule pca:
     input:
-        features=feats("train"),
-        split=exp("split.json"),
+        features=PATHS["features_train"],
+        split=PATHS["split"],
     output:
-        exp("pca.json"),
+        PATHS["pca"],
     params:
         pca=P(dfr_config.pca_params(config)),
     threads: 2

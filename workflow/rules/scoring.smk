@@ -2,12 +2,12 @@
 
 rule maps:
     input:
-        model=exp("model.pt"),
-        train=feats("train"),
-        test=feats("test"),
-        split=exp("split.json"),
+        model=PATHS["model"],
+        train=PATHS["features_train"],
+        test=PATHS["features_test"],
+        split=PATHS["split"],
     output:
-        exp("maps.h5"),
+        PATHS["maps"],
     threads: THREADS
     resources:
         gpu=GPU,
@@ -24,9 +24,9 @@ rule maps:
 
 rule scores:
     input:
-        exp("maps.h5"),
+        PATHS["maps"],
     output:
-        exp("scores.csv"),
+        PATHS["scores"],
     params:
         top_k=config["scoring"]["top_k"],
     log:

@@ -2,10 +2,10 @@
 
 rule synthetic:
     output:
-        f"{R}/datasets/{{dataset}}/{{category}}/synthetic.json",
+        PATHS["synthetic"],
     params:
         gen=lambda wc: P({**DATASETS[wc.dataset]["synthetic"], "seed": config["seed"]}),
-        root=lambda wc: f"{R}/datasets/{wc.dataset}",
+        root=lambda wc: dataset_root(wc.dataset),
     log:
         f"logs/synthetic/{{dataset}}/{{category}}.log",
     conda:

@@ -2,11 +2,11 @@
 
 rule tables:
     input:
-        lambda wc: [f"{R}/{E}/{wc.dataset}/{c}/metrics.json" for c in DATASETS[wc.dataset]["categories"]],
+        lambda wc: [dfr_config.paths(config, wc.dataset, c)["metrics"] for c in DATASETS[wc.dataset]["categories"]],
     output:
-        csv=f"{R}/{E}/tables/{{dataset}}.csv",
-        md=f"{R}/{E}/tables/{{dataset}}.md",
-        val=f"{R}/{E}/tables/{{dataset}}_val_thresholds.csv",
+        csv=TABLES["csv"],
+        md=TABLES["md"],
+        val=TABLES["val"],
     log:
         f"logs/{E}/tables/{{dataset}}.log",
     conda:
