@@ -179,3 +179,89 @@ def test_au_pro_matches_slow_reference(seed):
     y = np.concatenate([m.ravel() for m in masks])
     a = np.concatenate([m.ravel() for m in maps])
     assert metrics.pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(y, a))
+
+
+# ---- bounded-memory pixel metrics against the original in-memory implementation ----
+
+def _random_case(rng, n_images=6):
+    """Maps with many ties (rounded values, also across classes) and masks with many 8-connected regions."""
+    maps, masks = [], []
+    for k in range(n_images):
+        h, w = rng.integers(8, 40, 2)
+        m = rng.random((h, w)) > rng.uniform(0.75, 0.97) if k % 3 else np.zeros((h, w), bool)  # speckle
+        if k % 3 == 1:
+            i, j = rng.integers(0, h // 2), rng.integers(0, w // 2)
+            m[i:i + h // 3, j:j + w // 3] = True  # one large region beside the speckles
+        decimals = rng.integers(0, 3)
+        a = np.round(rng.random((h, w)) + rng.uniform(0, 0.8) * m, decimals).astype(np.float32)
+        maps.append(a)
+        masks.append(m)
+    return maps, masks
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pixel_metrics_equal_the_reference_implementation(seed):
+    import reference_metrics as ref
+
+    rng = np.random.default_rng(100 + seed)
+    maps, masks = _random_case(rng)
+    ev = metrics.PixelEvaluator.from_arrays(maps, masks)
+    assert ev.n_regions > 5
+    for limit in (0.3, 0.05, 1e-3, 0.5, 1.0):
+        s = ev.summary(limit)
+        assert abs(s["au_pro"] - ref.au_pro(maps, masks, limit)) <= 1e-9, limit
+        assert abs(s["auroc"] - ref.pixel_auroc(maps, masks)) <= 1e-9
+
+
+def test_pixel_metrics_edge_cases_equal_the_reference():
+    import reference_metrics as ref
+
+    m = np.zeros((6, 6), bool)
+    m[1:3, 1:3] = True
+    m[5, 5] = True
+    cases = {
+        "constant": [np.ones((6, 6), np.float32)],
+        "negatives above all positives": [np.where(m, 0.1, 0.9).astype(np.float32)],
+        "positives above all negatives": [np.where(m, 0.9, 0.1).astype(np.float32)],
+        "one negative at the top": [np.where(m, 0.5, 0.1).astype(np.float32) + np.eye(6, dtype=np.float32)],
+    }
+    for name, maps in cases.items():
+        for limit in (0.3, 1 / 32, 1.0):
+            s = metrics.PixelEvaluator.from_arrays(maps, [m]).summary(limit)
+            assert abs(s["au_pro"] - ref.au_pro(maps, [m], limit)) <= 1e-9, (name, limit)
+            assert abs(s["auroc"] - ref.pixel_auroc(maps, [m])) <= 1e-9, name
+
+
+def test_thinned_curve_points_lie_on_the_exact_curve():
+    rng = np.random.default_rng(7)
+    maps, masks = _random_case(rng, 8)
+    s = metrics.PixelEvaluator.from_arrays(maps, masks).summary(0.3)
+    c = s["curve"]
+    a = np.concatenate([x.ravel() for x in maps])
+    y = np.concatenate([x.ravel() for x in masks])
+    regions = []
+    for x, m in zip(maps, masks):
+        from scipy import ndimage
+
+        lab, n = ndimage.label(m, structure=np.ones((3, 3)))
+        regions += [x[lab == r] for r in range(1, n + 1)]
+    for t, fpr, tpr, pro in zip(c["threshold"], c["fpr"], c["tpr"], c["pro"]):
+        assert fpr == pytest.approx(np.mean(a[~y] >= t))
+        assert tpr == pytest.approx(np.mean(a[y] >= t))
+        assert pro == pytest.approx(np.mean([np.mean(r >= t) for r in regions]))
+    assert c["fpr"][0] == 0.0 and c["fpr"][-1] == 1.0
+    assert sum(f <= 0.3 for f in c["fpr"]) > 20  # enough points to draw the PRO curve up to the limit
+
+
+def test_pixel_evaluator_checks_its_input():
+    ev = metrics.PixelEvaluator(3, 1)
+    with pytest.raises(DFRError, match="differ in size"):
+        ev.add(np.zeros((2, 2)), np.zeros((3, 3), bool))
+    with pytest.raises(DFRError, match="non-finite"):
+        ev.add(np.full((2, 2), np.nan), np.eye(2, dtype=bool)[:, :1].repeat(2, 1) & False)
+    with pytest.raises(DFRError, match="counted up front"):
+        ev.add(np.zeros((3, 3)), np.eye(3, dtype=bool))
+    ev = metrics.PixelEvaluator(3, 1)
+    ev.add(np.zeros((1, 2)), np.array([[True, False]]))
+    with pytest.raises(DFRError, match="1 of 3 anomaly-free"):
+        ev.summary()

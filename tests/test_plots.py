@@ -2,12 +2,11 @@
 
 import json
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
-from dfr import data, metrics, plots
+from dfr import data, metrics, plots, scoring
 
 
 @pytest.fixture
@@ -17,13 +16,7 @@ def category(synth_root, tmp_path):
     rows = pd.concat([idx[idx.split == "train"].head(3).assign(split="val"), idx[idx.split == "test"]])
     rng = np.random.default_rng(0)
     A = rng.random((len(rows), 8, 8)).astype(np.float32) + rows.label.to_numpy()[:, None, None]
-    s = h5py.string_dtype()
-    with h5py.File(tmp_path / "maps.h5", "w") as f:
-        f["A"] = A
-        for k in ("image_id", "split", "defect", "path", "mask_path"):
-            f.create_dataset(k, data=rows[k].to_numpy(dtype=object), dtype=s)
-        f["label"] = rows.label.to_numpy(np.int8)
-        f["orig_size"] = rows[["height", "width"]].to_numpy(np.int32)
+    scoring.write_maps(tmp_path / "maps.h5", A, rows, {})
     scores = rows.assign(score=A.reshape(len(A), -1).max(1))
     scores.to_csv(tmp_path / "scores.csv", index=False)
     pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3.0, 2.0, 1.5], "val_loss": [3.2, 2.1, 1.9],
@@ -58,6 +51,28 @@ def test_every_figure_is_written_with_labels(category, monkeypatch):
     assert len(figs["heatmaps_most.png"]) == 2 * 4  # n_examples rows x (input, heatmap, truth, mask)
     m = json.loads((d / "metrics.json").read_text())
     assert m["pixel"]["eval_size"] == 64 and "t_pixel" in m["pixel"]
+    assert len(figs["roc.png"]) == 1 and len(figs["pro_curve.png"]) == 1
+
+
+def test_plots_draw_the_stored_curves_without_recomputing(category, monkeypatch):
+    """The plots read metrics.json's curves: no pixel metric is recomputed, no mask is read for them."""
+    d = category
+    m = json.loads((d / "metrics.json").read_text())
+    assert set(m["curves"]) == {"image_roc", "pixel"}
+    c = m["curves"]["pixel"]
+    assert len(c["fpr"]) == len(c["tpr"]) == len(c["pro"]) == len(c["threshold"]) <= 402
+    assert np.all(np.diff(c["fpr"]) >= 0) and c["fpr"][-1] == 1.0 and c["tpr"][-1] == 1.0
+    for name in ("PixelEvaluator", "pixel_metrics", "pixel_threshold"):
+        monkeypatch.setattr(metrics, name, None)  # any call would raise TypeError
+    drawn = {}
+    monkeypatch.setattr(plots.plt.Axes, "plot", lambda ax, x, y, **kw: drawn.setdefault(kw.get("label"), (x, y)))
+    monkeypatch.setattr(plots.plt.Axes, "legend", lambda ax, **kw: None)
+    plots.roc(m, d / "roc.png", "t")
+    plots.pro(m, d / "pro.png", "t")
+    pro_label = next(k for k in drawn if k and k.startswith("AU-PRO"))
+    x, y = drawn[pro_label]
+    assert max(x) <= c["fpr_limit"] and list(y[1:]) == [p for f, p in zip(c["fpr"], c["pro"]) if f <= c["fpr_limit"]]
+    assert any(k and k.startswith("pixel AUROC") for k in drawn)
 
 
 def test_metrics_without_masks_skip_pixel_metrics(category):

@@ -72,14 +72,19 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     out["dfr"] = __version__
-    for mod in ("torch", "torchvision", "timm", "numpy", "h5py", "sklearn", "scipy", "pandas", "PIL"):
-        m = sys.modules.get(mod)
-        if m is None:
+    from importlib import metadata
+
+    for mod, dist in (("torch", "torch"), ("torchvision", "torchvision"), ("timm", "timm"), ("numpy", "numpy"),
+                      ("h5py", "h5py"), ("sklearn", "scikit-learn"), ("scipy", "scipy"), ("pandas", "pandas"),
+                      ("PIL", "pillow")):
+        m = sys.modules.get(mod)  # the version actually loaded; else the installed one, without importing it
+        if m is not None:
+            out[mod] = getattr(m, "__version__", "unknown")
+        else:
             try:
-                m = __import__(mod)
-            except ImportError:
+                out[mod] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
                 continue
-        out[mod] = getattr(m, "__version__", "unknown")
     return out
 
 

@@ -8,8 +8,10 @@ Thresholds (image level, "anomalous" iff s(x) ≥ T):
 
 AU-PRO follows the MVTec AD evaluation: ground-truth regions are the 8-connected components of the masks,
 PRO(t) is the mean over regions of the fraction of the region above t, FPR(t) is over all anomaly-free
-pixels of all test images; the curve is exact (cumulative sums over sorted scores, ties collapsed),
-integrated by the trapezoid rule up to FPR 0.3 (interpolated there) and divided by 0.3.
+pixels of all test images; the area is exact (every distinct threshold, ties collapsed), integrated by the
+trapezoid rule up to FPR 0.3 (interpolated there) and divided by 0.3. Both pixel metrics are computed in
+bounded memory (:class:`PixelEvaluator`, ~8 bytes per evaluated pixel), one image upsampled at a time;
+metrics.json also stores thinned ROC and PRO curves, which the plots draw.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from .data import load_mask
 from .io import DFRError, provenance, write_json
@@ -84,92 +86,214 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def pixel_auroc(maps: list[np.ndarray], masks: list[np.ndarray]) -> float:
     """AUROC over all pixels of all given images (normal images contribute negatives only)."""
-    a = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in maps])
-    y = np.concatenate([np.asarray(m, dtype=bool).ravel() for m in masks])
-    if y.all() or not y.any():
-        return float("nan")
-    return float(roc_auc_score(y, a))
-
-
-def pro_curve(maps: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (FPR, PRO) points over all distinct thresholds, starting at (0, 0)."""
-    scores, weight, negative = [], [], []
-    n_regions = 0
-    structure = np.ones((3, 3), dtype=bool)  # 8-connectivity
-    for a, m in zip(maps, masks):
-        if a.shape != m.shape:
-            raise DFRError(f"anomaly map {a.shape} and mask {m.shape} differ in size")
-        lab, n = ndimage.label(m, structure=structure)
-        w = np.zeros(m.shape, dtype=np.float64)
-        if n:
-            sizes = np.bincount(lab.ravel())
-            w[lab > 0] = 1.0 / sizes[lab[lab > 0]]
-        n_regions += n
-        scores.append(a.ravel())
-        weight.append(w.ravel())
-        negative.append(~m.ravel())
-    if n_regions == 0:
-        raise DFRError("no anomalous regions in the ground truth: AU-PRO is undefined")
-    s = np.concatenate(scores)
-    w = np.concatenate(weight)
-    neg = np.concatenate(negative)
-    n_neg = int(neg.sum())
-    if n_neg == 0:
-        raise DFRError("no anomaly-free pixels in the test set: FPR is undefined")
-    order = np.argsort(-s, kind="mergesort")
-    s = s[order]
-    fp = np.cumsum(neg[order], dtype=np.float64)
-    pro = np.cumsum(w[order]) / n_regions
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    return np.r_[0.0, fp[last] / n_neg], np.r_[0.0, pro[last]]
+    return PixelEvaluator.from_arrays(maps, masks).summary()["auroc"]
 
 
 def au_pro(maps: list[np.ndarray], masks: list[np.ndarray], fpr_limit: float = 0.3) -> float:
     """Area under the PRO curve up to ``fpr_limit``, normalised by ``fpr_limit``."""
-    fpr, pro = pro_curve(maps, masks)
-    return integrate_to(fpr, pro, fpr_limit) / fpr_limit
+    return PixelEvaluator.from_arrays(maps, masks).summary(fpr_limit)["au_pro"]
 
 
-def integrate_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
-    """Trapezoid integral of the monotone curve (x, y) from x=0 to x=limit, interpolating y at the limit."""
-    keep = x <= limit
-    xs, ys = x[keep], y[keep]
-    if xs[-1] < limit and keep.sum() < len(x):
-        j = int(np.argmax(~keep))  # first point past the limit
-        y_lim = np.interp(limit, [x[j - 1], x[j]], [y[j - 1], y[j]])
-        xs, ys = np.r_[xs, limit], np.r_[ys, y_lim]
-    return float(np.trapezoid(ys, xs) if hasattr(np, "trapezoid") else np.trapz(ys, xs))
+class PixelEvaluator:
+    """Exact pixel AUROC, AU-PRO and thinned ROC/PRO curves over a stream of (Ã(x), mask) pairs.
+
+    Memory is bounded by design: 4 bytes per anomaly-free pixel (their scores, sorted once in place) and
+    8 per anomalous pixel (its score and its region's number), allocated once from the counts given up
+    front; each image's temporaries are freed before the next. Both metrics then follow from ranks in the
+    sorted negatives, with ties counted exactly:
+
+    * pixel AUROC (Mann-Whitney): Σ_p [#neg < s_p + #neg ≤ s_p] / (2·P·N) over positive pixels p;
+    * AU-PRO: the trapezoid area of (FPR, PRO) over every distinct threshold equals, summed over the
+      distinct negative values v with FPR(v) ≤ limit, ΔFPR(v)·(PRO(>v) + PRO(≥v))/2. Exchanging the sums
+      gives Σ_p w_p·(#neg in [c, s_p) + #neg in [c, s_p]) / (2·N·R), with w_p = 1/|region of p|, R the
+      number of regions and c the lowest negative value still within the limit; the segment that crosses
+      the limit is interpolated linearly, as in the MVTec AD evaluation. Per-region sums are integers.
+    """
+
+    CHUNK = 1 << 20  # positive pixels per vectorised step (bounds the temporaries)
+
+    def __init__(self, n_negative: int, n_positive: int):
+        self.neg = np.empty(int(n_negative), np.float32)
+        self.pos = np.empty(int(n_positive), np.float32)
+        self.region = np.empty(int(n_positive), np.int32)
+        self._sizes: list[np.ndarray] = []
+        self._n_neg = self._n_pos = 0
+        self._sorted = False
+
+    @classmethod
+    def from_arrays(cls, maps: list[np.ndarray], masks: list[np.ndarray]) -> "PixelEvaluator":
+        masks = [np.asarray(m, dtype=bool) for m in masks]
+        n_pos = sum(int(np.count_nonzero(m)) for m in masks)
+        ev = cls(sum(m.size for m in masks) - n_pos, n_pos)
+        for a, m in zip(maps, masks):
+            ev.add(a, m)
+        return ev
+
+    @property
+    def n_regions(self) -> int:
+        return sum(len(s) for s in self._sizes)
+
+    def add(self, a: np.ndarray, mask: np.ndarray) -> None:
+        """One image's upsampled map Ã(x) and boolean ground-truth mask, at the same resolution."""
+        a = np.asarray(a, dtype=np.float32)
+        mask = np.asarray(mask, dtype=bool)
+        if a.shape != mask.shape:
+            raise DFRError(f"anomaly map {a.shape} and mask {mask.shape} differ in size")
+        if not np.isfinite(a).all():
+            raise DFRError("anomaly map has non-finite values (NaN or inf): the model or its features diverged")
+        neg = a[~mask]
+        i, j = self._n_neg, self._n_neg + neg.size
+        if j > self.neg.size:
+            raise DFRError(f"more anomaly-free pixels than the {self.neg.size} counted up front")
+        self.neg[i:j] = neg
+        self._n_neg = j
+        del neg
+        lab, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))  # 8-connected regions
+        if n:
+            i, j = self._n_pos, self._n_pos + int(np.count_nonzero(mask))
+            if j > self.pos.size:
+                raise DFRError(f"more anomalous pixels than the {self.pos.size} counted up front")
+            self.pos[i:j] = a[mask]
+            r = lab[mask]
+            r += self.n_regions - 1
+            self.region[i:j] = r
+            self._n_pos = j
+            self._sizes.append(np.bincount(lab.ravel(), minlength=n + 1)[1:])
+        self._sorted = False
+
+    def _finish(self) -> None:
+        if (self._n_neg, self._n_pos) != (self.neg.size, self.pos.size):
+            raise DFRError(f"pixel counts differ from those given up front: {self._n_neg} of {self.neg.size} "
+                           f"anomaly-free and {self._n_pos} of {self.pos.size} anomalous pixels were added")
+        if not self._sorted:
+            self.neg.sort()  # in place: no copy
+            self._sorted = True
+
+    def summary(self, fpr_limit: float = 0.3, curve_points: int = 201) -> dict:
+        """``auroc``, ``au_pro`` (up to ``fpr_limit``, normalised) and thinned ``curve`` points."""
+        self._finish()
+        neg, N, P = self.neg, self.neg.size, self.pos.size
+        if N == 0:
+            raise DFRError("no anomaly-free pixels in the test set: FPR is undefined")
+        R = self.n_regions
+        if R == 0:
+            raise DFRError("no anomalous regions in the ground truth: AU-PRO is undefined")
+        w = 1.0 / np.concatenate(self._sizes).astype(np.float64)  # each region's weight
+
+        # c: the lowest negative value whose FPR (#neg >= c / N) is within the limit; c2: the next one below
+        k = min(N, int(np.floor(fpr_limit * N)))
+        while k < N and (k + 1) / N <= fpr_limit:
+            k += 1
+        while k > 0 and k / N > fpr_limit:
+            k -= 1
+        idx_c = N - k  # candidate: the k-th largest negative
+        if k and searchsorted(neg, neg[idx_c]) < idx_c:  # its ties reach below the limit: next value up
+            idx_c = searchsorted(neg, neg[idx_c], "right")
+        c2 = neg[idx_c - 1] if idx_c > 0 else None  # the first point past the limit
+        x0 = (N - idx_c) / N
+        x1 = (N - searchsorted(neg, c2)) / N if c2 is not None else None
+
+        # thinned curve: thresholds at evenly spaced FPRs (0..1 and 0..limit), plus just above the top negative
+        ranks = np.unique(np.round(np.r_[np.linspace(0, 1, curve_points),
+                                         np.linspace(0, min(fpr_limit, 1), curve_points)] * N).astype(np.int64))
+        ranks = ranks[ranks >= 1]
+        t = np.unique(np.r_[neg[N - ranks], np.nextafter(neg[-1], np.float32(np.inf))])
+
+        auc2 = 0  # Σ (#neg < s + #neg <= s), an exact integer
+        full = np.zeros(R)  # per region: Σ_p (#neg in [c, s_p) + #neg in [c, s_p])
+        above = np.zeros(R)  # per region: #pixels > c2 and >= c2
+        at_or_above = np.zeros(R)
+        tp_hist = np.zeros(len(t) + 1)
+        pro_hist = np.zeros(len(t) + 1)
+        for s in range(0, P, self.CHUNK):
+            sc, rg = self.pos[s:s + self.CHUNK], self.region[s:s + self.CHUNK]
+            lt = np.searchsorted(neg, sc, "left")
+            le = np.searchsorted(neg, sc, "right")
+            auc2 += int(lt.sum()) + int(le.sum())
+            lt -= idx_c
+            le -= idx_c
+            np.maximum(lt, 0, out=lt)
+            np.maximum(le, 0, out=le)
+            lt += le
+            full += np.bincount(rg, weights=lt, minlength=R)
+            del lt, le
+            if c2 is not None:
+                above += np.bincount(rg, weights=sc > c2, minlength=R)
+                at_or_above += np.bincount(rg, weights=sc >= c2, minlength=R)
+            kt = np.searchsorted(t, sc, "right")  # thresholds at or below each score
+            tp_hist += np.bincount(kt, minlength=len(t) + 1)
+            pro_hist += np.bincount(kt, weights=w[rg], minlength=len(t) + 1)
+        area = float(np.dot(w, full)) / (2.0 * N * R)
+        if c2 is not None and x0 < fpr_limit:  # the segment that crosses the limit, interpolated
+            y0, y1 = float(np.dot(w, above)) / R, float(np.dot(w, at_or_above)) / R
+            y_lim = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+            area += (fpr_limit - x0) * (y0 + y_lim) / 2
+        fpr = (N - np.searchsorted(neg, t, "left")) / N
+        tpr = np.cumsum(tp_hist[::-1])[::-1][1:] / max(P, 1)  # #pos >= t_i: thresholds t_0..t_i <= s
+        pro = np.cumsum(pro_hist[::-1])[::-1][1:] / R
+        # points by descending threshold, i.e. ascending FPR
+        return {"auroc": auc2 / (2.0 * P * N) if P else float("nan"), "au_pro": area / fpr_limit,
+                "n_pixels": N + P, "n_anomalous_pixels": P, "n_regions": R,
+                "curve": {"threshold": t[::-1].tolist(), "fpr": fpr[::-1].tolist(), "tpr": tpr[::-1].tolist(),
+                          "pro": pro[::-1].tolist()}}
 
 
-def _eval_pair(a: np.ndarray, mask_path: str, hw: tuple[int, int], eval_size: int | None
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Upsampled map and boolean mask at the evaluation resolution (the mask's own, or eval_size²)."""
-    h, w = (eval_size, eval_size) if eval_size else hw
-    if mask_path:
-        m = load_mask(mask_path)
-        if eval_size:
-            m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
-        elif m.shape != tuple(hw):
-            h, w = m.shape
-    else:
-        m = np.zeros((h, w), dtype=bool)
-    return upsample(a, (h, w)), m
+def searchsorted(a: np.ndarray, v, side: str = "left") -> int:
+    return int(np.searchsorted(a, v, side))
 
 
-def test_pairs(maps: Maps, eval_size: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Ã(x) and the ground-truth mask of every test image, at the evaluation resolution."""
+def eval_mask(mask_path: str, hw: tuple[int, int], eval_size: int | None) -> np.ndarray:
+    """A test image's boolean ground truth at the evaluation resolution (the mask's own, or eval_size²);
+    all False for an image without a mask."""
+    if not mask_path:
+        return np.zeros((eval_size, eval_size) if eval_size else tuple(hw), dtype=bool)
+    m = load_mask(mask_path)
+    if eval_size:
+        m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((eval_size, eval_size), Image.NEAREST)) > 0
+    return m
+
+
+def pixel_metrics(maps: Maps, eval_size: int | None, fpr_limit: float) -> dict:
+    """Pixel AUROC, AU-PRO and thinned curves of a category's test images, streamed image by image.
+
+    A first pass counts each image's anomalous pixels (masks only); the second upsamples one A(x) at a
+    time into the preallocated :class:`PixelEvaluator`, so the peak is ~8 bytes per evaluated pixel.
+    """
     meta = maps.meta
-    amaps, masks = [], []
-    for i in np.nonzero((meta.split == "test").to_numpy())[0]:
-        r = meta.iloc[i]
-        a, m = _eval_pair(maps.A[i], r.mask_path, (int(r.height), int(r.width)), eval_size)
-        amaps.append(a)
-        masks.append(m)
-    return amaps, masks
+    rows = np.nonzero((meta.split == "test").to_numpy())[0]
+    hw = {i: (int(meta.height[i]), int(meta.width[i])) for i in rows}
+    n_total = n_pos = 0
+    for i in rows:
+        m = eval_mask(meta.mask_path[i], hw[i], eval_size)
+        n_total += m.size
+        n_pos += int(np.count_nonzero(m))
+    ev = PixelEvaluator(n_total - n_pos, n_pos)
+    for i in rows:
+        m = eval_mask(meta.mask_path[i], hw[i], eval_size)
+        ev.add(upsample(maps.A[i], m.shape), m)
+    out = ev.summary(fpr_limit)
+    del ev
+    return out
+
+
+def pixel_threshold(maps: Maps, eval_size: int | None, fpr: float) -> float | None:
+    """T_pixel: the (1 − fpr) quantile of the validation images' upsampled pixels (4 bytes a pixel)."""
+    meta = maps.meta
+    rows = np.nonzero((meta.split == "val").to_numpy())[0]
+    if not len(rows):
+        return None
+    sizes = [(eval_size, eval_size) if eval_size else (int(meta.height[i]), int(meta.width[i])) for i in rows]
+    vals = np.empty(sum(h * w for h, w in sizes), np.float32)
+    at = 0
+    for i, hw in zip(rows, sizes):
+        a = upsample(maps.A[i], hw).ravel()
+        vals[at:at + a.size] = a
+        at += a.size
+    return float(np.quantile(vals, 1 - fpr, overwrite_input=True))
 
 
 def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, params: dict) -> dict:
-    """Per-category metrics into metrics.json."""
+    """Per-category metrics, and the curves the plots draw, into metrics.json."""
     scores = read_scores(scores_csv)
     test = scores[scores.split == "test"]
     val = scores[scores.split == "val"]
@@ -185,26 +309,29 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
         for name, t in validation_thresholds(val.score.to_numpy(), params["alpha"], params["percentile"]).items():
             thr[name] = {**confusion_at(y, s, t), "oracle": False}
     result["thresholds"] = thr
+    curves: dict = {}
+    if len(np.unique(y)) == 2:
+        fpr, tpr, _ = roc_curve(y, s)
+        curves["image_roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
 
-    maps = Maps(maps_h5)
-    meta = maps.meta
     has_masks = bool((test.mask_path != "").any())
     if has_masks and params.get("pixel", True):
+        maps = Maps(maps_h5)
         eval_size = params.get("eval_size")
-        amaps, masks = test_pairs(maps, eval_size)
-        pixel = {"auroc": pixel_auroc(amaps, masks),
-                 "au_pro": au_pro(amaps, masks, params.get("pro_fpr_limit", 0.3)),
-                 "eval_size": eval_size, "n_pixels": int(sum(a.size for a in amaps))}
-        vi = np.nonzero((meta.split == "val").to_numpy())[0]
-        if len(vi):
-            vals = np.concatenate([
-                upsample(maps.A[i], (eval_size, eval_size) if eval_size
-                         else (int(meta.height[i]), int(meta.width[i]))).ravel() for i in vi])
+        limit = params.get("pro_fpr_limit", 0.3)
+        t_pixel = pixel_threshold(maps, eval_size, params["pixel_fpr"])
+        px = pixel_metrics(maps, eval_size, limit)
+        curves["pixel"] = {**px.pop("curve"), "fpr_limit": limit}
+        pixel = {"auroc": px["auroc"], "au_pro": px["au_pro"], "eval_size": eval_size,
+                 "n_pixels": px["n_pixels"], "n_anomalous_pixels": px["n_anomalous_pixels"],
+                 "n_regions": px["n_regions"]}
+        if t_pixel is not None:
             pixel["fpr_target"] = params["pixel_fpr"]
-            pixel["t_pixel"] = float(np.quantile(vals, 1 - params["pixel_fpr"]))
+            pixel["t_pixel"] = t_pixel
         result["pixel"] = pixel
     else:
         result["pixel"] = None
+    result["curves"] = curves
     result.update(provenance(params))
     write_json(out, result)
     log.info("%s/%s: image AUROC %.4f%s", result["dataset"], result["category"], result["image_auroc"],

@@ -1,5 +1,8 @@
 """Per-category figures (matplotlib, PNG): loss curves, score histogram, ROC, confusion matrix, PRO curve,
-and heatmaps of the most and least anomalous test images."""
+and heatmaps of the most and least anomalous test images.
+
+Plots never recompute a metric: the ROC and PRO curves are the thinned curves that the metrics stage stored
+in metrics.json; only the heatmaps read maps and images (a few examples)."""
 
 from __future__ import annotations
 
@@ -12,11 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
 
 from .data import load_image, load_mask  # noqa: E402
 from .io import atomic_path, read_json  # noqa: E402
-from .metrics import pro_curve, test_pairs  # noqa: E402
 from .scoring import Maps, read_scores, upsample  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,17 @@ def score_histogram(scores: pd.DataFrame, metrics: dict, path: Path, title: str)
     _save(fig, path)
 
 
-def roc(scores: pd.DataFrame, metrics: dict, path: Path, title: str) -> None:
-    test = scores[scores.split == "test"]
-    fpr, tpr, _ = roc_curve(test.label, test.score)
+def roc(metrics: dict, path: Path, title: str) -> None:
+    """Image-level ROC and, where masks exist, the pixel-level ROC: the curves stored by the metrics stage."""
+    curves = metrics.get("curves", {})
     fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot(fpr, tpr, lw=2, label=f"AUROC = {metrics['image_auroc']:.3f}")
+    if "image_roc" in curves:
+        c = curves["image_roc"]
+        ax.plot(c["fpr"], c["tpr"], lw=2, label=f"image AUROC = {metrics['image_auroc']:.3f}")
+    if "pixel" in curves and metrics.get("pixel"):
+        c = curves["pixel"]
+        ax.plot([0.0, *c["fpr"]], [0.0, *c["tpr"]], lw=1.5, ls="--",
+                label=f"pixel AUROC = {metrics['pixel']['auroc']:.3f}")
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
@@ -96,9 +103,11 @@ def confusion(metrics: dict, path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def pro(maps: Maps, metrics: dict, path: Path, title: str) -> None:
-    fpr, pr = pro_curve(*test_pairs(maps, (metrics.get("pixel") or {}).get("eval_size")))
-    limit = metrics.get("params", {}).get("pro_fpr_limit", 0.3)
+def pro(metrics: dict, path: Path, title: str) -> None:
+    """The PRO curve up to the FPR limit, from the thinned curve stored by the metrics stage."""
+    c = metrics["curves"]["pixel"]
+    limit = c["fpr_limit"]
+    fpr, pr = np.r_[0.0, c["fpr"]], np.r_[0.0, c["pro"]]
     keep = fpr <= limit
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     ax.plot(fpr[keep], pr[keep], lw=2, label=f"AU-PRO@{limit} = {metrics['pixel']['au_pro']:.3f}")
@@ -156,11 +165,11 @@ def category_figures(scores_csv, maps_h5, metrics_json, history_csv, outdir, par
     title = f"{metrics.get('dataset')}/{metrics.get('category')}"
     loss_curve(history, outdir / "loss.png", title)
     score_histogram(scores, metrics, outdir / "score_histogram.png", title)
-    roc(scores, metrics, outdir / "roc.png", title)
+    roc(metrics, outdir / "roc.png", title)
     confusion(metrics, outdir / "confusion_matrix.png", title)
     written = [outdir / f for f in ("loss.png", "score_histogram.png", "roc.png", "confusion_matrix.png")]
     if metrics.get("pixel"):
-        pro(maps, metrics, outdir / "pro_curve.png", title)
+        pro(metrics, outdir / "pro_curve.png", title)
         written.append(outdir / "pro_curve.png")
     written += heatmaps(scores, maps, metrics, outdir, int(params.get("n_examples", 3)), title)
     log.info("wrote %d figures to %s", len(written), outdir)

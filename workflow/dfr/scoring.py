@@ -67,26 +67,31 @@ def anomaly_maps(model_path: str | Path, train_features: str | Path, test_featur
         with FeatureCache(test_features) as te:
             pos_t = np.arange(len(te.ids))
             parts.append(("test", te, pos_t, _maps(model, te, pos_t, device, params["batch_size"])))
-            s = h5py.string_dtype()
-            with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
-                f.create_dataset("A", data=np.concatenate([p[3] for p in parts]), compression="gzip")
-                cols = {k: [] for k in ("image_id", "split", "defect", "path", "mask_path")}
-                label, size = [], []
-                for name, c, p, _ in parts:
-                    cols["image_id"] += [c.ids[i] for i in p]
-                    cols["split"] += [name] * len(p)
-                    cols["defect"] += [c.defect[i] for i in p]
-                    cols["path"] += [c.path_[i] for i in p]
-                    cols["mask_path"] += [c.mask_path[i] for i in p]
-                    label += [int(c.label[i]) for i in p]
-                    size += [c.orig_size[i] for i in p]
-                for k, v in cols.items():
-                    f.create_dataset(k, data=np.array(v, dtype=object), dtype=s)
-                f.create_dataset("label", data=np.array(label, np.int8))
-                f.create_dataset("orig_size", data=np.array(size, np.int32).reshape(-1, 2))
-                f.attrs["params"] = json.dumps(params, sort_keys=True)
-                f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
+            meta = pd.DataFrame([
+                {"image_id": c.ids[i], "split": name, "label": int(c.label[i]), "defect": c.defect[i],
+                 "path": c.path_[i], "mask_path": c.mask_path[i], "height": c.orig_size[i][0],
+                 "width": c.orig_size[i][1]}
+                for name, c, p, _ in parts for i in p], columns=MAP_COLUMNS)
+            write_maps(out, np.concatenate([p[3] for p in parts]), meta, params)
     log.info("wrote %s: %d val + %d test maps", out, len(parts[0][2]), len(parts[1][2]))
+
+
+MAP_COLUMNS = ["image_id", "split", "label", "defect", "path", "mask_path", "height", "width"]
+
+
+def write_maps(out: str | Path, A: np.ndarray, meta: pd.DataFrame, params: dict) -> None:
+    """maps.h5: A(x) [N, h, w] float32 and one row of ``meta`` (MAP_COLUMNS) per map, written atomically."""
+    if len(A) != len(meta):
+        raise DFRError(f"{out}: {len(A)} maps but {len(meta)} rows of metadata")
+    s = h5py.string_dtype()
+    with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("A", data=np.asarray(A, np.float32), compression="gzip")
+        for k in ("image_id", "split", "defect", "path", "mask_path"):
+            f.create_dataset(k, data=np.array(meta[k].astype(str).tolist(), dtype=object), dtype=s)
+        f.create_dataset("label", data=meta.label.to_numpy(np.int8))
+        f.create_dataset("orig_size", data=meta[["height", "width"]].to_numpy(np.int32).reshape(-1, 2))
+        f.attrs["params"] = json.dumps(params, sort_keys=True)
+        f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
 
 
 class Maps:
