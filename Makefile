@@ -8,7 +8,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: setup demo bottle test test-fast bench dry-run clean
+.PHONY: setup demo bottle rehearsal test test-fast bench dry-run clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ bottle: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/bottle.yaml
 	@echo; cat results/bottle/tables/mvtec_bottle.md
 
+rehearsal: setup
+	$(BIN)/python -m dfr.rehearsal --configfile config/rehearsal.yaml --run --cores $(CORES)
+
 test: setup
 	$(BIN)/python -m pytest -ra
 
@@ -40,4 +43,4 @@ dry-run: setup
 	$(BIN)/snakemake -n --quiet rules
 
 clean:
-	rm -rf results logs .snakemake
+	rm -rf results logs benchmarks .snakemake

@@ -23,9 +23,9 @@ pytestmark = [
 CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
 CFG = {**TINY, "datasets": {"synth": {**TINY["datasets"]["synth"], "categories": ["disc"]}},
        "resources": {"gpu": 1, "threads": 2, "mem_mb_min": 500}}
-SLURM_ARGS = ["--profile", str(ROOT / "profiles" / "slurm"), "--slurm-status-command", "squeue",
-              "--slurm-init-seconds-before-status-checks", "2", "--set-threads", "features=2", "train=2",
-              "maps=2", "--verbose"]
+CLUSTER_ARGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+                "--set-threads", "features=2", "pca=2", "train=2", "maps=2", "--verbose"]
+SLURM_ARGS = ["--profile", str(ROOT / "profiles" / "slurm"), *CLUSTER_ARGS]
 GPU_RULES = {"features", "train", "maps"}
 
 
@@ -40,14 +40,26 @@ def cluster(tmp_path_factory):
     subprocess.run([str(CLUSTER), "down"], env=env, capture_output=True)
 
 
-def _sbatch_calls(out: str) -> dict[str, str]:
-    calls = {}
+def _sbatch_calls(out: str) -> list[tuple[str, str]]:
+    """(rule or group name, sbatch arguments) of every submission, in order."""
+    calls = []
     for line in out.splitlines():
         m = re.search(r"sbatch call: (sbatch .*?) --wrap", line)
         if m:
-            rule = re.search(r"--comment rule_(\w+?)_wildcards", m.group(1)).group(1)
-            calls[rule] = re.sub(r" --(job-name|output) \S+", "", m.group(1))
+            name = re.search(r"--comment (?:rule_(\w+?)_wildcards|'?(?:group_)?(\w+?)[_']|(\S+))", m.group(1))
+            calls.append((next(g for g in name.groups() if g), re.sub(r" --(job-name|output) \S+", "", m.group(1))))
     return calls
+
+
+def ungrouped_profile(tmp_path):
+    """profiles/slurm without its job grouping: one sbatch job per rule."""
+    prof = tmp_path / "profile-ungrouped"
+    prof.mkdir()
+    text = (ROOT / "profiles" / "slurm" / "config.yaml").read_text()
+    text = re.sub(r"(?ms)^groups:\n.*?(?=^set-resources:)", "", text)
+    assert "groups:" not in text and "set-resources:" in text
+    (prof / "config.yaml").write_text(text)
+    return prof
 
 
 def test_slurm_run_matches_local_run(cluster, tmp_path):
@@ -64,14 +76,18 @@ def test_slurm_run_matches_local_run(cluster, tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-5000:]
     calls = _sbatch_calls(out)
-    print(f"local {t_local:.0f} s, SLURM {t_slurm:.0f} s")
-    for rule, call in sorted(calls.items()):
+    print(f"local {t_local:.0f} s, SLURM {t_slurm:.0f} s; {len(calls)} sbatch calls with job grouping")
+    for rule, call in calls:
         print(f"{rule}: {call}")
-    assert GPU_RULES <= set(calls) and {"pca", "metrics", "plots"} <= set(calls)
-    assert not {"index", "split", "scores", "tables", "synthetic"} & set(calls)  # local rules
-    for rule, call in calls.items():
-        if rule in GPU_RULES:
+    # the category's GPU stages (features train + test, pca, train, maps) are one allocation
+    assert sorted(r for r, _ in calls) == ["gpu_stages", "metrics", "plots"], calls
+    for rule, call in calls:
+        if rule == "gpu_stages":
             assert " -p gpu " in call and "--gpus=1" in call, call
+            mem = int(re.search(r"--mem (\d+)", call).group(1))
+            declared = [int(m) for m in re.findall(r"mem_mb=(\d+)", out.split("Group job gpu_stages")[1]
+                                                               .split("Select jobs")[0])]
+            assert mem == max(declared), (mem, declared)  # stages run one after another: the largest
         else:
             assert " -p cpu " in call and "--gpus" not in call, call
     exp = "results/tiny/synth/disc"
@@ -82,6 +98,20 @@ def test_slurm_run_matches_local_run(cluster, tmp_path):
     print("max relative score difference:", float(np.max(np.abs(a.score - b.score) / a.score)))
     assert (pd.read_csv(local / "results/tiny/tables/synth.csv").AUROC
             == pd.read_csv(remote / "results/tiny/tables/synth.csv").AUROC).all()
+
+
+def test_without_grouping_every_stage_is_its_own_job(cluster, tmp_path):
+    r = snakemake(tmp_path, CFG, "--profile", str(ungrouped_profile(tmp_path)), *CLUSTER_ARGS)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    calls = _sbatch_calls(out)
+    print(f"{len(calls)} sbatch calls without job grouping (3 with it)")
+    for rule, call in calls:
+        print(f"{rule}: {call}")
+    assert sorted(r for r, _ in calls) == ["features", "features", "maps", "metrics", "pca", "plots", "train"]
+    for rule, call in calls:
+        if rule in GPU_RULES:
+            assert " -p gpu " in call and "--gpus=1" in call, call
 
 
 def test_failing_job_fails_the_run_with_its_log(cluster, tmp_path):

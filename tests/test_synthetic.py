@@ -68,3 +68,47 @@ def test_unknown_category_and_defect(tmp_path):
         synthetic.generate_category(tmp_path, "nope")
     with pytest.raises(DFRError, match="unknown synthetic defect"):
         synthetic.generate_category(tmp_path, "disc", defects=("dent",))
+
+
+# ---- categories shaped like the real benchmarks (full-size rehearsals) ----
+
+def test_shaped_category_has_the_benchmarks_counts_sizes_and_modes(tmp_path):
+    from dfr import data, shapes
+
+    synthetic.generate_category(tmp_path, "grid", shape="mvtec_ad", scale=0.05, size_scale=0.25, seed=0)
+    s = shapes.MVTEC_AD["grid"]
+    df = data.index_category(tmp_path, "grid")
+    train, test = df[df.split == "train"], df[df.split == "test"]
+    assert len(train) == round(s.n_train * 0.05) and (test.label == 0).sum() == round(s.n_test_good * 0.05)
+    assert (test.label == 1).sum() == round(s.n_test_anomalous * 0.05) == 3
+    assert set(test[test.label == 1].defect) == {"scratch", "stain", "missing"}  # spread over the kinds
+    assert set(df.width) == set(df.height) == {256}  # 1024 × 0.25
+    with Image.open(train.path.iloc[0]) as im:
+        assert im.mode == "L"  # grid is grey-scale in MVTec AD
+
+
+def test_visa_shaped_category_is_jpeg_at_visa_size(tmp_path):
+    from dfr import data
+
+    synthetic.generate_category(tmp_path, "pcb1", shape="visa", scale=0.01, size_scale=0.1, seed=0)
+    df = data.index_category(tmp_path, "pcb1")
+    assert set(df.path.str.rsplit(".", n=1).str[1]) == {"JPG"}
+    assert set(zip(df.width, df.height)) == {(150, 100)}
+    assert (df.mask_path[df.label == 1] != "").all()
+
+
+def test_shaped_counts_at_full_scale_add_up_to_the_benchmarks():
+    from dfr import shapes
+
+    for name, table in shapes.BENCHMARKS.items():
+        for cat, s in table.items():
+            n_train, n_good, per_kind = synthetic.shaped_counts(cat, name, 1.0)
+            assert (n_train, n_good, sum(per_kind)) == (s.n_train, s.n_test_good, s.n_test_anomalous)
+            assert max(per_kind) - min(per_kind) <= 1
+
+
+def test_shaped_unknown_category_or_shape_is_refused(tmp_path):
+    with pytest.raises(DFRError, match="not a category of mvtec_ad"):
+        synthetic.generate_category(tmp_path, "candle", shape="mvtec_ad")
+    with pytest.raises(DFRError, match="unknown synthetic shape"):
+        synthetic.generate_category(tmp_path, "bottle", shape="mvtec")

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from .io import DFRError
 
@@ -103,11 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    t0 = time.perf_counter()
     try:
         return _run(args)
     except DFRError as e:
         print(f"dfr {args.stage}: error: {e}", file=sys.stderr)
         return 2
+    finally:  # exact figures beside Snakemake's sampled benchmark record
+        from . import resources
+
+        logging.info("dfr %s: wall %.1f s, CPU %.1f s, peak RSS %.0f MB", args.stage, time.perf_counter() - t0,
+                     resources.cpu_seconds(), resources.peak_rss_mb())
 
 
 def runtime() -> dict:

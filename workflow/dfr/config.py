@@ -12,15 +12,14 @@ from typing import Any
 
 import yaml
 
+from . import shapes
 from .features import feature_params_key
 from .io import DFRError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
-MVTEC_CATEGORIES = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
-                    "screw", "tile", "toothbrush", "transistor", "wood", "zipper"]
-VISA_CATEGORIES = ["candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1",
-                   "pcb2", "pcb3", "pcb4", "pipe_fryum"]
+MVTEC_CATEGORIES = list(shapes.MVTEC_AD)
+VISA_CATEGORIES = list(shapes.VISA)
 
 
 def schema() -> dict:
@@ -66,10 +65,12 @@ def validate(cfg: dict, source: str = "config") -> dict:
         if ds["kind"] == "synthetic":
             from .synthetic import CATEGORIES
 
-            unknown = [c for c in ds["categories"] if c not in CATEGORIES]
+            shape = ds["synthetic"].get("shape")
+            known = list(shapes.BENCHMARKS[shape]) if shape else sorted(CATEGORIES)
+            unknown = [c for c in ds["categories"] if c not in known]
             if unknown:
                 raise DFRError(f"{source}: datasets.{name}.categories: unknown synthetic categories {unknown}; "
-                               f"choose from {sorted(CATEGORIES)}")
+                               f"choose from {known}" + (f" (synthetic.shape: {shape})" if shape else ""))
         known = {"mvtec": MVTEC_CATEGORIES, "visa": VISA_CATEGORIES}.get(ds["kind"])
         if known:
             unknown = [c for c in ds["categories"] if c not in known]
@@ -154,6 +155,23 @@ def paths(cfg: dict, dataset: str = "{dataset}", category: str = "{category}") -
         "history": f"{exp}/history.csv", "maps": f"{exp}/maps.h5", "scores": f"{exp}/scores.csv",
         "metrics": f"{exp}/metrics.json", "plots": f"{exp}/plots", "plots_done": f"{exp}/plots/.done",
     }
+
+
+def log_paths(cfg: dict, dataset: str = "{dataset}", category: str = "{category}", split: str = "{split}",
+              root: str = "{root}") -> dict[str, str]:
+    """Each rule's log; with the default arguments, Snakemake wildcard patterns. A job's benchmark record
+    (wall time, peak RSS) is its log's path under benchmarks/ (:func:`benchmark_path`)."""
+    e, k = cfg["experiment"], feature_key(cfg)
+    out = {"prepare_dataset": f"logs/datasets/{root}.log", "synthetic": f"logs/synthetic/{dataset}/{category}.log",
+           "index": f"logs/index/{dataset}/{category}.log",
+           "features": f"logs/features/{dataset}/{category}/{k}/{split}.log", "tables": f"logs/{e}/tables/{dataset}.log"}
+    for rule in ("split", "pca", "train", "maps", "scores", "metrics", "plots"):
+        out[rule] = f"logs/{e}/{rule}/{dataset}/{category}.log"
+    return out
+
+
+def benchmark_path(log: str) -> str:
+    return "benchmarks/" + log.removeprefix("logs/").removesuffix(".log") + ".tsv"
 
 
 def table_paths(cfg: dict, dataset: str = "{dataset}") -> dict[str, str]:

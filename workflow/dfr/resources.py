@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import resource
 import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 MB = 2**20
 
@@ -42,13 +46,12 @@ def reset_peak() -> bool:
         return False
 
 
-def peak_rss_mb(children: bool = False) -> float:
-    """Peak RSS of this process (since start or the last :func:`reset_peak`), plus its children's largest."""
+def peak_rss_mb() -> float:
+    """Peak RSS of this process (since start or the last :func:`reset_peak`). Child processes (DataLoader
+    workers) are not included: Snakemake's benchmark record samples the whole process tree."""
     kb = _status_kb("VmHWM")
     if kb is None:
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1 if sys.platform != "darwin" else 1024)
-    if children:
-        kb += resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return kb / 1024
 
 
@@ -59,3 +62,185 @@ def cpu_seconds() -> float:
 
 def threads_default() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# ---- what a category holds, before or after it is indexed ----
+
+class Workload(NamedTuple):
+    """Images and pixels of one category (train includes the held-out validation images)."""
+    n_train: int
+    n_test: int
+    train_pixels: int
+    test_pixels: int
+    max_image_pixels: int
+
+
+_INDEX_CACHE: dict[tuple[str, float], Workload] = {}
+
+
+def _from_index(path: Path) -> Workload:
+    key = (str(path), path.stat().st_mtime)
+    if key not in _INDEX_CACHE:
+        import pandas as pd
+
+        df = pd.read_csv(path, usecols=["split", "width", "height"])
+        px = df.width.astype(np.int64) * df.height.astype(np.int64)
+        tr = (df.split == "train").to_numpy()
+        _INDEX_CACHE[key] = Workload(int(tr.sum()), int((~tr).sum()), int(px[tr].sum()), int(px[~tr].sum()),
+                                     int(px.max()) if len(px) else 0)
+    return _INDEX_CACHE[key]
+
+
+def _from_shape(n_train: int, n_test: int, width: int, height: int) -> Workload:
+    px = width * height
+    return Workload(n_train, n_test, n_train * px, n_test * px, px)
+
+
+def _from_folder(folder: Path) -> Workload | None:
+    """Counted from the files on disk (image headers only), for a folder dataset not yet indexed."""
+    from .data import IMAGE_EXTENSIONS
+
+    def images(d: Path) -> list[Path]:
+        return [p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS] if d.is_dir() else []
+
+    train, test = images(folder / "train"), images(folder / "test")
+    if not train and not test:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open((train or test)[0]) as im:
+            w, h = im.size
+    except OSError:
+        w, h = 1024, 1024
+    return _from_shape(len(train), len(test), w, h)
+
+
+def workload(cfg: dict, dataset: str, category: str) -> Workload:
+    """From the category's index once it exists; before, from the known shape of the dataset (MVTec AD,
+    VisA, a synthetic category) or the files on disk; a generous guess when none of these is there."""
+    from . import config as dfr_config
+    from . import shapes, synthetic
+
+    idx = Path(dfr_config.paths(cfg, dataset, category)["index"])
+    if idx.is_file():
+        return _from_index(idx)
+    ds = cfg["datasets"][dataset]
+    if ds["kind"] == "synthetic":
+        g = ds.get("synthetic", {})
+        if g.get("shape"):
+            spec = synthetic.shaped_spec(category, g["shape"], g.get("size_scale", 1.0))
+            n_train, n_good, per_kind = synthetic.shaped_counts(category, g["shape"], g.get("scale", 1.0),
+                                                                len(g.get("defects", synthetic.DEFECTS)))
+            return _from_shape(n_train, n_good + sum(per_kind), spec.width, spec.height)
+        spec = synthetic.CATEGORIES[category]
+        n_test = g.get("n_test_good", 10) + g.get("n_test_defect", 5) * len(g.get("defects", synthetic.DEFECTS))
+        return _from_shape(g.get("n_train", 40), n_test, spec.width, spec.height)
+    table = {"mvtec": shapes.MVTEC_AD, "visa": shapes.VISA}.get(ds["kind"], {})
+    if category in table:
+        s = table[category]
+        return _from_shape(s.n_train, s.n_test_good + s.n_test_anomalous, s.width, s.height)
+    found = _from_folder(Path(dfr_config.dataset_root(cfg, dataset)) / category)
+    return found or _from_shape(1000, 250, 1500, 1000)
+
+
+# ---- per rule: memory (MB) and runtime (minutes) of the first attempt ----
+# Baselines are measured peaks of each stage on a tiny input (the interpreter and its libraries); per-unit
+# costs follow from the data structures each stage holds, with headroom.
+
+BASE_MB = {"light": 150, "torch": 850}  # measured: synthetic 70-290 MB; torch stages 650-800 MB
+BACKBONE_MB = {"resnet18": 60, "resnet34": 100, "resnet50": 120, "wide_resnet50_2": 300,
+               "tf_efficientnet_lite0": 40, "tf_efficientnet_lite1": 50, "tf_efficientnet_lite2": 60}
+# GFLOP per 224² image up to layer3 / blocks[4] (torch.utils.flop_counter, the bench's measure)
+BACKBONE_GFLOP = {"resnet18": 2.4, "resnet34": 4.9, "resnet50": 6.6, "wide_resnet50_2": 17.5,
+                  "tf_efficientnet_lite0": 0.55, "tf_efficientnet_lite1": 0.8, "tf_efficientnet_lite2": 1.1}
+CPU_GFLOPS = 40.0  # a conservative sustained rate for the runtime limits (measured: 150-230 on 2 cores)
+DECODE_S_PER_MPIXEL = 0.06  # PNG/JPEG decode + resize, one core, with headroom (measured ~0.035)
+
+
+def _grid(cfg: dict) -> tuple[int, int]:
+    """(fused channels C, locations h·w) of the feature maps."""
+    from .backbones import FUSED_CHANNELS
+
+    side = cfg["data"]["image_size"] // 8
+    return FUSED_CHANNELS.get(cfg["features"]["backbone"], 1536), side * side
+
+
+def _latent(cfg: dict, c: int) -> int:
+    d = cfg["cae"]["latent_dim"]
+    return int(d) if d != "auto" else max(1, c // 4)  # PCA's d is unknown before it runs: a generous guess
+
+
+def cae_gflop(c: int, d: int, hw: int) -> float:
+    """Forward FLOPs of one image through the CAE's 1×1 convolutions."""
+    mid = (c + 2 * d) // 2
+    return 2 * hw * (c * mid + mid * 2 * d + 2 * d * d) * 2 / 1e9
+
+
+def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | None = None,
+             split: str | None = None) -> dict[str, int]:
+    """``{"mem_mb": …, "runtime": …}`` that a job of ``rule`` asks for on its first attempt."""
+    floor = cfg.get("resources", {}).get("mem_mb_min", 0)
+    wl = workload(cfg, dataset, category) if dataset and category else None
+    c, hw = _grid(cfg)
+    mp = (wl.max_image_pixels if wl else 0) / 1e6
+    mem, minutes = float(BASE_MB["torch"]), 2.0
+    if rule == "prepare_dataset":
+        mem, minutes = BASE_MB["light"] + 500, 240  # a multi-GB download and extraction
+    elif rule == "synthetic":
+        n = wl.n_train + wl.n_test
+        mem = BASE_MB["light"] + 160 * mp + 50  # float64 planes of one image
+        minutes = 2 + n * 0.6 * max(mp, 0.05) / 60 * 2
+    elif rule == "index":
+        mem = BASE_MB["torch"] + 40 * mp
+        minutes = 2 + (wl.n_train + wl.n_test) * DECODE_S_PER_MPIXEL * max(mp, 0.05) / 60 * 2
+    elif rule == "features":
+        f = cfg["features"]
+        n = wl.n_train if split == "train" else wl.n_test
+        b, workers, size = f["batch_size"], f["num_workers"], cfg["data"]["image_size"]
+        scale = (size / 224) ** 2
+        act_mb = 25 * scale * (3 if f["backbone"] == "wide_resnet50_2" else 1)  # activations of one image
+        decoded_mb = 16 * mp  # a decoded image and its RGB/resized copies
+        mem = (BASE_MB["torch"] + BACKBONE_MB.get(f["backbone"], 300) + b * (act_mb + decoded_mb)
+               + workers * (BASE_MB["light"] + 2 * b * decoded_mb))
+        per_image = (DECODE_S_PER_MPIXEL * max(mp, 0.05) / max(1, workers)
+                     + BACKBONE_GFLOP.get(f["backbone"], 20) * scale / CPU_GFLOPS)
+        minutes = 2 + n * per_image / 60 * 2
+    elif rule == "pca":
+        samples = min(cfg["pca"]["max_samples"], wl.n_train * hw)
+        mem = BASE_MB["torch"] + samples * c * 24 / MB  # float32 sample, float64 copy, centred copy
+        minutes = 2 + (2 * samples * c * c + 10 * c ** 3) / (CPU_GFLOPS * 1e9) / 60 * 2
+    elif rule == "train":
+        cache = min(2 * 2**30, wl.n_train * c * hw * 4) / MB  # in RAM when it fits in 2 GiB (cae.in_memory)
+        mem = BASE_MB["torch"] + 400 + 2 * cache + cfg["cae"]["batch_size"] * c * hw * 4 * 8 / MB  # + autograd, Adam
+        per_epoch = wl.n_train * 3 * cae_gflop(c, _latent(cfg, c), hw) / CPU_GFLOPS
+        minutes = 2 + cfg["cae"]["epochs"] * per_epoch / 60 * 2
+    elif rule == "maps":
+        mem = BASE_MB["torch"] + cfg["features"]["batch_size"] * c * hw * 4 * 8 / MB \
+            + (wl.n_train + wl.n_test) * hw * 4 / MB
+        minutes = 2 + (wl.n_train + wl.n_test) * cae_gflop(c, _latent(cfg, c), hw) / CPU_GFLOPS / 60 * 2
+    elif rule == "scores":
+        mem = BASE_MB["torch"] + (wl.n_train + wl.n_test) * hw * 4 * 3 / MB
+    elif rule == "metrics":
+        eval_size = _eval_size(cfg, dataset)
+        test_px = wl.n_test * eval_size ** 2 if eval_size else wl.test_pixels
+        val_px = cfg["data"]["val_fraction"] * (wl.n_train * eval_size ** 2 if eval_size else wl.train_pixels)
+        one = (eval_size ** 2 / 1e6 if eval_size else mp) * 24  # one image's map, mask, labels
+        mem = BASE_MB["torch"] + max(8 * test_px, 4 * val_px) / MB + one
+        minutes = 2 + (test_px + val_px) * 0.3e-6 / 60 * 2
+    elif rule == "plots":
+        mem = BASE_MB["torch"] + 150 + 6 * 150 * mp  # matplotlib, and six example rows at full size
+        minutes = 2 + 6 * 2 * max(mp, 0.1) / 60 * 2
+    elif rule == "split":
+        pass  # the torch baseline: dfr.data imports torch
+    elif rule == "tables":
+        mem = BASE_MB["light"]
+    else:
+        raise KeyError(f"no resource estimate for rule {rule!r}")
+    return {"mem_mb": int(max(floor, mem * 1.25) + 0.5), "runtime": int(minutes + 0.999)}
+
+
+def _eval_size(cfg: dict, dataset: str) -> int | None:
+    from . import config as dfr_config
+
+    return dfr_config.metrics_params(cfg, dataset)["eval_size"]

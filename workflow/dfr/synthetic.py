@@ -13,6 +13,12 @@ disc       object    240x192     shaded orange disc, jittered, on a blue-grey gr
 Defect kinds: ``scratch`` (thin bright or dark line), ``stain`` (dark irregular blob),
 ``missing`` (a part replaced by background), ``colour`` (a region's colour or brightness shifted).
 Every image is a pure function of (seed, category, split, index).
+
+**Full-size rehearsals** (``shape: mvtec_ad`` or ``visa``): the categories take the real benchmarks' names,
+image counts, sizes, colour modes and file formats (:mod:`dfr.shapes`); textures are drawn like ``weave``
+(``grain`` when grey), objects like ``disc``, and the anomalous test images are spread over the defect
+kinds. ``scale`` multiplies the image counts (at least 2 training and 1 of each test kind remain) and
+``size_scale`` the image sides, for smaller runs of the same DAG.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .io import DFRError, write_json
+from .shapes import BENCHMARKS
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,12 @@ class CategorySpec:
     width: int
     height: int
     grey: bool = False
+    style: str = ""  # weave | grain | disc: how normal images look (default: the name)
+    ext: str = ".png"
+
+    @property
+    def look(self) -> str:
+        return self.style or self.name
 
 
 CATEGORIES = {
@@ -48,6 +61,29 @@ CATEGORIES = {
     "grain": CategorySpec("grain", "texture", 200, 200, grey=True),
     "disc": CategorySpec("disc", "object", 240, 192),
 }
+
+
+def shaped_spec(category: str, shape: str, size_scale: float = 1.0) -> CategorySpec:
+    """A category named and sized like the real benchmark's (``shape``: mvtec_ad | visa)."""
+    table = BENCHMARKS.get(shape)
+    if table is None:
+        raise DFRError(f"unknown synthetic shape {shape!r}; choose from {', '.join(BENCHMARKS)}")
+    if category not in table:
+        raise DFRError(f"{category!r} is not a category of {shape} (its categories: {', '.join(table)})")
+    s = table[category]
+    w, h = max(32, round(s.width * size_scale)), max(32, round(s.height * size_scale))
+    style = ("grain" if s.grey else "weave") if s.texture else "disc"
+    return CategorySpec(category, "texture" if s.texture else "object", w, h, s.grey, style, s.ext)
+
+
+def shaped_counts(category: str, shape: str, scale: float = 1.0, n_kinds: int = len(DEFECTS)
+                  ) -> tuple[int, int, list[int]]:
+    """(train, test good, anomalous test images per defect kind) of a shaped category at ``scale``."""
+    s = BENCHMARKS[shape][category]
+    n_bad = max(1, round(s.n_test_anomalous * scale))
+    kinds = min(n_kinds, n_bad)
+    per_kind = [n_bad // kinds + (1 if i < n_bad % kinds else 0) for i in range(kinds)]
+    return max(2, round(s.n_train * scale)), max(1, round(s.n_test_good * scale)), per_kind
 
 
 def _rng(seed: int, category: str, split: str, i: int) -> np.random.Generator:
@@ -62,19 +98,20 @@ def _normal(spec: CategorySpec, rng: np.random.Generator) -> tuple[np.ndarray, n
     """A normal image (H, W, 3) float in [0, 1] and its foreground (where defects may go)."""
     x, y = _grid(spec)
     h, w = spec.height, spec.width
-    if spec.name == "weave":
-        p = 16.0
+    s = min(h, w)
+    if spec.look == "weave":
+        p = 16.0 * max(1.0, s / 256)  # the same weave at every size: period relative to the image
         px, py = rng.uniform(0, 2 * np.pi, 2)
         v = 0.5 + 0.22 * np.sin(2 * np.pi * x / p + px) * np.sin(2 * np.pi * y / p + py)
         v = v + 0.03 * rng.standard_normal((h, w))
         img = np.stack([v * 0.9 + 0.05, v * 0.75 + 0.1, v * 0.45 + 0.2], axis=-1)
         fg = np.ones((h, w), bool)
-    elif spec.name == "grain":
-        n = ndimage.gaussian_filter(rng.standard_normal((h, w)), sigma=2.0)
+    elif spec.look == "grain":
+        n = ndimage.gaussian_filter(rng.standard_normal((h, w)), sigma=2.0 * max(1.0, s / 200))
         v = 0.5 + 0.35 * n / (n.std() + 1e-9) * 0.5
         img = np.repeat(v[..., None], 3, axis=-1)
         fg = np.ones((h, w), bool)
-    elif spec.name == "disc":
+    elif spec.look == "disc":
         cx = w / 2 + rng.uniform(-6, 6)
         cy = h / 2 + rng.uniform(-6, 6)
         r0 = min(w, h) * 0.36 + rng.uniform(-3, 3)
@@ -87,7 +124,7 @@ def _normal(spec: CategorySpec, rng: np.random.Generator) -> tuple[np.ndarray, n
         img = np.where(fg[..., None], disc, bg)
         img = img + 0.01 * rng.standard_normal((h, w, 3))
     else:  # pragma: no cover - guarded by CATEGORIES
-        raise DFRError(f"unknown synthetic category {spec.name!r}")
+        raise DFRError(f"unknown synthetic look {spec.look!r}")
     return np.clip(img, 0, 1), fg
 
 
@@ -95,7 +132,10 @@ def _point_in(fg: np.ndarray, rng: np.random.Generator, margin: int) -> tuple[fl
     h, w = fg.shape
     inner = np.zeros_like(fg)
     inner[margin:h - margin, margin:w - margin] = True
-    ys, xs = np.nonzero(ndimage.binary_erosion(fg, iterations=margin) & inner)
+    # fg eroded `margin` times by the 4-neighbour cross (outside counts as background), in one pass:
+    # the pixels whose taxicab distance to the background exceeds the margin
+    eroded = ndimage.distance_transform_cdt(np.pad(fg, 1), metric="taxicab")[1:-1, 1:-1] > margin
+    ys, xs = np.nonzero(eroded & inner)
     if len(xs) == 0:
         ys, xs = np.nonzero(fg)
     k = rng.integers(len(xs))
@@ -117,7 +157,7 @@ def _defect(spec: CategorySpec, img: np.ndarray, fg: np.ndarray, kind: str,
         ax, ay, bx, by = x0 - dx, y0 - dy, x0 + dx, y0 + dy
         t = np.clip(((x - ax) * (bx - ax) + (y - ay) * (by - ay)) / ((bx - ax) ** 2 + (by - ay) ** 2), 0, 1)
         dist = np.hypot(x - (ax + t * (bx - ax)), y - (ay + t * (by - ay)))
-        mask = (dist <= rng.uniform(1.5, 2.5)) & fg
+        mask = (dist <= rng.uniform(1.5, 2.5) * max(1.0, s / 256)) & fg
         value = 0.97 if rng.random() < 0.5 else 0.05
         img[mask] = value
     elif kind == "stain":
@@ -166,41 +206,56 @@ def _save(img: np.ndarray, path: Path, grey: bool) -> None:
     a = (img * 255 + 0.5).astype(np.uint8)
     im = Image.fromarray(a[..., 0], "L") if grey else Image.fromarray(a, "RGB")
     path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        im.save(path, quality=95)
+    else:
+        im.save(path, compress_level=1)  # lossless either way; level 1 writes large images ~5x faster
 
 
 def generate_category(out_root: str | Path, category: str, *, n_train: int = 40, n_test_good: int = 10,
-                      n_test_defect: int = 5, defects: tuple[str, ...] = DEFECTS, seed: int = 0) -> Path:
-    """Write one synthetic category in MVTec layout under ``out_root/category`` (atomically)."""
-    if category not in CATEGORIES:
-        raise DFRError(f"unknown synthetic category {category!r}; choose from {', '.join(CATEGORIES)}")
+                      n_test_defect: int = 5, defects: tuple[str, ...] = DEFECTS, seed: int = 0,
+                      shape: str | None = None, scale: float = 1.0, size_scale: float = 1.0) -> Path:
+    """Write one synthetic category in MVTec layout under ``out_root/category`` (atomically).
+
+    With ``shape`` (mvtec_ad | visa) the category is one of that benchmark's, with its counts (times
+    ``scale``) and image size (times ``size_scale``); ``n_train``, ``n_test_good``, ``n_test_defect`` are
+    then ignored.
+    """
     for d in defects:
         if d not in DEFECTS:
             raise DFRError(f"unknown synthetic defect kind {d!r}; choose from {', '.join(DEFECTS)}")
-    spec = CATEGORIES[category]
+    if shape:
+        spec = shaped_spec(category, shape, size_scale)
+        n_train, n_test_good, per_kind = shaped_counts(category, shape, scale, len(defects))
+        kinds = list(zip(defects, per_kind))
+    else:
+        if category not in CATEGORIES:
+            raise DFRError(f"unknown synthetic category {category!r}; choose from {', '.join(CATEGORIES)}")
+        spec = CATEGORIES[category]
+        kinds = [(d, n_test_defect) for d in defects]
     final = Path(out_root) / category
     tmp = Path(out_root) / f".{category}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     for i in range(n_train):
         img, _ = _normal(spec, _rng(seed, category, "train", i))
-        _save(img, tmp / "train" / "good" / f"{i:03d}.png", spec.grey)
+        _save(img, tmp / "train" / "good" / f"{i:03d}{spec.ext}", spec.grey)
     for i in range(n_test_good):
         img, _ = _normal(spec, _rng(seed, category, "test/good", i))
-        _save(img, tmp / "test" / "good" / f"{i:03d}.png", spec.grey)
-    for d in defects:
-        for i in range(n_test_defect):
+        _save(img, tmp / "test" / "good" / f"{i:03d}{spec.ext}", spec.grey)
+    for d, n in kinds:
+        for i in range(n):
             rng = _rng(seed, category, f"test/{d}", i)
             img, fg = _normal(spec, rng)
             img, mask = _defect(spec, img, fg, d, rng)
-            _save(img, tmp / "test" / d / f"{i:03d}.png", spec.grey)
+            _save(img, tmp / "test" / d / f"{i:03d}{spec.ext}", spec.grey)
             m = Image.fromarray((mask * 255).astype(np.uint8), "L")
             mp = tmp / "ground_truth" / d / f"{i:03d}_mask.png"
             mp.parent.mkdir(parents=True, exist_ok=True)
             m.save(mp)
     write_json(tmp / "synthetic.json", {
         "category": category, "kind": spec.kind, "size": [spec.width, spec.height], "grey": spec.grey,
-        "n_train": n_train, "n_test_good": n_test_good, "n_test_defect": n_test_defect,
-        "defects": list(defects), "seed": seed,
+        "n_train": n_train, "n_test_good": n_test_good, "n_test_defect": dict(kinds),
+        "defects": [d for d, _ in kinds], "seed": seed, "shape": shape, "scale": scale, "size_scale": size_scale,
     })
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

@@ -19,10 +19,12 @@ rule train:
     threads: THREADS
     resources:
         gpu=GPU,
-        mem_mb=train_mem_mb,
-        runtime=train_runtime,
+        mem_mb=mem_mb("train"),
+        runtime=runtime("train"),
+    benchmark:
+        bench("train")
     log:
-        f"logs/{E}/train/{{dataset}}/{{category}}.log",
+        LOGS["train"],
     conda:
         ENV
     shell:

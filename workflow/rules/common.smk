@@ -8,7 +8,7 @@ WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(WORKFLOW_DIR))
 
 from dfr import config as dfr_config  # noqa: E402
-from dfr.backbones import FUSED_CHANNELS  # noqa: E402
+from dfr import resources as dfr_resources  # noqa: E402
 from dfr.io import DFRError  # noqa: E402
 
 try:
@@ -70,47 +70,43 @@ def all_targets():
     return out
 
 
-# ---- resources: what a job asks a scheduler for, derived from config (and the index once it exists) ----
+# ---- resources: what a job asks a scheduler for, derived from what it processes (dfr.resources) ----
 RES = config["resources"]
+
+# Run locally (--cores all), jobs start only while their declared mem_mb fits in the memory available now,
+# so that many categories' jobs at once never exhaust RAM; `--resources mem_mb=N` sets another budget.
+if workflow.local_exec and "mem_mb" not in workflow.global_resources:
+    import psutil
+
+    workflow.register_resource("mem_mb", int(psutil.virtual_memory().available / 2**20))
 GPU = RES["gpu"]
 THREADS = RES["threads"]
 
 
-def n_images(wildcards, split=None):
-    """Images of a category (from its index once it exists; a generous guess before)."""
-    path = Path(dfr_config.paths(config, wildcards.dataset, wildcards.category)["index"])
-    if not path.is_file():
-        return 500
-    import pandas as pd
+def _estimate(rule, what):
+    def f(wildcards, attempt):
+        return attempt * dfr_resources.estimate(config, rule, wildcards.get("dataset"), wildcards.get("category"),
+                                                wildcards.get("split"))[what]
 
-    df = pd.read_csv(path, usecols=["split"])
-    return int(len(df) if split is None else (df.split == split).sum())
+    return f
 
 
-def feature_mb_per_image():
-    side = config["data"]["image_size"] // 8
-    return FUSED_CHANNELS.get(config["features"]["backbone"], 1536) * side * side * 4 / 2**20
+def mem_mb(rule):
+    """The rule's memory in MB from the images, pixels and channels it processes; times the attempt."""
+    return _estimate(rule, "mem_mb")
 
 
-def features_mem_mb(wildcards, attempt):
-    f = config["features"]
-    return attempt * (RES["mem_mb_min"] + 2000 + 60 * f["batch_size"] + 1000 * f["num_workers"])
+def runtime(rule):
+    """The rule's time limit in minutes, likewise."""
+    return _estimate(rule, "runtime")
 
 
-def features_runtime(wildcards, attempt):
-    # minutes: start-up + ~0.1 s an image (decoding bound on a GPU node), doubled on each retry
-    return attempt * int(10 + n_images(wildcards, wildcards.split) * 0.1 / 60 * 4)
+LOGS = dfr_config.log_paths(config)  # wildcard patterns of every rule's log
 
 
-def train_mem_mb(wildcards, attempt):
-    # the cache held in RAM when it fits (2 GiB), plus the model and torch
-    cache = min(2048, n_images(wildcards, "train") * feature_mb_per_image())
-    return attempt * int(RES["mem_mb_min"] + 2000 + cache)
-
-
-def train_runtime(wildcards, attempt):
-    per_epoch_s = 1 + n_images(wildcards, "train") * feature_mb_per_image() / 200  # ~200 MB/s from HDF5
-    return attempt * int(10 + config["cae"]["epochs"] * per_epoch_s / 60 * 2)
+def bench(rule):
+    """The benchmark record (wall time, peak RSS) of a job: its log's path under benchmarks/, as .tsv."""
+    return dfr_config.benchmark_path(LOGS[rule])
 
 
 # Seconds-long bookkeeping runs on the submitting node under a cluster executor; downloads too, since

@@ -7,8 +7,13 @@ rule index:
         PATHS["index"],
     params:
         root=lambda wc: dataset_root(wc.dataset),
+    resources:
+        mem_mb=mem_mb("index"),
+        runtime=runtime("index"),
+    benchmark:
+        bench("index")
     log:
-        "logs/index/{dataset}/{category}.log",
+        LOGS["index"],
     conda:
         ENV
     shell:
@@ -22,8 +27,13 @@ rule split:
         PATHS["split"],
     params:
         split=P(dfr_config.split_params(config)),
+    resources:
+        mem_mb=mem_mb("split"),
+        runtime=runtime("split"),
+    benchmark:
+        bench("split")
     log:
-        f"logs/{E}/split/{{dataset}}/{{category}}.log",
+        LOGS["split"],
     conda:
         ENV
     shell:

@@ -13,8 +13,13 @@ rule prepare_dataset:
         root="|".join(re.escape(r) for r in _DOWNLOADED) or "^$",
     params:
         spec=lambda wc: P(DATASETS[_DOWNLOADED[wc.root]]),
+    resources:
+        mem_mb=mem_mb("prepare_dataset"),
+        runtime=runtime("prepare_dataset"),
+    benchmark:
+        bench("prepare_dataset")
     log:
-        "logs/datasets/{root}.log",
+        LOGS["prepare_dataset"],
     conda:
         ENV
     shell:

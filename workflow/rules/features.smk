@@ -12,10 +12,12 @@ rule features:
     threads: THREADS
     resources:
         gpu=GPU,
-        mem_mb=features_mem_mb,
-        runtime=features_runtime,
+        mem_mb=mem_mb("features"),
+        runtime=runtime("features"),
+    benchmark:
+        bench("features")
     log:
-        f"logs/features/{{dataset}}/{{category}}/{FKEY}/{{split}}.log",
+        LOGS["features"],
     conda:
         ENV
     shell:

@@ -8,8 +8,13 @@ rule metrics:
         PATHS["metrics"],
     params:
         metrics=lambda wc: P({**dfr_config.metrics_params(config, wc.dataset), "dataset": wc.dataset, "category": wc.category}),
+    resources:
+        mem_mb=mem_mb("metrics"),
+        runtime=runtime("metrics"),
+    benchmark:
+        bench("metrics")
     log:
-        f"logs/{E}/metrics/{{dataset}}/{{category}}.log",
+        LOGS["metrics"],
     conda:
         ENV
     shell:
@@ -28,8 +33,13 @@ rule plots:
     params:
         outdir=PATHS["plots"],
         plots=P({"n_examples": 3}),
+    resources:
+        mem_mb=mem_mb("plots"),
+        runtime=runtime("plots"),
+    benchmark:
+        bench("plots")
     log:
-        f"logs/{E}/plots/{{dataset}}/{{category}}.log",
+        LOGS["plots"],
     conda:
         ENV
     shell:

@@ -10,10 +10,12 @@ rule pca:
         pca=P(dfr_config.pca_params(config)),
     threads: 2
     resources:
-        mem_mb=lambda wc, attempt: attempt * (RES["mem_mb_min"] + 3000),
-        runtime=lambda wc, attempt: attempt * 20,
+        mem_mb=mem_mb("pca"),
+        runtime=runtime("pca"),
+    benchmark:
+        bench("pca")
     log:
-        f"logs/{E}/pca/{{dataset}}/{{category}}.log",
+        LOGS["pca"],
     conda:
         ENV
     shell:

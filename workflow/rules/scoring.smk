@@ -11,10 +11,12 @@ rule maps:
     threads: THREADS
     resources:
         gpu=GPU,
-        mem_mb=train_mem_mb,
-        runtime=lambda wc, attempt: attempt * 20,
+        mem_mb=mem_mb("maps"),
+        runtime=runtime("maps"),
+    benchmark:
+        bench("maps")
     log:
-        f"logs/{E}/maps/{{dataset}}/{{category}}.log",
+        LOGS["maps"],
     conda:
         ENV
     shell:
@@ -29,8 +31,13 @@ rule scores:
         PATHS["scores"],
     params:
         top_k=config["scoring"]["top_k"],
+    resources:
+        mem_mb=mem_mb("scores"),
+        runtime=runtime("scores"),
+    benchmark:
+        bench("scores")
     log:
-        f"logs/{E}/scores/{{dataset}}/{{category}}.log",
+        LOGS["scores"],
     conda:
         ENV
     shell:

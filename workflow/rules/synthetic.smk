@@ -6,8 +6,13 @@ rule synthetic:
     params:
         gen=lambda wc: P({**DATASETS[wc.dataset]["synthetic"], "seed": config["seed"]}),
         root=lambda wc: dataset_root(wc.dataset),
+    resources:
+        mem_mb=mem_mb("synthetic"),
+        runtime=runtime("synthetic"),
+    benchmark:
+        bench("synthetic")
     log:
-        f"logs/synthetic/{{dataset}}/{{category}}.log",
+        LOGS["synthetic"],
     conda:
         ENV
     shell:

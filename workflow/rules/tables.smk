@@ -7,8 +7,13 @@ rule tables:
         csv=TABLES["csv"],
         md=TABLES["md"],
         val=TABLES["val"],
+    resources:
+        mem_mb=mem_mb("tables"),
+        runtime=runtime("tables"),
+    benchmark:
+        bench("tables")
     log:
-        f"logs/{E}/tables/{{dataset}}.log",
+        LOGS["tables"],
     conda:
         ENV
     shell:

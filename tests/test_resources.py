@@ -1,0 +1,68 @@
+"""Declared resources: derived from what a job processes, before and after its category is indexed."""
+
+import copy
+
+import pandas as pd
+import pytest
+
+from dfr import config, data, rehearsal, resources, synthetic
+
+RULES = ["synthetic", "index", "features", "split", "pca", "train", "maps", "scores", "metrics", "plots"]
+
+
+def _cfg(tmp_path, **synth):
+    return config.validate({"results": str(tmp_path / "results"), "datasets": {
+        "m": {"kind": "synthetic", "categories": ["screw", "bottle"],
+              "synthetic": {"shape": "mvtec_ad", **synth}}}})
+
+
+def test_workload_before_and_after_indexing_agree(tmp_path):
+    cfg = _cfg(tmp_path, scale=0.05, size_scale=0.25)
+    before = resources.workload(cfg, "m", "screw")
+    root = config.dataset_root(cfg, "m")
+    synthetic.generate_category(root, "screw", shape="mvtec_ad", scale=0.05, size_scale=0.25)
+    idx = config.paths(cfg, "m", "screw")["index"]
+    data.write_index(data.index_category(root, "screw"), idx)
+    after = resources.workload(cfg, "m", "screw")
+    assert before == after and after.n_test == 2 + 6 and after.max_image_pixels == 256 * 256
+
+
+def test_every_rule_declares_memory_and_runtime_that_grow_with_the_data(tmp_path):
+    small, big = _cfg(tmp_path, scale=0.1, size_scale=0.25), _cfg(tmp_path, scale=1.0)
+    for rule in RULES:
+        a = resources.estimate(small, rule, "m", "screw", "test")
+        b = resources.estimate(big, rule, "m", "screw", "test")
+        assert a["mem_mb"] >= small["resources"]["mem_mb_min"] and a["runtime"] >= 1
+        assert b["mem_mb"] >= a["mem_mb"] and b["runtime"] >= a["runtime"], rule
+    low = copy.deepcopy(big)
+    low["resources"]["mem_mb_min"] = 500
+    m = resources.estimate(low, "metrics", "m", "screw")["mem_mb"]
+    s = synthetic.shaped_spec("screw", "mvtec_ad")
+    n_test = sum(synthetic.shaped_counts("screw", "mvtec_ad")[2]) + synthetic.shaped_counts("screw", "mvtec_ad")[1]
+    assert m * 2**20 >= 8 * n_test * s.width * s.height  # 8 bytes per evaluated pixel at least
+    low["metrics"]["eval_size"] = 256
+    assert resources.estimate(low, "metrics", "m", "screw")["mem_mb"] < m
+
+
+def test_real_benchmark_is_sized_from_its_known_shape(tmp_path):
+    cfg = config.load("config/config.yaml")
+    cfg["results"] = str(tmp_path)  # no index there: sized from dfr.shapes
+    screw = resources.workload(cfg, "mvtec_ad", "screw")
+    assert (screw.n_train, screw.n_test, screw.max_image_pixels) == (320, 160, 1024 * 1024)
+    pcb1 = resources.estimate(cfg, "metrics", "visa", "pcb1")
+    assert pcb1["mem_mb"] > resources.estimate(cfg, "metrics", "mvtec_ad", "toothbrush")["mem_mb"]
+
+
+def test_report_flags_jobs_above_their_declaration():
+    jobs = pd.DataFrame([
+        {"rule": "metrics", "dataset": "d", "category": "a", "split": None, "wall_s": 3.0, "peak_mb": 900.0,
+         "declared_mb": 1000},
+        {"rule": "metrics", "dataset": "d", "category": "b", "split": None, "wall_s": 5.0, "peak_mb": 1200.0,
+         "declared_mb": 1000},
+        {"rule": "train", "dataset": "d", "category": "a", "split": None, "wall_s": 9.0, "peak_mb": 700.0,
+         "declared_mb": 2000},
+    ])
+    s = rehearsal.stage_summary(jobs).set_index("stage")
+    assert s.loc["metrics", "total_wall_s"] == 8.0 and s.loc["metrics", "largest_peak_mb"] == 1200.0
+    assert s.loc["metrics", "min_headroom"] == pytest.approx(1000 / 1200)
+    assert list(rehearsal.over_declared(jobs).category) == ["b"]

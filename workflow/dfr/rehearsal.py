@@ -1,0 +1,353 @@
+"""Full-size rehearsal of the benchmark, and what Snakemake's benchmark records say about any run.
+
+    python -m dfr.rehearsal --configfile config/rehearsal.yaml --run    # make rehearsal: run, then report
+    python -m dfr.rehearsal --configfile config/demo.yaml               # report on an earlier run
+
+The rehearsal config generates synthetic categories shaped like MVTec AD's 15 (counts, sizes, grey-scale,
+file formats: ``synthetic.shape``) and runs the whole DAG on them with the offline EfficientNet-Lite0
+backbone. The report reads every job's benchmark record (``benchmarks/…tsv``: wall time, sampled peak
+RSS of the process tree) and the exact peak RSS that each job logs, and prints per stage: jobs, total and
+longest wall time, the largest peak RSS beside what that job declared (``mem_mb``); every job whose peak
+exceeded its declaration is listed and makes the command fail. It then projects the real benchmark (MVTec
+AD + VisA, ResNet50, 50 epochs) on this machine, from the measured per-image and per-pixel costs and the
+backbones' images/s measured here, and on one GPU node from stated assumptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from . import config as dfr_config
+from . import resources, shapes
+from .io import DFRError, read_json
+
+STAGES = ["synthetic", "index", "features", "split", "pca", "train", "maps", "scores", "metrics", "plots",
+          "tables"]
+PEAK_RE = re.compile(r"peak RSS (\d+) MB")
+
+
+def _bench_row(tsv: Path) -> dict:
+    b = pd.read_csv(tsv, sep="\t")
+    rss = pd.to_numeric(b["max_rss"], errors="coerce").max()
+    return {"wall_s": float(b["s"].iloc[-1]), "sampled_rss_mb": float(rss) if rss == rss else 0.0}
+
+
+def _log_peak(log: Path) -> float:
+    if not log.is_file():
+        return 0.0
+    found = PEAK_RE.findall(log.read_text(errors="replace"))
+    return float(found[-1]) if found else 0.0
+
+
+def collect(cfg: dict, workdir: str | Path = ".") -> pd.DataFrame:
+    """One row per job of this config that has a benchmark record: wall time, peak and declared memory."""
+    wd = Path(workdir)
+    rows = []
+    for d, ds in cfg["datasets"].items():
+        jobs = [("tables", None, None)]
+        for c in ds["categories"]:
+            jobs += [(r, c, None) for r in STAGES if r not in ("features", "tables")]
+            jobs += [("features", c, s) for s in ("train", "test")]
+        for rule, c, s in jobs:
+            log = dfr_config.log_paths(cfg, d, c or "", s or "")[rule]
+            tsv = wd / dfr_config.benchmark_path(log)
+            if not tsv.is_file():
+                continue
+            est = resources.estimate(cfg, rule, d, c, s) if c or rule == "tables" else {}
+            r = {"rule": rule, "dataset": d, "category": c, "split": s, **_bench_row(tsv),
+                 "log_peak_mb": _log_peak(wd / log), "declared_mb": est.get("mem_mb"),
+                 "declared_min": est.get("runtime")}
+            r["peak_mb"] = max(r["sampled_rss_mb"], r["log_peak_mb"])
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def stage_summary(jobs: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for rule in [s for s in STAGES if s in set(jobs.rule)]:
+        j = jobs[jobs.rule == rule]
+        top = j.loc[j.peak_mb.idxmax()]
+        out.append({"stage": rule, "jobs": len(j), "total_wall_s": j.wall_s.sum(), "longest_s": j.wall_s.max(),
+                    "largest_peak_mb": top.peak_mb, "declared_mb_of_that_job": top.declared_mb,
+                    "min_headroom": (j.declared_mb / j.peak_mb.clip(lower=1)).min()})
+    return pd.DataFrame(out)
+
+
+def over_declared(jobs: pd.DataFrame) -> pd.DataFrame:
+    return jobs[jobs.peak_mb > jobs.declared_mb]
+
+
+# ---- projection of the real benchmark ----
+
+REAL_C, REAL_D, REAL_EPOCHS = 1536, 100, 50  # ResNet50 fused channels, d ≈ 100 (§5.3), 50 epochs (§5)
+GPU_TFLOPS = 100.0  # assumed achieved fp32/tf32 rate of one datacentre GPU (A100/H100 class) on these convs
+GPU_NODE_CORES = 16  # CPU cores of a GPU node (decoding, metrics)
+GPU_JOB_STARTUP_S = 15.0  # Python + torch import + CUDA initialisation per job on a GPU node
+HDF5_READ_MB_S = 700.0  # measured on this machine (python -m dfr.bench); a node's local disk is similar
+
+
+def real_workload() -> dict:
+    """Images and pixels of the real MVTec AD + VisA benchmark (dfr.shapes)."""
+    n_train = n_test = train_mp = test_mp = 0.0
+    cats = 0
+    for table in shapes.BENCHMARKS.values():
+        for s in table.values():
+            mp = s.width * s.height / 1e6
+            n_train += s.n_train
+            n_test += s.n_test_good + s.n_test_anomalous
+            train_mp += s.n_train * mp
+            test_mp += (s.n_test_good + s.n_test_anomalous) * mp
+            cats += 1
+    return {"categories": cats, "n_train": n_train, "n_test": n_test, "train_mp": train_mp, "test_mp": test_mp}
+
+
+def measure_backbones(backbones: list[str], threads: int) -> dict[str, float]:
+    """Images/s of each backbone (truncated after its last hook, 224², batch 8) on this machine."""
+    from . import backbones as bb
+    from .bench import run_isolated, stage_backbone
+
+    out = {}
+    for name in backbones:
+        r = run_isolated(stage_backbone, backbone=name, layers=bb.DEFAULT_LAYERS[name], image_size=224, batch=8,
+                         threads=threads, device="cpu", channels_last=True)
+        out[name] = r["truncated"]["images_per_s"]
+    return out
+
+
+def measure_cae_step(c: int, d: int, hw: int, threads: int, batch: int = 16, steps: int = 4) -> float:
+    """Seconds per image of one CAE training step (forward, backward, Adam) at C channels, latent d."""
+    import torch
+
+    from . import cae
+
+    torch.set_num_threads(threads)
+    side = int(round(hw ** 0.5))
+    model = cae.CAE(c, d, normalize=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, c, side, side).contiguous(memory_format=torch.channels_last)
+
+    def step():
+        loss = cae.reconstruction_loss(x, model(x))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t) / steps / batch
+
+
+def fit_stage(jobs: pd.DataFrame, rule: str, units) -> tuple[float, float]:
+    """(start-up seconds, seconds per unit): least squares of a stage's job wall times against the work
+    units of each job (``units(row)``); both clipped at 0. One job, or equal units: the mean as start-up."""
+    import numpy as np
+
+    j = jobs[jobs.rule == rule]
+    if j.empty:
+        return 0.0, 0.0
+    x = np.array([units(r) for r in j.itertuples()], dtype=float)
+    y = j.wall_s.to_numpy(float)
+    if len(j) < 2 or np.ptp(x) == 0:
+        return float(y.mean()), 0.0
+    b, a = np.polyfit(x, y, 1)
+    if a < 0:
+        return 0.0, float((y @ x) / (x @ x))
+    if b < 0:
+        return float(y.mean()), 0.0
+    return float(a), float(b)
+
+
+def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s: dict[str, float],
+            elapsed_s: float | None) -> dict:
+    """Per stage: seconds of the real benchmark as job time on this machine and on one GPU node.
+
+    Each stage's job wall time is fitted as a start-up plus a cost per unit of work (megapixel, image,
+    image-epoch) over the rehearsal's jobs; the backbone and the CAE are rescaled to ResNet50's (C=1536,
+    d=100) by their costs measured here, the data each image moves by the channel ratio.
+    """
+    wls = {(r.dataset, r.category): resources.workload(cfg, r.dataset, r.category)
+           for r in jobs[jobs.category.notna()].itertuples()}
+    wl = lambda r: wls[(r.dataset, r.category)]  # noqa: E731
+    reh = {"n_train": sum(w.n_train for w in wls.values()), "n_test": sum(w.n_test for w in wls.values()),
+           "train_mp": sum(w.train_pixels for w in wls.values()) / 1e6,
+           "test_mp": sum(w.test_pixels for w in wls.values()) / 1e6, "categories": len(wls)}
+    real = real_workload()
+    c_reh, hw = resources._grid(cfg)
+    ch = REAL_C / c_reh
+    val = cfg["data"]["val_fraction"]
+    epochs = cfg["cae"]["epochs"]
+    fits = {
+        "index": fit_stage(jobs, "index", lambda r: (wl(r).train_pixels + wl(r).test_pixels) / 1e6),
+        "features": fit_stage(jobs, "features", lambda r: wl(r).n_train if r.split == "train" else wl(r).n_test),
+        "split": fit_stage(jobs, "split", lambda r: 0),
+        "pca": fit_stage(jobs, "pca", lambda r: 0),
+        "train": fit_stage(jobs, "train", lambda r: wl(r).n_train * (1 - val) * epochs),
+        "maps": fit_stage(jobs, "maps", lambda r: wl(r).n_train * val + wl(r).n_test),
+        "scores": fit_stage(jobs, "scores", lambda r: 0),
+        "metrics": fit_stage(jobs, "metrics", lambda r: wl(r).test_pixels / 1e6),
+        "plots": fit_stage(jobs, "plots", lambda r: 0),
+        "tables": fit_stage(jobs, "tables", lambda r: 0),
+    }
+    backbone = cfg["features"]["backbone"]
+    s_reh, s_real = 1 / backbone_ips[backbone], 1 / backbone_ips["resnet50"]
+    mean_mp = (reh["train_mp"] + reh["test_mp"]) / (reh["n_train"] + reh["n_test"])
+    decode_per_mp = max(0.0, fits["features"][1] - s_reh) / mean_mp
+    all_mp, images = real["train_mp"] + real["test_mp"], real["n_train"] + real["n_test"]
+    real_epochs = real["n_train"] * 0.9 * REAL_EPOCHS
+    real_maps = real["n_train"] * 0.1 + real["n_test"]
+    step_real, step_reh = cae_s["real"], cae_s["rehearsal"]
+    train_per = step_real + max(0.0, fits["train"][1] - step_reh) * ch  # CAE step + data moved per image-epoch
+    maps_per = step_real / 3 + max(0.0, fits["maps"][1] - step_reh / 3) * ch  # forward only
+    cats, nds = real["categories"], len(shapes.BENCHMARKS)
+    a = {k: v[0] for k, v in fits.items()}
+    up = a["split"]  # the interpreter's and torch's start-up: split does nothing else
+    cpu = {
+        "index": cats * a["index"] + fits["index"][1] * all_mp,
+        "features": 2 * cats * a["features"] + decode_per_mp * all_mp + images * s_real,
+        "split": cats * a["split"],
+        "pca": cats * (up + max(0.0, a["pca"] - up) * ch ** 2),  # covariance of C-vectors
+        "train": cats * (up + max(0.0, a["train"] - up) * ch) + train_per * real_epochs,
+        "maps": cats * a["maps"] + maps_per * real_maps,
+        "scores": cats * a["scores"],
+        "metrics": cats * a["metrics"] + fits["metrics"][1] * real["test_mp"],
+        "plots": cats * a["plots"],
+        "tables": nds * a["tables"],
+    }
+    # one GPU node: backbone and CAE on the GPU, decoding on its cores, the CPU stages spread over its cores
+    from .bench import cae_gflop_per_image
+
+    gpu_flops = GPU_TFLOPS * 1e12
+    feat_mb = REAL_C * hw * 2 / 2**20  # float16 cache, per image
+    cores_here = resources.threads_default()
+    gpu = {
+        "features": 2 * cats * GPU_JOB_STARTUP_S + max(decode_per_mp * all_mp / GPU_NODE_CORES,
+                                                        images * resources.BACKBONE_GFLOP["resnet50"] * 1e9 / gpu_flops),
+        "train": cats * GPU_JOB_STARTUP_S + real_epochs * cae_gflop_per_image(REAL_C, REAL_D, hw) * 1e9 / gpu_flops
+        + real["n_train"] * feat_mb / HDF5_READ_MB_S,  # the cache is read once, then held in RAM
+        "maps": cats * GPU_JOB_STARTUP_S + real_maps * feat_mb / HDF5_READ_MB_S,
+    }
+    for k in ("index", "split", "pca", "scores", "metrics", "plots", "tables"):
+        gpu[k] = cpu[k] * cores_here / GPU_NODE_CORES  # this machine's core-seconds over the node's cores
+    total_cpu = sum(cpu.values())
+    reh_total = float(jobs[jobs.rule != "synthetic"].wall_s.sum())
+    return {"rehearsal": reh, "real": real, "fits": fits, "cae_step_s_per_image": cae_s,
+            "train_s_per_image_epoch": train_per, "backbone_images_per_s": backbone_ips,
+            "decode_s_per_mpixel": decode_per_mp, "cpu_job_seconds": cpu, "gpu_node_seconds": gpu,
+            "cpu_total_job_seconds": total_cpu,
+            "cpu_elapsed_s": total_cpu * (elapsed_s / reh_total) if elapsed_s else None,
+            "gpu_node_total_s": sum(gpu.values())}
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+
+
+def report(cfg: dict, jobs: pd.DataFrame, proj: dict | None, elapsed_s: float | None) -> str:
+    lines = []
+    if elapsed_s:
+        lines.append(f"rehearsal wall time (snakemake, --cores {os.cpu_count()}): {_fmt_s(elapsed_s)}")
+    s = stage_summary(jobs)
+    lines.append("")
+    lines.append("| stage | jobs | total wall | longest job | largest peak RSS | declared mem_mb (that job) |"
+                 " min declared/peak | real benchmark, this machine | real benchmark, one GPU node |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in s.itertuples():
+        cpu = _fmt_s(proj["cpu_job_seconds"][r.stage]) if proj and r.stage in proj["cpu_job_seconds"] else "—"
+        gpu = _fmt_s(proj["gpu_node_seconds"][r.stage]) if proj and r.stage in proj["gpu_node_seconds"] else "—"
+        lines.append(f"| {r.stage} | {r.jobs} | {_fmt_s(r.total_wall_s)} | {_fmt_s(r.longest_s)} | "
+                     f"{r.largest_peak_mb:.0f} MB | {r.declared_mb_of_that_job:.0f} | {r.min_headroom:.2f} | {cpu} | {gpu} |")
+    if proj:
+        lines.append("")
+        re_, rl = proj["rehearsal"], proj["real"]
+        lines.append(f"rehearsal: {re_['categories']} categories, {re_['n_train']} train + {re_['n_test']} test images, "
+                     f"{re_['test_mp']:.0f} M test pixels; real: MVTec AD + VisA, {rl['categories']} categories, "
+                     f"{rl['n_train']:.0f} + {rl['n_test']:.0f} images, {rl['test_mp']:.0f} M test pixels")
+        ips = ", ".join(f"{k} {v:.1f} img/s" for k, v in proj["backbone_images_per_s"].items())
+        cs = proj["cae_step_s_per_image"]
+        f = proj["fits"]
+        lines.append(f"measured here: job start-up {f['split'][0]:.1f} s (split); backbones (224², batch 8) {ips}; "
+                     f"decoding {proj['decode_s_per_mpixel'] * 1e3:.0f} ms per megapixel; CAE training step "
+                     f"{cs['real'] * 1e3:.1f} ms per image at C=1536, d=100 vs {cs['rehearsal'] * 1e3:.2f} ms at the "
+                     f"rehearsal's C={resources._grid(cfg)[0]}, d={cs['rehearsal_d']:.0f}; training "
+                     f"{f['train'][1] * 1e3:.2f} ms per image-epoch here, {proj['train_s_per_image_epoch'] * 1e3:.1f} ms "
+                     f"projected for ResNet50; metrics {f['metrics'][1]:.3f} s per megapixel")
+        el = proj["cpu_elapsed_s"]
+        lines.append(f"projected real benchmark on this machine: {_fmt_s(proj['cpu_total_job_seconds'])} of job time"
+                     + (f", about {_fmt_s(el)} elapsed with --cores all (the rehearsal's parallelism)" if el else ""))
+        lines.append(f"projected real benchmark on one GPU node ({GPU_TFLOPS:.0f} TFLOP/s achieved, {GPU_NODE_CORES} cores, "
+                     f"{GPU_JOB_STARTUP_S:.0f} s start-up per GPU job; assumptions, not measured): "
+                     f"{_fmt_s(proj['gpu_node_total_s'])}")
+    bad = over_declared(jobs)
+    lines.append("")
+    if len(bad):
+        lines.append(f"{len(bad)} job(s) peaked above their declared mem_mb:")
+        for r in bad.itertuples():
+            lines.append(f"  {r.rule} {r.dataset}/{r.category or ''} {r.split or ''}: peak {r.peak_mb:.0f} MB > "
+                         f"declared {r.declared_mb} MB")
+    else:
+        lines.append(f"every job's peak RSS is below its declared mem_mb ({len(jobs)} jobs)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dfr.rehearsal", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configfile", required=True)
+    p.add_argument("--run", action="store_true", help="run the workflow first (snakemake --cores)")
+    p.add_argument("--cores", default="all")
+    p.add_argument("--no-projection", action="store_true", help="skip the backbone measurement and projection")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    a = p.parse_args(argv)
+    try:
+        cfg = dfr_config.load(a.configfile)
+    except DFRError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    elapsed = None
+    if a.run:
+        snakefile = Path(__file__).resolve().parents[2] / "Snakefile"
+        cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(snakefile), "--cores", a.cores,
+               "--configfile", a.configfile]
+        t = time.perf_counter()
+        r = subprocess.run(cmd)
+        elapsed = time.perf_counter() - t
+        if r.returncode:
+            print(f"error: snakemake exited with {r.returncode}", file=sys.stderr)
+            return r.returncode
+    jobs = collect(cfg)
+    if jobs.empty:
+        print(f"error: no benchmark records of {a.configfile}'s jobs under benchmarks/ (run it first)",
+              file=sys.stderr)
+        return 2
+    proj = None
+    if not a.no_projection:
+        threads = resources.threads_default()
+        names = sorted({cfg["features"]["backbone"], "resnet50"})
+        c, hw = resources._grid(cfg)
+        ds = [read_json(p)["latent_dim"] for d, dd in cfg["datasets"].items() for cat in dd["categories"]
+              if Path(p := dfr_config.paths(cfg, d, cat)["pca"]).is_file()] or [resources._latent(cfg, c)]
+        d_reh = int(round(sum(ds) / len(ds)))
+        cae_s = {"real": measure_cae_step(REAL_C, REAL_D, hw, threads),
+                 "rehearsal": measure_cae_step(c, d_reh, hw, threads), "rehearsal_d": d_reh}
+        proj = project(jobs, cfg, measure_backbones(names, threads), cae_s, elapsed)
+    print(report(cfg, jobs, proj, elapsed))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"jobs": jobs.to_dict("records"), "stages": stage_summary(jobs)
+                                            .to_dict("records"), "projection": proj, "elapsed_s": elapsed},
+                                           indent=2, default=float))
+    return 1 if len(over_declared(jobs)) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
