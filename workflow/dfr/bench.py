@@ -13,7 +13,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -23,14 +22,12 @@ from pathlib import Path
 import numpy as np
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _child(fn, kwargs, q):
+    from .resources import peak_rss_mb
+
     try:
         out = fn(**kwargs)
-        out["peak_rss_mb"] = _rss_mb()
+        out["peak_rss_mb"] = peak_rss_mb()
         q.put(out)
     except BaseException as e:  # noqa: BLE001 - report any failure to the parent
         import traceback
@@ -218,9 +215,9 @@ def stage_scoring(model: str, features: str, split: str, threads: int, device: s
 
 def cae_gflop_per_image(c: int, d: int, hw: int) -> float:
     """Forward + backward (≈ 3× forward) FLOPs of one training image through the CAE's 1×1 convs."""
-    mid = (c + 2 * d) // 2
-    macs = hw * (c * mid + mid * 2 * d + 2 * d * d) * 2
-    return 3 * 2 * macs / 1e9
+    from .resources import cae_gflop
+
+    return 3 * cae_gflop(c, d, hw)
 
 
 def main(argv: list[str] | None = None) -> int:
