@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dfr import cae
+from dfr.features import write_cache_meta
 from dfr.io import DFRError
 
 
@@ -50,15 +51,11 @@ def _cache(path, n=24, c=16, hw=4, seed=0):
     rng = np.random.default_rng(seed)
     basis = rng.standard_normal((3, c))
     x = (rng.standard_normal((n, hw * hw, 3)) @ basis).reshape(n, hw, hw, c).transpose(0, 3, 1, 2)
+    ids = [f"train/good/{i:03d}" for i in range(n)]
     with h5py.File(path, "w") as f:
-        f["features"] = x.astype(np.float16)
-        s = h5py.string_dtype()
-        ids = [f"train/good/{i:03d}" for i in range(n)]
-        f.create_dataset("image_id", data=np.array(ids, dtype=object), dtype=s)
-        for k in ("defect", "path", "mask_path"):
-            f.create_dataset(k, data=np.array([""] * n, dtype=object), dtype=s)
-        f["label"] = np.zeros(n, np.int8)
-        f["orig_size"] = np.full((n, 2), 32, np.int32)
+        f.create_dataset("features", data=x.astype(np.float16), chunks=(1, c, hw, hw))
+        write_cache_meta(f, pd.DataFrame({"image_id": ids, "defect": "good", "path": "", "mask_path": "",
+                                          "label": 0, "height": 32, "width": 32}), {})
     split = {"train": ids[:20], "val": ids[20:]}
     (path.parent / "split.json").write_text(json.dumps(split))
     return path, path.parent / "split.json"

@@ -32,5 +32,6 @@ def test_tables_with_mean_rows(tmp_path):
     v = pd.read_csv(tmp_path / "v.csv")
     assert len(v) == 4 + 2 and set(v.Threshold) == set(tables.THRESHOLD_NAMES.values())
     md = (tmp_path / "t.md").read_text()
-    assert "| a | 0.700 | 0.5 | 1.000 | 0.600 | 0.600 | 1.000 | 0.900 | 10.00% | — | — |" in md
+    assert "| a | 0.700 | 0.5 | 1.000 | 0.600 | 0.600 | 1.000 | 0.900 | 10.00% | n/a | n/a |" in md
+    assert "n/a: no ground-truth masks, or all of them empty" in md
     assert "oracle" in md and "no test labels" in md

@@ -179,3 +179,72 @@ def test_incremental_reruns_execute_only_what_changed(tiny_run):
     print(f"first run {first:.0f} s; rerun after a CAE edit {t_cae:.0f} s ({t_cae / first:.2f}x); "
           f"after a top-k edit {t_topk:.0f} s ({t_topk / first:.2f}x)")
     assert t_topk < t_cae < first
+
+
+# ---- data changes on disk rerun exactly what they touch ----
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """The tiny DAG on a folder dataset (two categories in MVTec layout), run once."""
+    from dfr import synthetic
+
+    wd = tmp_path_factory.mktemp("folder")
+    for cat in ("disc", "grain"):
+        synthetic.generate_category(wd / "data", cat, n_train=10, n_test_good=4, n_test_defect=2, seed=0)
+    cfg = {**TINY, "datasets": {"mine": {"kind": "folder", "root": str(wd / "data"), "categories": ["disc", "grain"]}}}
+    r = snakemake(wd, cfg)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return wd, cfg
+
+
+def _plan(wd, cfg):
+    r = snakemake(wd, cfg, "-n", "--quiet", "all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    jobs = planned_jobs(out)
+    if jobs:  # which categories: the index jobs' outputs
+        r = snakemake(wd, cfg, "-n")
+        jobs["categories"] = sorted(set(re.findall(r"output: results/prepared/mine/(\w+)/index\.csv", r.stdout)))
+    return jobs
+
+
+def test_data_changes_rerun_their_category_only(folder_run):
+    import shutil
+
+    wd, cfg = folder_run
+    assert _plan(wd, cfg) == {}  # nothing changed: nothing to do
+    train = wd / "data" / "disc" / "train" / "good"
+    keep = wd / "keep.png"
+    shutil.copy2(train / "003.png", keep)
+    downstream = {"index", "features", "split", "pca", "train", "maps", "scores", "metrics", "plots", "tables"}
+
+    shutil.copy2(train / "003.png", train / "100.png")  # an image added (same content, same mtime)
+    jobs = _plan(wd, cfg)
+    assert jobs["categories"] == ["disc"] and downstream <= set(jobs) and jobs["index"] == 1
+    assert jobs["train"] == 1 and jobs["features"] == 2  # grain untouched
+    (train / "100.png").unlink()
+    assert _plan(wd, cfg) == {}  # as before: nothing to do
+
+    (train / "003.png").unlink()  # an image removed
+    jobs = _plan(wd, cfg)
+    assert jobs["categories"] == ["disc"] and jobs["index"] == 1
+    shutil.copy2(keep, train / "003.png")
+    assert _plan(wd, cfg) == {}
+
+    grain = wd / "data" / "grain" / "test" / "good" / "001.png"  # replaced: other pixels, same name
+    saved = wd / "grain.png"
+    shutil.copy2(grain, saved)
+    Image = __import__("PIL.Image", fromlist=["Image"])
+    Image.fromarray(np.full((200, 200), 128, np.uint8)).save(grain)
+    jobs = _plan(wd, cfg)
+    assert jobs["categories"] == ["grain"] and jobs["features"] == 2
+    shutil.copy2(saved, grain)
+    assert _plan(wd, cfg) == {}
+
+    mask = sorted((wd / "data" / "disc" / "ground_truth").rglob("*_mask.png"))[0]  # a mask edited
+    st = mask.stat()
+    os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    jobs = _plan(wd, cfg)
+    assert jobs["categories"] == ["disc"] and jobs["index"] == 1
+    os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _plan(wd, cfg) == {}

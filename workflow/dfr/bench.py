@@ -154,16 +154,16 @@ def stage_hdf5(path: str, n: int, shape: list[int], batch: int) -> dict:
     block = rng.standard_normal((batch, *shape)).astype(np.float16)
     mb = n * np.prod(shape) * 2 / 2**20
     t = time.perf_counter()
+    import pandas as pd
+
+    from .features import write_cache_meta
+
     with h5py.File(path, "w") as f:
         ds = f.create_dataset("features", shape=(n, *shape), dtype=np.float16, chunks=(1, *shape))
         for s in range(0, n, batch):
             ds[s:s + batch] = block[: min(batch, n - s)]
-        s = h5py.string_dtype()
-        f.create_dataset("image_id", data=np.array([f"i{i}" for i in range(n)], dtype=object), dtype=s)
-        for k in ("defect", "path", "mask_path"):
-            f.create_dataset(k, data=np.array([""] * n, dtype=object), dtype=s)
-        f["label"] = np.zeros(n, np.int8)
-        f["orig_size"] = np.zeros((n, 2), np.int32)
+        write_cache_meta(f, pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "defect": "", "path": "",
+                                          "mask_path": "", "label": 0, "height": 0, "width": 0}), {})
     write = mb / (time.perf_counter() - t)
     os.sync() if hasattr(os, "sync") else None
     with FeatureCache(path) as c:

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import backbones
 from .features import FeatureCache
-from .io import DFRError, atomic_path, provenance, read_json
+from .io import FORMATS, DFRError, atomic_path, check_format, provenance, read_json, remake_hint
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,18 @@ def channel_stats(cache: FeatureCache, positions: np.ndarray, batch: int = 16) -
         n += x.shape[0] * x.shape[2] * x.shape[3]
     mean = s1 / n
     std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0))
-    return mean, np.maximum(std, 1e-6)
+    return mean, np.maximum(std, std_floor(std))
+
+
+STD_FLOOR = 0.1  # relative to the median channel std
+
+
+def std_floor(std: np.ndarray) -> float:
+    """The smallest std a channel is normalised by: a tenth of the median channel's. A channel (nearly)
+    constant on the training images, e.g. a ReLU channel that is always 0, then turns a test-time deviation
+    of one typical std into 10 standard units, not 10⁶ (as an absolute floor of 1e-6 would)."""
+    live = std[std > 0]
+    return float(max(STD_FLOOR * np.median(live), 1e-12)) if live.size else 1.0
 
 
 class FeatureBatches:
@@ -136,7 +147,8 @@ def _fits_in_ram(cache: FeatureCache, n: int, limit_bytes: float = 2 * 2**30) ->
 
 def train(features: str | Path, split_json: str | Path, out_model: str | Path, out_history: str | Path,
           params: dict, pca_json: str | Path | None = None) -> dict:
-    """Train the CAE on the normal training images; keep the checkpoint with the best validation loss."""
+    """Train the CAE on the normal training images; keep the last epoch (``checkpoint: last``) or the one
+    with the least validation loss (``best_val``)."""
     seed = int(params["seed"])
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -164,6 +176,10 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
         val_b = FeatureBatches(cache, va_pos, params["batch_size"], in_mem)
         history, best, best_state, stale = [], float("inf"), None, 0
         patience = int(params.get("early_stopping", 0) or 0)
+        # "last" keeps the final epoch: the held-out normals then serve the thresholds alone (unbiased);
+        # "best_val" keeps the epoch of least validation loss, chosen on the same images the thresholds use
+        checkpoint = params.get("checkpoint", "last")
+        keep_best = checkpoint == "best_val"
         log.info("CAE %d -> %d (%s), %d train / %d val images, %d epochs, %s",
                  cache.shape[1], latent, device, len(train_b), len(val_b), params["epochs"],
                  "in RAM" if in_mem else "streamed from HDF5")
@@ -174,6 +190,10 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
             for x in train_b.batches(rng):
                 x = x.to(device, non_blocking=True)
                 loss = reconstruction_loss(x, model(x))
+                if not torch.isfinite(loss):
+                    raise DFRError(f"{features}: stage train diverged in epoch {epoch} (loss {loss.item()}); "
+                                   f"try a lower cae.lr (now {params['lr']:g}), cae.normalize: true, or check "
+                                   "the features of this category")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -184,8 +204,9 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
             monitored = val_loss if len(val_b) else train_loss
             improved = monitored < best
             if improved:
-                best, best_state, stale = monitored, copy.deepcopy(model.state_dict()), 0
-                best_epoch = epoch
+                best, stale, best_epoch = monitored, 0, epoch
+                if keep_best:
+                    best_state = copy.deepcopy(model.state_dict())
             else:
                 stale += 1
             history.append(dict(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
@@ -194,18 +215,21 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
             if patience and stale >= patience:
                 log.info("early stopping: no improvement for %d epochs", patience)
                 break
-    model.load_state_dict(best_state)
+    if keep_best:
+        model.load_state_dict(best_state)
+    saved_epoch = best_epoch if keep_best else history[-1]["epoch"]
     ckpt = {
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "in_channels": model.in_channels, "latent_dim": model.latent_dim, "normalize": model.normalize,
         "batchnorm": params.get("batchnorm", True), "best_epoch": best_epoch, "best_loss": best,
+        "checkpoint": checkpoint, "epoch": saved_epoch, "format": FORMATS["model"],
         **provenance(params),
     }
     with atomic_path(out_model, suffix=".pt") as tmp:
         torch.save(ckpt, tmp)
     with atomic_path(out_history, suffix=".csv") as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
-    return {"best_epoch": best_epoch, "best_loss": best, "latent_dim": latent}
+    return {"best_epoch": best_epoch, "best_loss": best, "latent_dim": latent, "epoch": saved_epoch}
 
 
 @torch.no_grad()
@@ -224,7 +248,16 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> CAE:
         ckpt = torch.load(path, map_location=device, weights_only=False)
     except FileNotFoundError:
         raise DFRError(f"{path}: model checkpoint not found") from None
-    model = CAE(ckpt["in_channels"], ckpt["latent_dim"], batchnorm=ckpt.get("batchnorm", True),
-                normalize=ckpt["normalize"])
-    model.load_state_dict(ckpt["state_dict"])
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a truncated or foreign file
+        raise DFRError(f"{path}: not a readable model checkpoint, truncated or corrupt ({type(e).__name__}: "
+                       f"{e}); " + remake_hint(path)) from None
+    if not isinstance(ckpt, dict):
+        raise DFRError(f"{path}: not a DFR model checkpoint; " + remake_hint(path))
+    check_format(path, "model", ckpt.get("format"))
+    try:
+        model = CAE(ckpt["in_channels"], ckpt["latent_dim"], batchnorm=ckpt.get("batchnorm", True),
+                    normalize=ckpt["normalize"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, RuntimeError) as e:
+        raise DFRError(f"{path}: incomplete or mismatched model checkpoint ({e}); " + remake_hint(path)) from None
     return model.to(device).eval()

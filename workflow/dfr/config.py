@@ -126,7 +126,7 @@ def cae_params(cfg: dict) -> dict:
     c = cfg["cae"]
     return {"latent_dim": c["latent_dim"], "normalize": c["normalize"], "batchnorm": c["batchnorm"],
             "epochs": c["epochs"], "batch_size": c["batch_size"], "lr": c["lr"],
-            "early_stopping": c["early_stopping"], "seed": cfg["seed"]}
+            "early_stopping": c["early_stopping"], "checkpoint": c["checkpoint"], "seed": cfg["seed"]}
 
 
 def metrics_params(cfg: dict, dataset: str | None = None) -> dict:
@@ -134,8 +134,11 @@ def metrics_params(cfg: dict, dataset: str | None = None) -> dict:
     eval_size = m["eval_size"]
     if dataset is not None and cfg["datasets"][dataset].get("eval_size"):
         eval_size = cfg["datasets"][dataset]["eval_size"]
+    c = cfg["cae"]
     return {"alpha": t["alpha"], "percentile": t["percentile"], "pixel_fpr": t["pixel_fpr"],
-            "eval_size": eval_size, "pixel": m["pixel"], "pro_fpr_limit": m["pro_fpr_limit"]}
+            "eval_size": eval_size, "pixel": m["pixel"], "pro_fpr_limit": m["pro_fpr_limit"],
+            # the validation images also chose the checkpoint (or the stopping epoch): thresholds are optimistic
+            "val_selected_model": c["checkpoint"] == "best_val" or c["early_stopping"] > 0}
 
 
 # ---- artifact paths: one definition for the Snakefile's patterns and for dfr.run ----

@@ -13,6 +13,7 @@ The index is one CSV per category; every later stage reads images through it.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,41 @@ def _image_files(folder: Path) -> list[Path]:
         p for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
     )
+
+
+def _same_stem(files: list[Path]) -> list[str]:
+    """Problems for files of one folder whose names differ only in extension (they would share an id)."""
+    by_stem: dict[str, list[str]] = {}
+    for p in files:
+        by_stem.setdefault(p.stem, []).append(p.name)
+    return [f"{files[0].parent}: {', '.join(names)} differ only in extension (one image id each is needed: "
+            "remove or rename all but one)" for names in by_stem.values() if len(names) > 1]
+
+
+def fingerprint(root: str | Path, category: str) -> str:
+    """What the index of a category depends on: the relative path, size and modification time of every image
+    and mask under it, hashed (its count shown). Cheap: one stat per file, no file is opened. A changed,
+    added, removed or replaced file changes it; so does `touch`. "absent" while the folder does not exist."""
+    import hashlib
+
+    croot = Path(root) / category
+    if not croot.is_dir():
+        return "absent"
+    entries = []
+    stack = [croot]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir():
+                    stack.append(Path(e.path))
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                    st = e.stat()
+                    entries.append(f"{os.path.relpath(e.path, croot)}\0{st.st_size}\0{st.st_mtime_ns}")
+    entries.sort()
+    h = hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+    return f"{len(entries)} files {h}"
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -136,6 +172,7 @@ def index_category(root: str | Path, category: str) -> pd.DataFrame:
         train_files = _image_files(train_good)
         if not train_files:
             problems.append(f"{train_good}: no images (empty split)")
+        problems += _same_stem(train_files)
         for p in train_files:
             size = check_image(p)
             if size:
@@ -159,6 +196,7 @@ def index_category(root: str | Path, category: str) -> pd.DataFrame:
         files = _image_files(d)
         if not files:
             problems.append(f"{d}: no images (empty split)")
+        problems += _same_stem(files)
         anomalous = d.name != "good"
         for p in files:
             size = check_image(p)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import h5py
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from . import backbones
 from .data import ImageDataset, Preprocess, read_index
-from .io import DFRError, atomic_path, versions
+from .io import FORMATS, DFRError, atomic_path, check_format, remake_hint, versions
 
 log = logging.getLogger(__name__)
 
@@ -138,21 +139,11 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -
     c, h, w = probe.shape[1:]
     log.info("%s: %d images -> f(x) of shape %dx%dx%d (%s, %s)", split, len(rows), c, h, w,
              params["backbone"], ",".join(params["layers"]))
-    str_dt = h5py.string_dtype()
     with atomic_path(out, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
             feats = f.create_dataset("features", shape=(len(rows), c, h, w), dtype=dtype,
                                      chunks=(1, c, h, w))
-            f.create_dataset("image_id", data=rows.image_id.to_numpy(dtype=object), dtype=str_dt)
-            f.create_dataset("label", data=rows.label.to_numpy(dtype=np.int8))
-            f.create_dataset("defect", data=rows.defect.to_numpy(dtype=object), dtype=str_dt)
-            f.create_dataset("path", data=rows.path.to_numpy(dtype=object), dtype=str_dt)
-            f.create_dataset("mask_path", data=rows.mask_path.to_numpy(dtype=object), dtype=str_dt)
-            f.create_dataset("orig_size", data=rows[["height", "width"]].to_numpy(dtype=np.int32))
-            f.attrs["params"] = json.dumps(params, sort_keys=True)
-            f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
-            f.attrs["split"] = split
-            f.attrs["index"] = str(index_path)
+            write_cache_meta(f, rows, params, split=split, index=str(index_path))
             start = 0
             t_loop = time.perf_counter()
             with torch.inference_mode():
@@ -162,13 +153,44 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -
                         x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         fx = extractor(x)
-                    feats[start:start + len(x)] = fx.float().cpu().numpy().astype(dtype, copy=False)
+                    block = fx.float().cpu().numpy()
+                    stored = block.astype(dtype, copy=False)
+                    if not np.isfinite(stored).all():
+                        bad = rows.path[start + int(np.nonzero(~np.isfinite(stored).reshape(len(x), -1)
+                                                               .all(axis=1))[0][0])]
+                        why = ("they exceed the float16 range of the cache: set features.dtype: float32"
+                               if np.isfinite(block).all() else
+                               f"{params['backbone']} gave NaN/inf: check features.weights, or set "
+                               "features.amp: none")
+                        raise DFRError(f"{index_path}: non-finite features (e.g. for {bad}) in stage features, "
+                                       f"split {split}: {why}")
+                    feats[start:start + len(x)] = stored
                     start += len(x)
             t_end = time.perf_counter()
     stats = {"images": len(rows), "seconds_setup": t_loop - t_start, "seconds_loop": t_end - t_loop}
     log.info("wrote %s (%d images, %.1f images/s after %.1f s of set-up)", out, len(rows),
              len(rows) / stats["seconds_loop"], stats["seconds_setup"])
     return stats
+
+
+def _attr(f: h5py.File, name: str):
+    v = f.attrs.get(name)
+    return int(v) if v is not None else None
+
+
+def write_cache_meta(f: h5py.File, rows: pd.DataFrame, params: dict, **attrs) -> None:
+    """Everything of a feature cache but the features: per-image ids, labels, paths and sizes (from index
+    rows), the params, versions and format that made it."""
+    s = h5py.string_dtype()
+    for k in ("image_id", "defect", "path", "mask_path"):
+        f.create_dataset(k, data=rows[k].astype(str).to_numpy(dtype=object), dtype=s)
+    f.create_dataset("label", data=rows.label.to_numpy(dtype=np.int8))
+    f.create_dataset("orig_size", data=rows[["height", "width"]].to_numpy(dtype=np.int32).reshape(-1, 2))
+    f.attrs["params"] = json.dumps(params, sort_keys=True)
+    f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
+    f.attrs["format"] = FORMATS["features"]
+    for k, v in attrs.items():
+        f.attrs[k] = v
 
 
 class FeatureCache:
@@ -181,19 +203,25 @@ class FeatureCache:
         except FileNotFoundError:
             raise DFRError(f"{path}: feature cache not found") from None
         except OSError as e:
-            raise DFRError(f"{path}: not a readable HDF5 feature cache ({e})") from None
-        if "features" not in self.file:
-            raise DFRError(f"{path}: no 'features' dataset (not a DFR feature cache)")
-        self.features = self.file["features"]
-        self._buf = np.empty((1, *self.features.shape[1:]), self.features.dtype)  # one chunk: one image
-        self.ids = [s.decode() if isinstance(s, bytes) else s for s in self.file["image_id"][()]]
+            raise DFRError(f"{path}: not a readable HDF5 feature cache, truncated or corrupt ({e}); "
+                           + remake_hint(path)) from None
+        try:
+            check_format(path, "features", _attr(self.file, "format"))
+            self.features = self.file["features"]
+            self._buf = np.empty((1, *self.features.shape[1:]), self.features.dtype)  # one chunk: one image
+            dec = lambda k: [s.decode() if isinstance(s, bytes) else s for s in self.file[k][()]]  # noqa: E731
+            self.ids = dec("image_id")
+            self.label = self.file["label"][()].astype(int)
+            self.defect, self.path_, self.mask_path = dec("defect"), dec("path"), dec("mask_path")
+            self.orig_size = self.file["orig_size"][()]
+            self.params = json.loads(self.file.attrs.get("params", "{}"))
+        except DFRError:
+            self.file.close()
+            raise
+        except (KeyError, OSError, ValueError) as e:
+            self.file.close()
+            raise DFRError(f"{path}: not a complete DFR feature cache ({e}); " + remake_hint(path)) from None
         self.pos = {k: i for i, k in enumerate(self.ids)}
-        self.label = self.file["label"][()].astype(int)
-        self.defect = [s.decode() if isinstance(s, bytes) else s for s in self.file["defect"][()]]
-        self.path_ = [s.decode() if isinstance(s, bytes) else s for s in self.file["path"][()]]
-        self.mask_path = [s.decode() if isinstance(s, bytes) else s for s in self.file["mask_path"][()]]
-        self.orig_size = self.file["orig_size"][()]
-        self.params = json.loads(self.file.attrs.get("params", "{}"))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -215,8 +243,15 @@ class FeatureCache:
         positions = np.asarray(positions, dtype=np.int64)
         out = np.empty((len(positions), *self.shape[1:]), np.float32)
         for k, p in enumerate(positions):
-            self.features.read_direct(self._buf, np.s_[int(p)], np.s_[0])
+            try:
+                self.features.read_direct(self._buf, np.s_[int(p)], np.s_[0])
+            except (OSError, ValueError) as e:
+                raise DFRError(f"{self.path}: the features of {self.ids[p]} cannot be read (corrupt or truncated "
+                               f"file: {e}); " + remake_hint(self.path)) from None
             out[k] = self._buf[0]
+            if not np.isfinite(out[k]).all():
+                raise DFRError(f"{self.path}: non-finite features (NaN/inf) for {self.ids[p]}; "
+                               + remake_hint(self.path))
         return out
 
     def close(self) -> None:

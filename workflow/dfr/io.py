@@ -16,6 +16,24 @@ class DFRError(RuntimeError):
     """An error a user can act on: the message names the file and what is wrong."""
 
 
+# Versions of the artifacts' formats: an artifact records the version that wrote it, and a reader refuses
+# another one with a message that says to delete the file (Snakemake then remakes it).
+FORMATS = {"features": 1, "model": 1, "maps": 1}
+
+
+def remake_hint(path: str | os.PathLike) -> str:
+    return f"delete {path} and rerun: Snakemake remakes it"
+
+
+def check_format(path: str | os.PathLike, kind: str, found: object) -> None:
+    """Raise a :class:`DFRError` unless an artifact's recorded format version is the one this code reads."""
+    want = FORMATS[kind]
+    if found != want:
+        was = "no format version (written before versioning)" if found is None else f"format {found}"
+        raise DFRError(f"{path}: {kind} file with {was}, this version of DFR reads format {want}; "
+                       + remake_hint(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""

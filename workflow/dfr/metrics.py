@@ -253,8 +253,9 @@ def eval_mask(mask_path: str, hw: tuple[int, int], eval_size: int | None) -> np.
     return m
 
 
-def pixel_metrics(maps: Maps, eval_size: int | None, fpr_limit: float) -> dict:
-    """Pixel AUROC, AU-PRO and thinned curves of a category's test images, streamed image by image.
+def pixel_metrics(maps: Maps, eval_size: int | None, fpr_limit: float) -> dict | None:
+    """Pixel AUROC, AU-PRO and thinned curves of a category's test images, streamed image by image; None
+    when no mask marks any pixel (the pixel metrics are then undefined).
 
     A first pass counts each image's anomalous pixels (masks only); the second upsamples one A(x) at a
     time into the preallocated :class:`PixelEvaluator`, so the peak is ~8 bytes per evaluated pixel.
@@ -267,6 +268,8 @@ def pixel_metrics(maps: Maps, eval_size: int | None, fpr_limit: float) -> dict:
         m = eval_mask(meta.mask_path[i], hw[i], eval_size)
         n_total += m.size
         n_pos += int(np.count_nonzero(m))
+    if n_pos == 0:
+        return None
     ev = PixelEvaluator(n_total - n_pos, n_pos)
     for i in rows:
         m = eval_mask(meta.mask_path[i], hw[i], eval_size)
@@ -295,9 +298,14 @@ def pixel_threshold(maps: Maps, eval_size: int | None, fpr: float) -> float | No
 def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, params: dict) -> dict:
     """Per-category metrics, and the curves the plots draw, into metrics.json."""
     scores = read_scores(scores_csv)
+    if not np.isfinite(scores.score.to_numpy(float)).all():
+        bad = scores.image_id[~np.isfinite(scores.score.to_numpy(float))].tolist()
+        raise DFRError(f"{scores_csv}: non-finite image scores for {bad[:5]} in stage metrics: the model or its "
+                       "features diverged; delete the category's model.pt and maps.h5 and rerun, or lower cae.lr")
     test = scores[scores.split == "test"]
     val = scores[scores.split == "val"]
     y, s = test.label.to_numpy(), test.score.to_numpy()
+    warnings: list[str] = []
     result: dict = {
         "dataset": params.get("dataset"), "category": params.get("category"),
         "n_test": int(len(test)), "n_test_anomalous": int(y.sum()), "n_val": int(len(val)),
@@ -308,6 +316,15 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
     if len(val):
         for name, t in validation_thresholds(val.score.to_numpy(), params["alpha"], params["percentile"]).items():
             thr[name] = {**confusion_at(y, s, t), "oracle": False}
+        needed = int(np.ceil(100 / (100 - params["percentile"]))) if params["percentile"] < 100 else None
+        if needed and len(val) < needed:
+            warnings.append(f"the {params['percentile']:g}th percentile threshold rests on {len(val)} validation "
+                            f"images; estimating it needs at least {needed} (with fewer it is about their maximum): "
+                            "raise data.val_fraction or prefer the mean + alpha*std threshold")
+        if params.get("val_selected_model"):
+            warnings.append("the validation images also selected the checkpoint or stopping epoch "
+                            "(cae.checkpoint: best_val or cae.early_stopping), so the validation thresholds are "
+                            "optimistic")
     result["thresholds"] = thr
     curves: dict = {}
     if len(np.unique(y)) == 2:
@@ -321,10 +338,15 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
         limit = params.get("pro_fpr_limit", 0.3)
         t_pixel = pixel_threshold(maps, eval_size, params["pixel_fpr"])
         px = pixel_metrics(maps, eval_size, limit)
-        curves["pixel"] = {**px.pop("curve"), "fpr_limit": limit}
-        pixel = {"auroc": px["auroc"], "au_pro": px["au_pro"], "eval_size": eval_size,
-                 "n_pixels": px["n_pixels"], "n_anomalous_pixels": px["n_anomalous_pixels"],
-                 "n_regions": px["n_regions"]}
+        if px is None:
+            warnings.append("every ground-truth mask is empty: pixel AUROC and AU-PRO are not applicable "
+                            "(check the masks under ground_truth/)")
+            pixel = {"applicable": False, "reason": "every ground-truth mask is empty", "eval_size": eval_size}
+        else:
+            curves["pixel"] = {**px.pop("curve"), "fpr_limit": limit}
+            pixel = {"applicable": True, "auroc": px["auroc"], "au_pro": px["au_pro"], "eval_size": eval_size,
+                     "n_pixels": px["n_pixels"], "n_anomalous_pixels": px["n_anomalous_pixels"],
+                     "n_regions": px["n_regions"]}
         if t_pixel is not None:
             pixel["fpr_target"] = params["pixel_fpr"]
             pixel["t_pixel"] = t_pixel
@@ -332,9 +354,12 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
     else:
         result["pixel"] = None
     result["curves"] = curves
+    result["warnings"] = warnings
     result.update(provenance(params))
     write_json(out, result)
+    px = result["pixel"] or {}
     log.info("%s/%s: image AUROC %.4f%s", result["dataset"], result["category"], result["image_auroc"],
-             f", pixel AUROC {result['pixel']['auroc']:.4f}, AU-PRO {result['pixel']['au_pro']:.4f}"
-             if result["pixel"] else "")
+             f", pixel AUROC {px['auroc']:.4f}, AU-PRO {px['au_pro']:.4f}" if px.get("applicable") else "")
+    for w in warnings:
+        log.warning("%s/%s: %s", result["dataset"], result["category"], w)
     return result

@@ -73,7 +73,7 @@ def roc(metrics: dict, path: Path, title: str) -> None:
     if "image_roc" in curves:
         c = curves["image_roc"]
         ax.plot(c["fpr"], c["tpr"], lw=2, label=f"image AUROC = {metrics['image_auroc']:.3f}")
-    if "pixel" in curves and metrics.get("pixel"):
+    if "pixel" in curves:
         c = curves["pixel"]
         ax.plot([0.0, *c["fpr"]], [0.0, *c["tpr"]], lw=1.5, ls="--",
                 label=f"pixel AUROC = {metrics['pixel']['auroc']:.3f}")
@@ -168,7 +168,7 @@ def category_figures(scores_csv, maps_h5, metrics_json, history_csv, outdir, par
     roc(metrics, outdir / "roc.png", title)
     confusion(metrics, outdir / "confusion_matrix.png", title)
     written = [outdir / f for f in ("loss.png", "score_histogram.png", "roc.png", "confusion_matrix.png")]
-    if metrics.get("pixel"):
+    if "pixel" in metrics.get("curves", {}):
         pro(metrics, outdir / "pro_curve.png", title)
         written.append(outdir / "pro_curve.png")
     written += heatmaps(scores, maps, metrics, outdir, int(params.get("n_examples", 3)), title)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from . import backbones, cae
 from .features import FeatureCache
-from .io import DFRError, atomic_path, read_json, versions
+from .io import FORMATS, DFRError, atomic_path, check_format, read_json, remake_hint, versions
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,12 @@ def _maps(model: cae.CAE, cache: FeatureCache, positions: np.ndarray, device: to
     for start in range(0, len(positions), batch):
         f = torch.from_numpy(cache.read(positions[start:start + batch])).to(device)
         f = f.contiguous(memory_format=torch.channels_last)
-        out.append(cae.error_map(f, model(f)).cpu().numpy())
+        a = cae.error_map(f, model(f)).cpu().numpy()
+        if not np.isfinite(a).all():
+            bad = cache.ids[positions[start + int(np.nonzero(~np.isfinite(a).reshape(len(a), -1).all(1))[0][0])]]
+            raise DFRError(f"{cache.path}: stage maps gave non-finite anomaly maps (e.g. for {bad}): the model "
+                           "diverged or the features overflow; retrain with a lower cae.lr, or delete the cache")
+        out.append(a)
     if not out:
         return np.zeros((0, *cache.shape[2:]), np.float32)
     return np.concatenate(out).astype(np.float32)
@@ -92,6 +97,7 @@ def write_maps(out: str | Path, A: np.ndarray, meta: pd.DataFrame, params: dict)
         f.create_dataset("orig_size", data=meta[["height", "width"]].to_numpy(np.int32).reshape(-1, 2))
         f.attrs["params"] = json.dumps(params, sort_keys=True)
         f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
+        f.attrs["format"] = FORMATS["maps"]
 
 
 class Maps:
@@ -100,6 +106,8 @@ class Maps:
     def __init__(self, path: str | Path):
         try:
             with h5py.File(path, "r") as f:
+                fmt = f.attrs.get("format")
+                check_format(path, "maps", int(fmt) if fmt is not None else None)
                 self.A = f["A"][()]
                 dec = lambda k: [x.decode() if isinstance(x, bytes) else x for x in f[k][()]]  # noqa: E731
                 self.meta = pd.DataFrame({
@@ -109,6 +117,11 @@ class Maps:
                 })
         except FileNotFoundError:
             raise DFRError(f"{path}: anomaly maps not found") from None
+        except (OSError, KeyError, ValueError) as e:
+            raise DFRError(f"{path}: not a readable maps file, truncated or corrupt ({e}); "
+                           + remake_hint(path)) from None
+        if not np.isfinite(self.A).all():
+            raise DFRError(f"{path}: non-finite anomaly maps; " + remake_hint(path))
 
 
 def image_scores(maps_path: str | Path, out: str | Path, top_k: int) -> pd.DataFrame:
@@ -123,6 +136,8 @@ def image_scores(maps_path: str | Path, out: str | Path, top_k: int) -> pd.DataF
 
 def read_scores(path: str | Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, keep_default_na=False, dtype={"mask_path": str, "defect": str})
+        df = pd.read_csv(path, keep_default_na=False, dtype={"image_id": str, "mask_path": str, "defect": str})
     except FileNotFoundError:
         raise DFRError(f"{path}: scores not found") from None
+    df["score"] = pd.to_numeric(df.score, errors="coerce")  # an empty or non-numeric cell is NaN: refused later
+    return df

@@ -27,7 +27,7 @@ def build(metrics_files: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     ms = sorted((read_json(p) for p in metrics_files), key=lambda m: m["category"])
     main, val = [], []
     for m in ms:
-        px = m.get("pixel") or {}
+        px = m.get("pixel") or {}  # no masks, or all empty ("applicable": false): not applicable, n/a
         main.append({"Category": m["category"], "AUROC": m["image_auroc"],
                      "BestThr": m["thresholds"]["f1_optimal"]["threshold"], **_row(m, "f1_optimal"),
                      "Pixel AUROC": px.get("auroc", np.nan), "AU-PRO": px.get("au_pro", np.nan)})
@@ -52,7 +52,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
         if isinstance(v, str):
             return v
         if v is None or (isinstance(v, float) and np.isnan(v)):
-            return "—"
+            return "n/a" if col in ("Pixel AUROC", "AU-PRO") else "—"
         if col == "Error%":
             return f"{v:.2f}%"
         if col in ("BestThr", "T"):
@@ -72,6 +72,10 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
 def write(metrics_files: list[str | Path], dataset: str, out_csv: str | Path, out_md: str | Path,
           out_val_csv: str | Path) -> None:
     main_df, val_df = build(metrics_files)
+    notes = []
+    for f in metrics_files:
+        m = read_json(f)
+        notes += [f"- {m['category']}: {w}" for w in m.get("warnings", [])]
     with atomic_path(out_csv, suffix=".csv") as tmp:
         main_df.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(out_val_csv, suffix=".csv") as tmp:
@@ -81,4 +85,8 @@ def write(metrics_files: list[str | Path], dataset: str, out_csv: str | Path, ou
     if not val_df.empty:
         md += "\n" + to_markdown(val_df, f"{dataset}: at thresholds from held-out normal validation images "
                                         "(no test labels used)")
+    if main_df[["Pixel AUROC", "AU-PRO"]].iloc[:-1].isna().any().any():
+        md += "\nn/a: no ground-truth masks, or all of them empty; the mean is over the other categories.\n"
+    if notes:
+        md += "\nWarnings:\n" + "\n".join(notes) + "\n"
     write_text(out_md, md)

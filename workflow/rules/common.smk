@@ -8,6 +8,7 @@ WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(WORKFLOW_DIR))
 
 from dfr import config as dfr_config  # noqa: E402
+from dfr import data as dfr_data  # noqa: E402
 from dfr import resources as dfr_resources  # noqa: E402
 from dfr.io import DFRError  # noqa: E402
 

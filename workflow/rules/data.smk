@@ -7,6 +7,9 @@ rule index:
         PATHS["index"],
     params:
         root=lambda wc: dataset_root(wc.dataset),
+        # the category's files (names, sizes, modification times): an image or mask added, removed, replaced
+        # or edited on disk re-indexes the category and reruns what depends on it, and nothing else
+        files=lambda wc: dfr_data.fingerprint(dataset_root(wc.dataset), wc.category),
     resources:
         mem_mb=mem_mb("index"),
         runtime=runtime("index"),
