@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageFile
 
 from .io import DFRError, atomic_path, write_json
@@ -271,7 +270,9 @@ class Preprocess:
     image_size: int = 224
     normalize: bool = True
 
-    def __call__(self, im: Image.Image) -> torch.Tensor:
+    def __call__(self, im: Image.Image) -> "torch.Tensor":
+        import torch  # here, so that indexing and splitting start without torch
+
         im = im.resize((self.image_size, self.image_size), Image.BILINEAR)
         x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
         if self.normalize:
@@ -281,8 +282,9 @@ class Preprocess:
         return x
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Images of an index (one split), preprocessed for the backbone."""
+class ImageDataset:
+    """Images of an index (one split), preprocessed for the backbone (a map-style dataset for
+    torch.utils.data.DataLoader)."""
 
     def __init__(self, paths: list[str], preprocess: Preprocess):
         self.paths = list(paths)
@@ -291,5 +293,5 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> "torch.Tensor":
         return self.preprocess(load_image(self.paths[i]))

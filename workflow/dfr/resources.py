@@ -192,7 +192,7 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         mem = BASE_MB["light"] + 160 * mp + 50  # float64 planes of one image
         minutes = 2 + n * 0.6 * max(mp, 0.05) / 60 * 2
     elif rule == "index":
-        mem = BASE_MB["torch"] + 40 * mp
+        mem = BASE_MB["light"] + 40 * mp  # one decoded image at a time (no torch: measured 78 MB at 1 MP)
         minutes = 2 + (wl.n_train + wl.n_test) * DECODE_S_PER_MPIXEL * max(mp, 0.05) / 60 * 2
     elif rule == "features":
         f = cfg["features"]
@@ -231,9 +231,7 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
     elif rule == "plots":
         mem = BASE_MB["torch"] + 150 + 6 * 150 * mp  # matplotlib, and six example rows at full size
         minutes = 2 + 6 * 2 * max(mp, 0.1) / 60 * 2
-    elif rule == "split":
-        pass  # the torch baseline: dfr.data imports torch
-    elif rule == "tables":
+    elif rule in ("split", "tables"):
         mem = BASE_MB["light"]
     else:
         raise KeyError(f"no resource estimate for rule {rule!r}")
