@@ -100,11 +100,15 @@ def test_non_finite_features_stop_extraction(synth_root, tmp_path, monkeypatch):
     real = features.FeatureExtractor.forward
 
     def overflow(self, x):
-        return real(self, x) * 1e6  # beyond float16's 65504
+        fx = real(self, x)
+        fx[-1, 0, 0, 0] = 1e6  # one value of the batch's last image beyond float16's 65504
+        return fx
 
     monkeypatch.setattr(features.FeatureExtractor, "forward", overflow)
-    with pytest.raises(DFRError, match=r"index\.csv: non-finite features .* stage features, split test: they "
-                                       r"exceed the float16 range of the cache: set features.dtype: float32"):
+    fourth = data.read_index(idx).query("split == 'test'").path.iloc[3]  # the first batch's last image
+    with pytest.raises(DFRError, match=rf"index\.csv: non-finite features \(e\.g\. for {fourth}\) in "
+                                       r"stage features, split test: they exceed the float16 range of the cache: "
+                                       r"set features.dtype: float32"):
         features.extract(idx, "test", tmp_path / "test.h5", RESNET18)
     monkeypatch.setattr(features.FeatureExtractor, "forward", lambda self, x: real(self, x) * float("nan"))
     with pytest.raises(DFRError, match="resnet18 gave NaN/inf: check features.weights"):

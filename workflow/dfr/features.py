@@ -156,8 +156,8 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -
                     block = fx.float().cpu().numpy()
                     stored = block.astype(dtype, copy=False)
                     if not np.isfinite(stored).all():
-                        bad = rows.path[start + int(np.nonzero(~np.isfinite(stored).reshape(len(x), -1)
-                                                               .all(axis=1))[0][0])]
+                        ok = np.isfinite(stored).reshape(len(x), -1).all(axis=1)
+                        bad = rows.path[start + int(np.nonzero(~ok)[0][0])]
                         why = ("they exceed the float16 range of the cache: set features.dtype: float32"
                                if np.isfinite(block).all() else
                                f"{params['backbone']} gave NaN/inf: check features.weights, or set "

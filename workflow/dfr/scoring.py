@@ -50,7 +50,8 @@ def _maps(model: cae.CAE, cache: FeatureCache, positions: np.ndarray, device: to
         f = f.contiguous(memory_format=torch.channels_last)
         a = cae.error_map(f, model(f)).cpu().numpy()
         if not np.isfinite(a).all():
-            bad = cache.ids[positions[start + int(np.nonzero(~np.isfinite(a).reshape(len(a), -1).all(1))[0][0])]]
+            ok = np.isfinite(a).reshape(len(a), -1).all(axis=1)
+            bad = cache.ids[positions[start + int(np.nonzero(~ok)[0][0])]]
             raise DFRError(f"{cache.path}: stage maps gave non-finite anomaly maps (e.g. for {bad}): the model "
                            "diverged or the features overflow; retrain with a lower cae.lr, or delete the cache")
         out.append(a)
