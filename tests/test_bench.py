@@ -38,12 +38,13 @@ def test_bench_prints_every_figure(tmp_path, capsys):
                        "--channels-last", "off", "--json", str(out_json)]) == 0
     text = capsys.readouterr().out
     for needle in ("matmul", "backbone, truncated", "untruncated", "HDF5 cache write", "HDF5 cache read",
-                   "CAE training epoch, cache in RAM", "streamed from HDF5", "scoring", "peak RSS",
+                   "CAE training epoch, cache in RAM", "streamed from HDF5", "scoring", "dfr predict end to end",
+                   "peak RSS",
                    "backbone GFLOP/s / matmul GFLOP/s", "CAE training GFLOP/s / matmul GFLOP/s",
                    "epoch recomputing features / epoch from cache", "projected full MVTec AD"):
         assert needle in text, needle
     r = json.loads(out_json.read_text())
     assert r["matmul"]["gflops"] > 0 and r["backbone"]["truncated"]["gflop_per_image"] > 0
     assert r["backbone"]["truncated"]["gflop_per_image"] < r["backbone"]["full"]["gflop_per_image"]
-    for stage in ("features", "hdf5", "train_ram", "train_stream", "scoring"):
+    for stage in ("features", "hdf5", "train_ram", "train_stream", "scoring", "predict"):
         assert r[stage]["peak_rss_mb"] > 0

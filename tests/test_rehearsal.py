@@ -29,7 +29,7 @@ def test_scaled_rehearsal_runs_within_its_declared_memory(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
     out = json.loads((tmp_path / "rehearsal.json").read_text())
     stages = {s["stage"]: s for s in out["stages"]}
-    assert set(stages) == {"synthetic", "index", "features", "split", "pca", "train", "maps", "scores", "metrics",
+    assert set(stages) == {"synthetic", "index", "features", "split", "pca", "train", "maps", "scores", "metrics", "bundle",
                            "plots", "tables"}
     assert stages["features"]["jobs"] == 30 and stages["metrics"]["jobs"] == 15
     for job in out["jobs"]:

@@ -248,3 +248,51 @@ def test_data_changes_rerun_their_category_only(folder_run):
     assert jobs["categories"] == ["disc"] and jobs["index"] == 1
     os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert _plan(wd, cfg) == {}
+
+
+# ---- a trained model in use: the bundle and dfr predict give the pipeline's numbers ----
+
+def test_predict_with_the_bundle_gives_the_pipelines_scores_and_maps(tiny_run, tmp_path):
+    import torch
+    from PIL import Image
+
+    from dfr import predict, scoring
+
+    cat = tiny_run / "results" / "tiny" / "synth" / "disc"
+    scores = pd.read_csv(cat / "scores.csv")
+    test = scores[scores.split == "test"]
+    paths = [str(tiny_run / p) if not os.path.isabs(p) else p for p in test.path]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(Image.open(paths[0]).tobytes()[:100])  # not an image: reported, skipped
+    out = tmp_path / "pred"
+    t0 = time.perf_counter()
+    r = subprocess.run([str(Path(sys.executable).parent / "dfr"), "predict", str(cat / "bundle.pt"), *paths[:3],
+                        str(Path(paths[3]).parent.parent / "*" / "*.png"), str(broken), "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=tiny_run,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "workflow")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    print(f"dfr predict: {r.stdout.strip()} ({time.perf_counter() - t0:.1f} s with start-up)")
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert "unreadable or truncated image" in pred.set_index("path").loc[str(broken), "error"]
+    got = pred[pred.error == ""].drop_duplicates("path").set_index("path").score.astype(float)
+    want = pd.Series(test.score.to_numpy(), index=paths)
+    assert set(want.index) <= set(got.index)
+    np.testing.assert_allclose(got[want.index], want, rtol=1e-5)
+    meta = json.loads((out / "predictions.json").read_text())
+    t = meta["threshold"]["value"]
+    assert meta["threshold"]["name"] == "val_mean_std" and meta["skipped"] == 1
+    assert (pred[pred.error == ""].anomalous == (pred[pred.error == ""].score.astype(float) >= t).astype(str)).all()
+    assert len(list((out / "heatmaps").glob("*.png"))) == len(pred) - 1 and list((out / "masks").glob("*_mask.png"))
+    # the same A(x) as maps.h5, image for image
+    m = scoring.Maps(cat / "maps.h5")
+    b = predict.load_bundle(cat / "bundle.pt")
+    pr = predict.Predictor(b, "cpu")
+    x = torch.stack([pr.preprocess(predict.load_image(p)) for p in paths[:4]])
+    ids = list(m.meta.image_id)
+    ref = np.stack([m.A[ids.index(i)] for i in test.image_id[:4]])
+    np.testing.assert_allclose(pr.maps(x), ref, rtol=1e-5, atol=1e-6)
+    torch.save({**b, "format": 7}, tmp_path / "future.pt")
+    from dfr.io import DFRError
+
+    with pytest.raises(DFRError, match=r"future\.pt: bundle file with format 7, this version of DFR reads format 1"):
+        predict.load_bundle(tmp_path / "future.pt")

@@ -213,6 +213,24 @@ def stage_scoring(model: str, features: str, split: str, threads: int, device: s
     return {"images_per_s": len(m.A) / dt}
 
 
+def stage_predict(model: str, fparams: dict, paths: list[str], out: str, threads: int, device: str,
+                  batch: int, workers: int) -> dict:
+    """dfr predict end to end: decode, backbone, CAE, scores, and a heatmap overlay and mask per image."""
+    import torch
+
+    from . import predict
+    from .io import write_json
+
+    torch.set_num_threads(threads)
+    metrics = Path(out) / "metrics.json"
+    write_json(metrics, {"thresholds": {"val_mean_std": {"threshold": 1.0}}, "pixel": {"t_pixel": 1.0}})
+    bundle = Path(out) / "bundle.pt"
+    predict.write_bundle(model, metrics, bundle, {"features": fparams, "top_k": 10})
+    t = time.perf_counter()
+    predict.predict(bundle, paths, Path(out) / "predict", device=device, batch_size=batch, num_workers=workers)
+    return {"images_per_s": len(paths) / (time.perf_counter() - t)}
+
+
 def cae_gflop_per_image(c: int, d: int, hw: int) -> float:
     """Forward + backward (≈ 3× forward) FLOPs of one training image through the CAE's 1×1 convs."""
     from .resources import cae_gflop
@@ -296,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                                   batch=a.cae_batch_size, threads=a.threads, device=device, in_memory=True)
     R["train_stream"] = run_isolated(stage_train, features=str(feats), split=str(split), latent=a.latent,
                                      batch=a.cae_batch_size, threads=a.threads, device=device, in_memory=False)
+    R["predict"] = run_isolated(stage_predict, model=str(work / "bench_True.pt"), fparams={
+        k: fparams[k] for k in ("backbone", "weights", "layers", "pool", "image_size", "normalize", "dtype")},
+        paths=paths, out=str(work), threads=a.threads, device=device, batch=a.batch_size, workers=a.workers)
     R["scoring"] = run_isolated(stage_scoring, model=str(work / "bench_True.pt"), features=str(feats),
                                 split=str(split), threads=a.threads, device=device, batch=a.cae_batch_size)
 
@@ -370,6 +391,8 @@ def _print_table(R: dict) -> None:
          f"{R['train_stream']['peak_rss_mb']:.0f} MB"),
         ("scoring (A(x) + top-k) from cache", f"{R['scoring']['images_per_s']:.1f} img/s", "",
          f"{R['scoring']['peak_rss_mb']:.0f} MB"),
+        ("dfr predict end to end (decode→score→PNGs)", f"{R['predict']['images_per_s']:.1f} img/s",
+         "bundle; heatmap overlay + mask per image", f"{R['predict']['peak_rss_mb']:.0f} MB"),
     ]
     print()
     print(f"| {'stage':48} | {'throughput':26} | {'detail':58} | peak RSS |")

@@ -94,6 +94,26 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--outdir", required=True)
     s.add_argument("--params", type=_params, default={})
 
+    s = sub.add_parser("bundle", help="write a category's self-contained model bundle")
+    s.add_argument("--model", required=True)
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--params", type=_params, required=True)
+
+    s = sub.add_parser("predict", help="score new images with a model bundle (see dfr.predict)",
+                       description="Score images with a bundle written by the workflow "
+                                   "(results/<experiment>/<dataset>/<category>/bundle.pt): a CSV/JSON of score and "
+                                   "decision per image, heatmap overlays and binary masks at T_pixel.")
+    s.add_argument("bundle", help="bundle.pt of a category")
+    s.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--threshold", default="val_mean_std", choices=["val_mean_std", "val_percentile", "f1_optimal"],
+                   help="image threshold (default: mean + alpha*std of held-out normals; f1_optimal is an oracle)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--workers", type=int, default=0, help="decoding worker processes")
+    s.add_argument("--no-images", action="store_true", help="scores and decisions only, no heatmaps or masks")
+
     s = sub.add_parser("tables", help="aggregate per-category metrics into a dataset's tables")
     s.add_argument("--metrics", nargs="+", required=True)
     s.add_argument("--dataset", required=True)
@@ -181,6 +201,18 @@ def _run(a: argparse.Namespace) -> int:
         from . import plots
 
         plots.category_figures(a.scores, a.maps, a.metrics, a.history, a.outdir, a.params)
+    elif a.stage == "bundle":
+        from . import predict
+
+        predict.write_bundle(a.model, a.metrics, a.out, a.params)
+    elif a.stage == "predict":
+        from . import predict
+
+        df = predict.predict(a.bundle, a.images, a.out, a.threshold, a.device, a.batch_size, a.workers,
+                             heatmaps=not a.no_images)
+        ok = df[df.error == ""]
+        print(f"{len(ok)} images scored ({int(ok.anomalous.sum())} anomalous at {a.threshold}), "
+              f"{len(df) - len(ok)} skipped: {a.out}/predictions.csv")
     elif a.stage == "tables":
         from . import tables
 

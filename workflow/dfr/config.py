@@ -129,6 +129,11 @@ def cae_params(cfg: dict) -> dict:
             "early_stopping": c["early_stopping"], "checkpoint": c["checkpoint"], "seed": cfg["seed"]}
 
 
+def bundle_params(cfg: dict) -> dict:
+    """What a model bundle carries besides the model and thresholds: how to make f(x), and top-k."""
+    return {"features": feature_params(cfg), "top_k": cfg["scoring"]["top_k"], "experiment": cfg["experiment"]}
+
+
 def metrics_params(cfg: dict, dataset: str | None = None) -> dict:
     t, m = cfg["thresholds"], cfg["metrics"]
     eval_size = m["eval_size"]
@@ -157,6 +162,7 @@ def paths(cfg: dict, dataset: str = "{dataset}", category: str = "{category}") -
         "split": f"{exp}/split.json", "pca": f"{exp}/pca.json", "model": f"{exp}/model.pt",
         "history": f"{exp}/history.csv", "maps": f"{exp}/maps.h5", "scores": f"{exp}/scores.csv",
         "metrics": f"{exp}/metrics.json", "plots": f"{exp}/plots", "plots_done": f"{exp}/plots/.done",
+        "bundle": f"{exp}/bundle.pt",
     }
 
 
@@ -168,7 +174,7 @@ def log_paths(cfg: dict, dataset: str = "{dataset}", category: str = "{category}
     out = {"prepare_dataset": f"logs/datasets/{root}.log", "synthetic": f"logs/synthetic/{dataset}/{category}.log",
            "index": f"logs/index/{dataset}/{category}.log",
            "features": f"logs/features/{dataset}/{category}/{k}/{split}.log", "tables": f"logs/{e}/tables/{dataset}.log"}
-    for rule in ("split", "pca", "train", "maps", "scores", "metrics", "plots"):
+    for rule in ("split", "pca", "train", "maps", "scores", "metrics", "plots", "bundle"):
         out[rule] = f"logs/{e}/{rule}/{dataset}/{category}.log"
     return out
 

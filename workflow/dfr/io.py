@@ -18,7 +18,7 @@ class DFRError(RuntimeError):
 
 # Versions of the artifacts' formats: an artifact records the version that wrote it, and a reader refuses
 # another one with a message that says to delete the file (Snakemake then remakes it).
-FORMATS = {"features": 1, "model": 1, "maps": 1}
+FORMATS = {"features": 1, "model": 1, "maps": 1, "bundle": 1}
 
 
 def remake_hint(path: str | os.PathLike) -> str:

@@ -31,7 +31,7 @@ from . import resources, shapes
 from .io import DFRError, read_json
 
 STAGES = ["synthetic", "index", "features", "split", "pca", "train", "maps", "scores", "metrics", "plots",
-          "tables"]
+          "bundle", "tables"]
 PEAK_RE = re.compile(r"peak RSS (\d+) MB")
 
 
@@ -197,6 +197,7 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
         "scores": fit_stage(jobs, "scores", lambda r: 0),
         "metrics": fit_stage(jobs, "metrics", lambda r: wl(r).test_pixels / 1e6),
         "plots": fit_stage(jobs, "plots", lambda r: 0),
+        "bundle": fit_stage(jobs, "bundle", lambda r: 0),
         "tables": fit_stage(jobs, "tables", lambda r: 0),
     }
     backbone = cfg["features"]["backbone"]
@@ -222,6 +223,7 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
         "scores": cats * a["scores"],
         "metrics": cats * a["metrics"] + fits["metrics"][1] * real["test_mp"],
         "plots": cats * a["plots"],
+        "bundle": cats * a["bundle"],
         "tables": nds * a["tables"],
     }
     # one GPU node: backbone and CAE on the GPU, decoding on its cores, the CPU stages spread over its cores
@@ -237,7 +239,7 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
         + real["n_train"] * feat_mb / HDF5_READ_MB_S,  # the cache is read once, then held in RAM
         "maps": cats * GPU_JOB_STARTUP_S + real_maps * feat_mb / HDF5_READ_MB_S,
     }
-    for k in ("index", "split", "pca", "scores", "metrics", "plots", "tables"):
+    for k in ("index", "split", "pca", "scores", "metrics", "plots", "bundle", "tables"):
         gpu[k] = cpu[k] * cores_here / GPU_NODE_CORES  # this machine's core-seconds over the node's cores
     total_cpu = sum(cpu.values())
     reh_total = float(jobs[jobs.rule != "synthetic"].wall_s.sum())

@@ -231,6 +231,8 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
     elif rule == "plots":
         mem = BASE_MB["torch"] + 150 + 6 * 150 * mp  # matplotlib, and six example rows at full size
         minutes = 2 + 6 * 2 * max(mp, 0.1) / 60 * 2
+    elif rule == "bundle":
+        pass  # the torch baseline and a checkpoint of a few MB
     elif rule in ("split", "tables"):
         mem = BASE_MB["light"]
     else:

@@ -32,7 +32,7 @@ def _set(cfg: dict, assignment: str) -> None:
 
 
 def run(cfg: dict, force: bool = False) -> dict[str, float]:
-    from . import cae, data, datasets, features, metrics, pca, plots, scoring, synthetic, tables
+    from . import cae, data, datasets, features, metrics, pca, plots, predict, scoring, synthetic, tables
 
     timings: dict[str, float] = {}
     rt = dfr_config.feature_runtime(cfg)
@@ -75,6 +75,8 @@ def run(cfg: dict, force: bool = False) -> dict[str, float]:
             stage("metrics", p["metrics"], lambda: metrics.evaluate(
                 p["scores"], p["maps"], p["metrics"],
                 {**dfr_config.metrics_params(cfg, dataset), "dataset": dataset, "category": category}))
+            stage("bundle", p["bundle"], lambda: predict.write_bundle(p["model"], p["metrics"], p["bundle"],
+                                                                      dfr_config.bundle_params(cfg)))
             stage("plots", f"{p['plots']}/.done", lambda: (
                 plots.category_figures(p["scores"], p["maps"], p["metrics"], p["history"], p["plots"],
                                        {"n_examples": 3}), Path(f"{p['plots']}/.done").touch()))

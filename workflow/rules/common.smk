@@ -67,7 +67,7 @@ def all_targets():
     for d, ds in DATASETS.items():
         t = dfr_config.table_paths(config, d)
         out += [t["csv"], t["md"]]
-        out += [dfr_config.paths(config, d, c)["plots_done"] for c in ds["categories"]]
+        out += [dfr_config.paths(config, d, c)[k] for c in ds["categories"] for k in ("plots_done", "bundle")]
     return out
 
 
@@ -114,6 +114,7 @@ def bench(rule):
 # compute nodes often have no internet access.
 localrules:
     all,
+    bundle,
     prepare_dataset,
     synthetic,
     index,

@@ -42,3 +42,25 @@ rule scores:
         ENV
     shell:
         "{DFR} scores --maps {input} --out {output} --top-k {params.top_k} > {log} 2>&1"
+
+
+rule bundle:
+    input:
+        model=PATHS["model"],
+        metrics=PATHS["metrics"],
+    output:
+        PATHS["bundle"],
+    params:
+        bundle=P(dfr_config.bundle_params(config)),
+    resources:
+        mem_mb=mem_mb("bundle"),
+        runtime=runtime("bundle"),
+    benchmark:
+        bench("bundle")
+    log:
+        LOGS["bundle"],
+    conda:
+        ENV
+    shell:
+        "{DFR} bundle --model {input.model} --metrics {input.metrics} --out {output} --params {params.bundle:q}"
+        " > {log} 2>&1"
