@@ -1,0 +1,77 @@
+"""The model bundle and dfr predict, on a small category with a random ResNet18 (fast; the workflow test
+checks the same parity on a bundle the pipeline wrote)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dfr import cae, data, features, predict, scoring
+from dfr.io import DFRError
+
+FPARAMS = {"backbone": "resnet18", "weights": "none", "layers": ["layer2[-1]", "layer3[-1]"], "pool": 3,
+           "image_size": 64, "normalize": True, "dtype": "float16"}
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root, tmp_path_factory):
+    d = tmp_path_factory.mktemp("pred")
+    idx = d / "index.csv"
+    data.write_index(data.index_category(synth_root, "disc"), idx)
+    for split in ("train", "test"):
+        features.extract(idx, split, d / f"{split}.h5", {**FPARAMS, "batch_size": 4, "device": "cpu"})
+    split = data.write_split(idx, d / "split.json", 0.25, 0)
+    cae.train(d / "train.h5", d / "split.json", d / "model.pt", d / "h.csv",
+              {"latent_dim": 8, "normalize": True, "epochs": 2, "batch_size": 4, "lr": 1e-3, "seed": 0,
+               "device": "cpu"})
+    scoring.anomaly_maps(d / "model.pt", d / "train.h5", d / "test.h5", d / "split.json", d / "maps.h5",
+                         {"device": "cpu", "batch_size": 4})
+    scoring.image_scores(d / "maps.h5", d / "scores.csv", 5)
+    (d / "metrics.json").write_text(json.dumps({
+        "dataset": "s", "category": "disc", "pixel": {"t_pixel": 0.5},
+        "thresholds": {"f1_optimal": {"threshold": 1.0, "oracle": True},
+                       "val_mean_std": {"threshold": 2.0, "oracle": False}}}))
+    predict.write_bundle(d / "model.pt", d / "metrics.json", d / "bundle.pt", {"features": FPARAMS, "top_k": 5})
+    assert split["val"]
+    return d
+
+
+def test_predict_scores_equal_the_pipelines(trained, synth_root, tmp_path):
+    sc = pd.read_csv(trained / "scores.csv")
+    test = sc[sc.split == "test"]
+    df = predict.predict(trained / "bundle.pt", [str(synth_root / "disc" / "test")], tmp_path / "out",
+                         threshold="f1_optimal", device="cpu", batch_size=3)
+    got = df.set_index("path").score
+    np.testing.assert_allclose(got[test.path].to_numpy(), test.score.to_numpy(), rtol=1e-5)
+    assert (df.anomalous == (df.score >= 1.0)).all() and (df.threshold == 1.0).all()
+    assert len(list((tmp_path / "out" / "heatmaps").glob("*.png"))) == len(df) == len(test)
+    assert len(list((tmp_path / "out" / "masks").glob("*_mask.png"))) == len(df)
+    j = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert j["threshold"] == {"name": "f1_optimal", "value": 1.0, "oracle": True} and j["images_per_s"] > 0
+
+
+def test_inputs_files_folders_globs_and_unreadable_images(trained, synth_root, tmp_path):
+    d = synth_root / "disc" / "test"
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    paths = predict.image_paths([str(d / "good" / "000.png"), str(d / "scratch"), str(d / "stain" / "*.png"),
+                                 str(bad)])
+    assert [p.name for p in paths] == ["000.png", "000.png", "001.png", "000.png", "001.png", "bad.png"]
+    df = predict.predict(trained / "bundle.pt", [str(p) for p in paths], tmp_path / "o", device="cpu",
+                         heatmaps=False)
+    assert len(df) == 6 and df.error.iloc[-1].startswith(str(bad)) and np.isnan(df.score.iloc[-1])
+    assert (df.error.iloc[:-1] == "").all() and not (tmp_path / "o" / "heatmaps").exists()
+    with pytest.raises(DFRError, match="no images found"):
+        predict.image_paths([str(tmp_path / "none" / "*.png")])
+
+
+def test_bundle_errors(trained, tmp_path):
+    with pytest.raises(DFRError, match="no threshold 'val_percentile'"):
+        predict.predict(trained / "bundle.pt", [str(tmp_path)], tmp_path, threshold="val_percentile")
+    b = torch.load(trained / "bundle.pt", weights_only=False)
+    assert b["features"] == FPARAMS and b["scoring"] == {"top_k": 5} and b["t_pixel"] == 0.5
+    (tmp_path / "cut.pt").write_bytes((trained / "bundle.pt").read_bytes()[:1000])
+    with pytest.raises(DFRError, match=r"cut\.pt: not a readable bundle, truncated or corrupt"):
+        predict.load_bundle(tmp_path / "cut.pt")
