@@ -242,7 +242,7 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
     for k in ("index", "split", "pca", "scores", "metrics", "plots", "bundle", "tables"):
         gpu[k] = cpu[k] * cores_here / GPU_NODE_CORES  # this machine's core-seconds over the node's cores
     total_cpu = sum(cpu.values())
-    reh_total = float(jobs[jobs.rule != "synthetic"].wall_s.sum())
+    reh_total = float(jobs.wall_s.sum())  # all jobs of the run, whose elapsed time is known
     return {"rehearsal": reh, "real": real, "fits": fits, "cae_step_s_per_image": cae_s,
             "train_s_per_image_epoch": train_per, "backbone_images_per_s": backbone_ips,
             "decode_s_per_mpixel": decode_per_mp, "cpu_job_seconds": cpu, "gpu_node_seconds": gpu,
