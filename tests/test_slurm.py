@@ -41,13 +41,14 @@ def cluster(tmp_path_factory):
 
 
 def _sbatch_calls(out: str) -> list[tuple[str, str]]:
-    """(rule or group name, sbatch arguments) of every submission, in order."""
+    """(rule, or "gpu_stages" for the group job, and the sbatch arguments) of every submission, in order."""
     calls = []
     for line in out.splitlines():
         m = re.search(r"sbatch call: (sbatch .*?) --wrap", line)
         if m:
-            name = re.search(r"--comment (?:rule_(\w+?)_wildcards|'?(?:group_)?(\w+?)[_']|(\S+))", m.group(1))
-            calls.append((next(g for g in name.groups() if g), re.sub(r" --(job-name|output) \S+", "", m.group(1))))
+            comment = re.search(r"--comment rule_(\S+)", m.group(1)).group(1)  # rule_<rule>_wildcards_… or
+            name = "gpu_stages" if comment.startswith("gpu_stages") else comment.split("_wildcards")[0]  # group
+            calls.append((name, re.sub(r" --(job-name|output) \S+", "", m.group(1))))
     return calls
 
 
@@ -57,7 +58,7 @@ def ungrouped_profile(tmp_path):
     prof.mkdir()
     text = (ROOT / "profiles" / "slurm" / "config.yaml").read_text()
     text = re.sub(r"(?ms)^groups:\n.*?(?=^set-resources:)", "", text)
-    assert "groups:" not in text and "set-resources:" in text
+    assert "\ngroups:" not in text and "\ngroup-components:" not in text and "set-resources:" in text
     (prof / "config.yaml").write_text(text)
     return prof
 
@@ -119,8 +120,10 @@ def test_failing_job_fails_the_run_with_its_log(cluster, tmp_path):
     r = snakemake(tmp_path, cfg, *SLURM_ARGS, "--retries", "0")
     out = r.stdout + r.stderr
     assert r.returncode != 0
-    assert "Error in rule features" in out and "SLURM-job" in out
-    m = re.search(r"log: (logs/features/\S+\.log), (\S+/slurm_logs/\S+\.log)", out)
-    assert m, out[-3000:]
+    # the group job's failure names its SLURM log and the log of each of its rules
+    assert "Error in group gpu_stages" in out, out[-5000:]
+    slurm_log = re.search(r"log: (\S+/slurm_logs/group_gpu_stages\S*\.log)", out)
+    assert slurm_log and os.path.isfile(slurm_log.group(1)), out[-5000:]
+    m = re.search(r"rule features:\s+jobid: \d+\s+output: \S+\s+log: (logs/features/\S+\.log)", out)
+    assert m, out[-5000:]
     assert "weights file not found" in (tmp_path / m.group(1)).read_text()
-    assert os.path.isfile(m.group(2))

@@ -290,7 +290,9 @@ def test_predict_with_the_bundle_gives_the_pipelines_scores_and_maps(tiny_run, t
     x = torch.stack([pr.preprocess(predict.load_image(p)) for p in paths[:4]])
     ids = list(m.meta.image_id)
     ref = np.stack([m.A[ids.index(i)] for i in test.image_id[:4]])
-    np.testing.assert_allclose(pr.maps(x), ref, rtol=1e-5, atol=1e-6)
+    # f(x) passes through the float16 cache in both; a value computed in another batch composition can round
+    # to the neighbouring float16, so a few locations differ by ~1e-5 relative: the maps agree to 1e-4
+    np.testing.assert_allclose(pr.maps(x), ref, rtol=1e-4)
     torch.save({**b, "format": 7}, tmp_path / "future.pt")
     from dfr.io import DFRError
 

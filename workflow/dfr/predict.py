@@ -168,18 +168,18 @@ def predict(bundle_path: str | Path, inputs: list[str], out_dir: str | Path, thr
         for i, _, _, err in batch:
             if err:
                 log.warning("skipped: %s", err)
-                rows.append({"path": str(paths[i]), "score": np.nan, "anomalous": None, "error": err})
+                rows.append({"i": i, "path": str(paths[i]), "score": np.nan, "anomalous": None, "error": err})
         good = [b for b in batch if not b[3]]
         if not good:
             continue
         a = pred.maps(torch.stack([b[1] for b in good]))
         s = pred.scores(a)
         for (i, _, hw, _), ai, si in zip(good, a, s):
-            row = {"path": str(paths[i]), "score": float(si), "anomalous": bool(si >= t), "error": ""}
+            row = {"i": i, "path": str(paths[i]), "score": float(si), "anomalous": bool(si >= t), "error": ""}
             if heatmaps:
                 row.update(_write_images(paths[i], f"{i:05d}_{paths[i].stem}", ai, hw, t_pixel, out_dir, Image))
             rows.append(row)
-    df = pd.DataFrame(rows).set_index("path").loc[[str(p) for p in paths]].reset_index()
+    df = pd.DataFrame(rows).sort_values("i").drop(columns="i").reset_index(drop=True)  # in the order given
     df.insert(2, "threshold", t)
     seconds = time.perf_counter() - t0
     with atomic_path(out_dir / "predictions.csv", suffix=".csv") as tmp:
