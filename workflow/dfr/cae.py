@@ -254,10 +254,16 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> CAE:
     if not isinstance(ckpt, dict):
         raise DFRError(f"{path}: not a DFR model checkpoint; " + remake_hint(path))
     check_format(path, "model", ckpt.get("format"))
+    return from_checkpoint(ckpt, device, path)
+
+
+def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", source: str | Path = "checkpoint") -> CAE:
+    """The CAE of a checkpoint dict (``model.pt``, or a bundle's ``cae``), in eval mode."""
     try:
         model = CAE(ckpt["in_channels"], ckpt["latent_dim"], batchnorm=ckpt.get("batchnorm", True),
                     normalize=ckpt["normalize"])
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, RuntimeError) as e:
-        raise DFRError(f"{path}: incomplete or mismatched model checkpoint ({e}); " + remake_hint(path)) from None
+        raise DFRError(f"{source}: incomplete or mismatched model checkpoint ({e}); "
+                       + remake_hint(source)) from None
     return model.to(device).eval()

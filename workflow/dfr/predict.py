@@ -89,11 +89,7 @@ class Predictor:
                                           pool=f["pool"]).to(self.device).eval()
         self.preprocess = Preprocess(f["image_size"], f["normalize"])
         self.dtype = np.dtype(f.get("dtype", "float32"))
-        ckpt = bundle["cae"]
-        self.cae = cae.CAE(ckpt["in_channels"], ckpt["latent_dim"], batchnorm=ckpt.get("batchnorm", True),
-                           normalize=ckpt["normalize"])
-        self.cae.load_state_dict(ckpt["state_dict"])
-        self.cae.to(self.device).eval()
+        self.cae = cae.from_checkpoint(bundle["cae"], self.device, "bundle")
         self.top_k = bundle["scoring"]["top_k"]
 
     @torch.inference_mode()
