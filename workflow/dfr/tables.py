@@ -72,10 +72,8 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
 def write(metrics_files: list[str | Path], dataset: str, out_csv: str | Path, out_md: str | Path,
           out_val_csv: str | Path) -> None:
     main_df, val_df = build(metrics_files)
-    notes = []
-    for f in metrics_files:
-        m = read_json(f)
-        notes += [f"- {m['category']}: {w}" for w in m.get("warnings", [])]
+    notes = [f"- {m['category']}: {w}" for m in sorted((read_json(f) for f in metrics_files),
+                                                       key=lambda m: m["category"]) for w in m.get("warnings", [])]
     with atomic_path(out_csv, suffix=".csv") as tmp:
         main_df.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(out_val_csv, suffix=".csv") as tmp:
