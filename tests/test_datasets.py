@@ -3,7 +3,6 @@
 import functools
 import hashlib
 import io
-import shutil
 import tarfile
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer

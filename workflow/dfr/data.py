@@ -16,12 +16,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile
 
 from .io import DFRError, atomic_path, write_json
+
+if TYPE_CHECKING:  # torch is imported where images are preprocessed, not to index or split
+    import torch
 
 log = logging.getLogger(__name__)
 
