@@ -1,12 +1,5 @@
 # The 1x1 convolutional autoencoder, trained on cached normal features only (never runs the backbone).
 
-def cae_inputs(wildcards):
-    out = {"features": PATHS["features_train"].format(**wildcards), "split": PATHS["split"].format(**wildcards)}
-    if config["cae"]["latent_dim"] == "auto":
-        out["pca"] = PATHS["pca"].format(**wildcards)
-    return out
-
-
 rule train:
     input:
         unpack(cae_inputs),
@@ -28,5 +21,5 @@ rule train:
     conda:
         ENV
     shell:
-        "{DFR} --threads {threads} train --features {input.features} --split-json {input.split} {params.pca}"
+        "python -m dfr --threads {threads} train --features {input.features} --split-json {input.split} {params.pca}"
         " --model {output.model} --history {output.history} --params {params.cae:q} > {log} 2>&1"

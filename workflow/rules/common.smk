@@ -1,6 +1,6 @@
 # Shared set-up: config validation, paths, and the params of every stage (from the dfr package).
 import json
-import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -22,14 +22,18 @@ E = config["experiment"]
 FKEY = dfr_config.feature_key(config)
 DATASETS = config["datasets"]
 
-# Runtime-only settings (batch size, workers, device, ...) change how fast an artifact is made, not what it
-# is: they travel in the environment, not in params, so editing them reruns nothing.
-os.environ["DFR_RUNTIME"] = json.dumps(dfr_config.feature_runtime(config))
-
-# The package runs from this checkout (also inside conda envs made by --sdm conda and on SLURM nodes).
-_PY = "python" if "conda" in str(getattr(workflow.deployment_settings, "deployment_method", "")).lower() \
-    else sys.executable
-DFR = f"PYTHONPATH={WORKFLOW_DIR}${{PYTHONPATH:+:$PYTHONPATH}} {_PY} -m dfr"
+# Every rule runs `python -m dfr <stage>` from this checkout (also inside conda envs made by --sdm conda
+# and on SLURM nodes): the shell prefix puts the package on PYTHONPATH and, outside conda, this
+# interpreter first on PATH. Runtime-only settings (batch size, workers, device, ...) change how fast an
+# artifact is made, not what it is: they travel in DFR_RUNTIME, not in params, so editing them reruns nothing.
+_CONDA = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", "")).lower()
+_PREFIX = (
+    "set -euo pipefail; "
+    f"export PYTHONPATH={shlex.quote(str(WORKFLOW_DIR))}${{PYTHONPATH:+:$PYTHONPATH}}; "
+    f"export DFR_RUNTIME={shlex.quote(json.dumps(dfr_config.feature_runtime(config)))}; "
+    + ("" if _CONDA else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")
+)
+shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # the prefix is formatted like a command
 ENV = "../../envs/dfr.yaml"
 
 wildcard_constraints:
@@ -41,6 +45,14 @@ wildcard_constraints:
 def P(params):
     """A stage's params as one JSON string (what the rule records for rerun decisions)."""
     return json.dumps(params, sort_keys=True)
+
+
+def cae_inputs(wildcards):
+    """The CAE's inputs: cached training features, the split, and pca.json when d is chosen by PCA."""
+    out = {"features": PATHS["features_train"].format(**wildcards), "split": PATHS["split"].format(**wildcards)}
+    if config["cae"]["latent_dim"] == "auto":
+        out["pca"] = PATHS["pca"].format(**wildcards)
+    return out
 
 
 def dataset_root(dataset):

@@ -20,7 +20,7 @@ rule index:
     conda:
         ENV
     shell:
-        "{DFR} index --root {params.root} --category {wildcards.category} --out {output} > {log} 2>&1"
+        "python -m dfr index --root {params.root} --category {wildcards.category} --out {output} > {log} 2>&1"
 
 
 rule split:
@@ -40,4 +40,4 @@ rule split:
     conda:
         ENV
     shell:
-        "{DFR} split --index {input} --out {output} --params {params.split:q} > {log} 2>&1"
+        "python -m dfr split --index {input} --out {output} --params {params.split:q} > {log} 2>&1"

@@ -23,4 +23,4 @@ rule prepare_dataset:
     conda:
         ENV
     shell:
-        "{DFR} prepare-dataset --root {wildcards.root} --spec {params.spec:q} > {log} 2>&1"
+        "python -m dfr prepare-dataset --root {wildcards.root} --spec {params.spec:q} > {log} 2>&1"

@@ -21,5 +21,5 @@ rule features:
     conda:
         ENV
     shell:
-        "{DFR} --threads {threads} features --index {input} --split {wildcards.split} --out {output}"
+        "python -m dfr --threads {threads} features --index {input} --split {wildcards.split} --out {output}"
         " --params {params.features:q} > {log} 2>&1"

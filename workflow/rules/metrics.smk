@@ -18,7 +18,7 @@ rule metrics:
     conda:
         ENV
     shell:
-        "{DFR} metrics --scores {input.scores} --maps {input.maps} --out {output}"
+        "python -m dfr metrics --scores {input.scores} --maps {input.maps} --out {output}"
         " --params {params.metrics:q} > {log} 2>&1"
 
 
@@ -43,5 +43,5 @@ rule plots:
     conda:
         ENV
     shell:
-        "{DFR} plots --scores {input.scores} --maps {input.maps} --metrics {input.metrics}"
+        "python -m dfr plots --scores {input.scores} --maps {input.maps} --metrics {input.metrics}"
         " --history {input.history} --outdir {params.outdir} --params {params.plots:q} > {log} 2>&1"

@@ -19,5 +19,5 @@ rule pca:
     conda:
         ENV
     shell:
-        "{DFR} --threads {threads} pca --features {input.features} --split-json {input.split} --out {output}"
+        "python -m dfr --threads {threads} pca --features {input.features} --split-json {input.split} --out {output}"
         " --params {params.pca:q} > {log} 2>&1"

@@ -20,7 +20,7 @@ rule maps:
     conda:
         ENV
     shell:
-        "{DFR} --threads {threads} maps --model {input.model} --train-features {input.train}"
+        "python -m dfr --threads {threads} maps --model {input.model} --train-features {input.train}"
         " --test-features {input.test} --split-json {input.split} --out {output} > {log} 2>&1"
 
 
@@ -41,7 +41,7 @@ rule scores:
     conda:
         ENV
     shell:
-        "{DFR} scores --maps {input} --out {output} --top-k {params.top_k} > {log} 2>&1"
+        "python -m dfr scores --maps {input} --out {output} --top-k {params.top_k} > {log} 2>&1"
 
 
 rule bundle:
@@ -62,5 +62,5 @@ rule bundle:
     conda:
         ENV
     shell:
-        "{DFR} bundle --model {input.model} --metrics {input.metrics} --out {output} --params {params.bundle:q}"
+        "python -m dfr bundle --model {input.model} --metrics {input.metrics} --out {output} --params {params.bundle:q}"
         " > {log} 2>&1"

@@ -16,4 +16,4 @@ rule synthetic:
     conda:
         ENV
     shell:
-        "{DFR} synthetic --root {params.root} --category {wildcards.category} --params {params.gen:q} > {log} 2>&1"
+        "python -m dfr synthetic --root {params.root} --category {wildcards.category} --params {params.gen:q} > {log} 2>&1"

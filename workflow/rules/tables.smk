@@ -17,5 +17,5 @@ rule tables:
     conda:
         ENV
     shell:
-        "{DFR} tables --metrics {input} --dataset {wildcards.dataset} --csv {output.csv} --md {output.md}"
+        "python -m dfr tables --metrics {input} --dataset {wildcards.dataset} --csv {output.csv} --md {output.md}"
         " --val-csv {output.val} > {log} 2>&1"
