@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from dfr import config as dfr_config
 
 pytestmark = pytest.mark.slow
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -72,15 +73,18 @@ def test_every_artifact(tiny_run):
         assert json.loads(f.attrs["params"])["backbone"] == "tf_efficientnet_lite0"
     with h5py.File(feats[0] / "test.h5") as f:
         assert f["features"].shape[0] == 4 + 4 * 2
+    cfg = dfr_config.validate(TINY)
     for cat in ("disc", "grain"):
         d = exp / cat
-        split = json.loads((d / "split.json").read_text())
+        p = {k: wd / v for k, v in dfr_config.paths(cfg, "synth", cat).items()}
+        assert p["model"].parent.parent == wd / "results" / "models" / "synth" / cat  # shared, keyed
+        split = json.loads(p["split"].read_text())
         assert len(split["val"]) == 2 and len(split["train"]) == 8
-        pca = json.loads((d / "pca.json").read_text())
+        pca = json.loads(p["pca"].read_text())
         assert 1 <= pca["latent_dim"] <= 152 and pca["explained_at_d"] >= 0.95
-        hist = pd.read_csv(d / "history.csv")
+        hist = pd.read_csv(p["history"])
         assert list(hist.epoch) == [1, 2, 3]
-        with h5py.File(d / "maps.h5") as f:
+        with h5py.File(p["maps"]) as f:
             assert f["A"].shape == (2 + 12, 16, 16)
         scores = pd.read_csv(d / "scores.csv")
         assert (scores.split == "val").sum() == 2 and (scores.split == "test").sum() == 12
@@ -98,8 +102,8 @@ def test_every_artifact(tiny_run):
     assert table.AUROC.iloc[-1] == pytest.approx(table.AUROC.iloc[:2].mean())
     md = (wd / "results" / "tiny" / "tables" / "synth.md").read_text()
     assert "| **Mean** |" in md and "oracle" in md
-    for rule in ("synthetic", "index", "features", "tiny/split", "tiny/pca", "tiny/train", "tiny/maps",
-                 "tiny/scores", "tiny/metrics", "tiny/plots", "tiny/tables"):
+    for rule in ("synthetic", "index", "features", "split", "pca", "train", "maps",
+                 "tiny/scores", "tiny/metrics", "tiny/plots", "tiny/tables", "tiny/bundle"):
         assert list((wd / "logs" / rule).rglob("*.log")), f"no log for {rule}"
     assert not list((wd / "results").rglob(".*.tmp")), "temporary files left behind"
 
@@ -284,7 +288,7 @@ def test_predict_with_the_bundle_gives_the_pipelines_scores_and_maps(tiny_run, t
     assert (pred[pred.error == ""].anomalous == (pred[pred.error == ""].score.astype(float) >= t).astype(str)).all()
     assert len(list((out / "heatmaps").glob("*.png"))) == len(pred) - 1 and list((out / "masks").glob("*_mask.png"))
     # the same A(x) as maps.h5, image for image
-    m = scoring.Maps(cat / "maps.h5")
+    m = scoring.Maps(tiny_run / dfr_config.paths(dfr_config.validate(TINY), "synth", "disc")["maps"])
     b = predict.load_bundle(cat / "bundle.pt")
     pr = predict.Predictor(b, "cpu")
     x = torch.stack([pr.preprocess(predict.load_image(p)) for p in paths[:4]])

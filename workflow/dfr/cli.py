@@ -120,6 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--csv", required=True)
     s.add_argument("--md", required=True)
     s.add_argument("--val-csv", required=True)
+    s.add_argument("--reference", default="", choices=["", "mvtec_ad", "visa"],
+                   help="put the paper's table for this benchmark beside ours")
+
+    s = sub.add_parser("study", help="compare a study's variants: table, best variant, plots (see dfr.studies)")
+    s.add_argument("--manifest", type=_params, required=True, help="JSON: the variants, their settings and keys")
+    s.add_argument("--csv", required=True)
+    s.add_argument("--md", required=True)
+    s.add_argument("--best", required=True)
+    s.add_argument("--plots", required=True, help="folder for the figures")
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -216,7 +225,11 @@ def _run(a: argparse.Namespace) -> int:
     elif a.stage == "tables":
         from . import tables
 
-        tables.write(a.metrics, a.dataset, a.csv, a.md, a.val_csv)
+        tables.write(a.metrics, a.dataset, a.csv, a.md, a.val_csv, a.reference or None)
+    elif a.stage == "study":
+        from . import studies
+
+        studies.compare(a.manifest, a.csv, a.md, a.best, a.plots)
     return 0
 
 

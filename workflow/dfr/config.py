@@ -61,6 +61,9 @@ def validate(cfg: dict, source: str = "config") -> dict:
             where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
             lines.append(f"  {where}: {e.message}")
         raise DFRError(f"{source}: invalid configuration\n" + "\n".join(lines))
+    if cfg["experiment"] in RESERVED_EXPERIMENTS:
+        raise DFRError(f"{source}: experiment: '{cfg['experiment']}' names a shared folder under results/ "
+                       f"({', '.join(sorted(RESERVED_EXPERIMENTS))}); choose another name")
     for name, ds in cfg["datasets"].items():
         if ds["kind"] == "synthetic":
             from .synthetic import CATEGORIES
@@ -147,45 +150,105 @@ def metrics_params(cfg: dict, dataset: str | None = None) -> dict:
 
 
 # ---- artifact paths: one definition for the Snakefile's patterns and for dfr.run ----
+#
+# What several experiments (or a study's variants) can share lives under a key made of exactly the settings
+# that shape it: the feature cache under the feature key, the split under its fraction and seed, PCA and
+# the model (with its history and error maps) under hashes of their own params and of their inputs' keys.
+# What depends on top-k or thresholds (scores, metrics, plots, bundle, tables) is the experiment's own.
 
-def paths(cfg: dict, dataset: str = "{dataset}", category: str = "{category}") -> dict[str, str]:
-    """Every per-category artifact path; with the default arguments, Snakemake wildcard patterns."""
-    r, e, k = cfg["results"].rstrip("/"), cfg["experiment"], feature_key(cfg)
-    exp = f"{r}/{e}/{dataset}/{category}"
-    features = f"{r}/features/{dataset}/{category}/{k}"
+RESERVED_EXPERIMENTS = {"features", "models", "prepared", "datasets", "studies"}
+
+
+def split_key(cfg: dict) -> str:
+    p = split_params(cfg)
+    return f"val{p['val_fraction']:g}-seed{p['seed']}"
+
+
+def pca_key(cfg: dict) -> str:
+    return "pca-" + feature_params_key({"features": feature_key(cfg), "split": split_key(cfg),
+                                        **pca_params(cfg)})
+
+
+def model_key(cfg: dict) -> str:
+    """The CAE's key: its params and the keys of everything it is trained from. Its maps share it."""
+    c = cae_params(cfg)
+    upstream = {"features": feature_key(cfg), "split": split_key(cfg),
+                "pca": pca_key(cfg) if c["latent_dim"] == "auto" else None}
+    return f"d{c['latent_dim']}-e{c['epochs']}-{feature_params_key({**upstream, **c})}"
+
+
+def keys(cfg: dict) -> dict[str, str]:
+    """The wildcard values of a config's shared artifacts (fkey, skey, pkey, mkey) and its experiment."""
+    return {"fkey": feature_key(cfg), "skey": split_key(cfg), "pkey": pca_key(cfg), "mkey": model_key(cfg),
+            "experiment": cfg["experiment"]}
+
+
+def patterns(results: str) -> dict[str, str]:
+    """Every per-category artifact as a Snakemake wildcard pattern."""
+    r = results.rstrip("/")
+    prep, feats = f"{r}/prepared/{{dataset}}/{{category}}", f"{r}/features/{{dataset}}/{{category}}/{{fkey}}"
+    models, exp = f"{r}/models/{{dataset}}/{{category}}", f"{r}/{{experiment}}/{{dataset}}/{{category}}"
     return {
-        "synthetic": f"{r}/datasets/{dataset}/{category}/synthetic.json",
-        "index": f"{r}/prepared/{dataset}/{category}/index.csv",
-        "features": features + "/{split}.h5",
-        "features_train": f"{features}/train.h5",
-        "features_test": f"{features}/test.h5",
-        "split": f"{exp}/split.json", "pca": f"{exp}/pca.json", "model": f"{exp}/model.pt",
-        "history": f"{exp}/history.csv", "maps": f"{exp}/maps.h5", "scores": f"{exp}/scores.csv",
-        "metrics": f"{exp}/metrics.json", "plots": f"{exp}/plots", "plots_done": f"{exp}/plots/.done",
+        "synthetic": f"{r}/datasets/{{dataset}}/{{category}}/synthetic.json",
+        "index": f"{prep}/index.csv", "split": f"{prep}/split-{{skey}}.json",
+        "features": feats + "/{split}.h5", "features_train": f"{feats}/train.h5",
+        "features_test": f"{feats}/test.h5",
+        "pca": f"{models}/{{pkey}}/pca.json", "model": f"{models}/{{mkey}}/model.pt",
+        "history": f"{models}/{{mkey}}/history.csv", "maps": f"{models}/{{mkey}}/maps.h5",
+        "scores": f"{exp}/scores.csv", "metrics": f"{exp}/metrics.json", "plots": f"{exp}/plots",
         "bundle": f"{exp}/bundle.pt",
     }
 
 
-def log_paths(cfg: dict, dataset: str = "{dataset}", category: str = "{category}", split: str = "{split}",
-              root: str = "{root}") -> dict[str, str]:
-    """Each rule's log; with the default arguments, Snakemake wildcard patterns. A job's benchmark record
-    (wall time, peak RSS) is its log's path under benchmarks/ (:func:`benchmark_path`)."""
-    e, k = cfg["experiment"], feature_key(cfg)
-    out = {"prepare_dataset": f"logs/datasets/{root}.log", "synthetic": f"logs/synthetic/{dataset}/{category}.log",
-           "index": f"logs/index/{dataset}/{category}.log",
-           "features": f"logs/features/{dataset}/{category}/{k}/{split}.log", "tables": f"logs/{e}/tables/{dataset}.log"}
-    for rule in ("split", "pca", "train", "maps", "scores", "metrics", "plots", "bundle"):
-        out[rule] = f"logs/{e}/{rule}/{dataset}/{category}.log"
-    return out
+def _fill(pattern: str, values: dict) -> str:
+    for k, v in values.items():
+        pattern = pattern.replace("{" + k + "}", v)
+    return pattern
+
+
+def paths(cfg: dict, dataset: str, category: str) -> dict[str, str]:
+    """Every artifact path of one category under this config."""
+    values = {**keys(cfg), "dataset": dataset, "category": category}
+    return {k: _fill(v, values) for k, v in patterns(cfg["results"]).items()}
+
+
+LOG_PATTERNS = {
+    "prepare_dataset": "logs/datasets/{root}.log", "synthetic": "logs/synthetic/{dataset}/{category}.log",
+    "index": "logs/index/{dataset}/{category}.log", "split": "logs/split/{dataset}/{category}/{skey}.log",
+    "features": "logs/features/{dataset}/{category}/{fkey}/{split}.log",
+    "pca": "logs/pca/{dataset}/{category}/{pkey}.log", "train": "logs/train/{dataset}/{category}/{mkey}.log",
+    "maps": "logs/maps/{dataset}/{category}/{mkey}.log", "tables": "logs/{experiment}/tables/{dataset}.log",
+    **{rule: f"logs/{{experiment}}/{rule}/{{dataset}}/{{category}}.log"
+       for rule in ("scores", "metrics", "plots", "bundle")},
+    "study": "logs/{experiment}/study.log",
+}
+
+
+def log_paths(cfg: dict, dataset: str, category: str = "", split: str = "") -> dict[str, str]:
+    """Each rule's log for one job of this config. A job's benchmark record (wall time, peak RSS) is its
+    log's path under benchmarks/ (:func:`benchmark_path`)."""
+    values = {**keys(cfg), "dataset": dataset, "category": category, "split": split}
+    return {k: _fill(v, values) for k, v in LOG_PATTERNS.items()}
 
 
 def benchmark_path(log: str) -> str:
     return "benchmarks/" + log.removeprefix("logs/").removesuffix(".log") + ".tsv"
 
 
-def table_paths(cfg: dict, dataset: str = "{dataset}") -> dict[str, str]:
-    t = f"{cfg['results'].rstrip('/')}/{cfg['experiment']}/tables"
-    return {"csv": f"{t}/{dataset}.csv", "md": f"{t}/{dataset}.md", "val": f"{t}/{dataset}_val_thresholds.csv"}
+def table_patterns(results: str) -> dict[str, str]:
+    t = f"{results.rstrip('/')}/{{experiment}}/tables"
+    return {"csv": f"{t}/{{dataset}}.csv", "md": f"{t}/{{dataset}}.md", "val": f"{t}/{{dataset}}_val_thresholds.csv"}
+
+
+def table_paths(cfg: dict, dataset: str) -> dict[str, str]:
+    return {k: _fill(v, {"experiment": cfg["experiment"], "dataset": dataset})
+            for k, v in table_patterns(cfg["results"]).items()}
+
+
+def reference(cfg: dict, dataset: str) -> str | None:
+    """The paper's table to show beside a dataset's: set in the config, else by the dataset's kind."""
+    ds = cfg["datasets"][dataset]
+    return ds.get("reference") or {"mvtec": "mvtec_ad", "visa": "visa"}.get(ds["kind"])
 
 
 def dataset_root(cfg: dict, dataset: str) -> str:

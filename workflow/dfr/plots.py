@@ -7,6 +7,7 @@ in metrics.json; only the heatmaps read maps and images (a few examples)."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import matplotlib
@@ -173,4 +174,78 @@ def category_figures(scores_csv, maps_h5, metrics_json, history_csv, outdir, par
         written.append(outdir / "pro_curve.png")
     written += heatmaps(scores, maps, metrics, outdir, int(params.get("n_examples", 3)), title)
     log.info("wrote %d figures to %s", len(written), outdir)
+    return written
+
+
+# ---- a study's figures: each metric against each swept setting (dfr.studies) ----
+
+STUDY_METRICS = ["image_auroc", "pixel_auroc", "au_pro", "f1_oracle", "f1_mean_std"]
+
+
+def _slice(summary: pd.DataFrame, settings: list[str], key: str, base: dict) -> pd.DataFrame:
+    """The variants that sweep `key` with every other setting at its reference: the base config's value
+    where some variant has it, else the most common value."""
+    s = summary
+    for other in settings:
+        if other == key:
+            continue
+        vals = list(summary[other])
+        ref = base.get(other) if base.get(other) in vals else max(vals, key=vals.count)
+        s = s[s[other] == ref]
+    return s.drop_duplicates(key)
+
+
+def _xlabels(values) -> list[str]:
+    return [str(v).lower() if isinstance(v, (bool, np.bool_)) else str(v) for v in values]
+
+
+def study_figures(rows: pd.DataFrame, summary: pd.DataFrame, settings: list[str], base: dict,
+                  outdir: str | Path, labels: dict[str, str]) -> list[Path]:
+    """summary.png (mean image AUROC, pixel AUROC and AU-PRO against every swept setting), and per setting
+    sweep_<setting>.png (each metric against it: the mean over categories and each category)."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    metrics = [m for m in STUDY_METRICS if summary[m].notna().any()]
+    slices = {k: _slice(summary, settings, k, base) for k in settings}
+    slices = {k: s for k, s in slices.items() if len(s) >= 2}
+    written = []
+    if not slices:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.barh(summary.variant, summary.image_auroc, color="tab:blue")
+        ax.set_xlabel("mean image AUROC")
+        ax.set_title("study: variants (no setting swept in two or more values)")
+        _save(fig, outdir / "summary.png")
+        return [outdir / "summary.png"]
+    fig, axes = plt.subplots(1, len(slices), figsize=(3.6 * len(slices), 3.4), squeeze=False, sharey=True)
+    for ax, (k, s) in zip(axes[0], slices.items()):
+        x = np.arange(len(s))
+        for m in ("image_auroc", "pixel_auroc", "au_pro"):
+            if m in metrics:
+                ax.plot(x, s[m], marker="o", label=labels[m])
+        if base.get(k) in list(s[k]):
+            ax.axvline(list(s[k]).index(base[k]), color="0.6", ls="--", lw=1, label="base config")
+        ax.set_xticks(x, _xlabels(s[k]))
+        ax.set_xlabel(k)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean over categories")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Study: each setting swept with the others at the base config")
+    _save(fig, outdir / "summary.png")
+    written.append(outdir / "summary.png")
+    for k, s in slices.items():
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.3), squeeze=False)
+        x = np.arange(len(s))
+        for ax, m in zip(axes[0], metrics):
+            for (d, c), g in rows[rows.variant.isin(s.variant)].groupby(["dataset", "category"], sort=False):
+                g = g.set_index("variant").loc[list(s.variant)]
+                ax.plot(x, g[m], lw=1, alpha=0.6, marker=".", label=f"{c}")
+            ax.plot(x, s[m], color="k", lw=2.2, marker="o", label="mean")
+            ax.set_xticks(x, _xlabels(s[k]), rotation=30 if len(s) > 4 else 0)
+            ax.set_title(labels[m], fontsize=10)
+            ax.set_xlabel(k)
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        name = "sweep_" + re.sub(r"[^A-Za-z0-9_.-]+", "-", k) + ".png"
+        _save(fig, outdir / name)
+        written.append(outdir / name)
     return written

@@ -233,6 +233,8 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         minutes = 2 + 6 * 2 * max(mp, 0.1) / 60 * 2
     elif rule == "bundle":
         pass  # the torch baseline and a checkpoint of a few MB
+    elif rule == "study":  # every variant's metrics.json and model.pt (a few MB each), and matplotlib
+        mem, minutes = BASE_MB["torch"] + 300, 10
     elif rule in ("split", "tables"):
         mem = BASE_MB["light"]
     else:

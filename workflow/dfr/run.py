@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from . import config as dfr_config
+from . import studies
 from .io import DFRError
 
 
@@ -77,12 +78,12 @@ def run(cfg: dict, force: bool = False) -> dict[str, float]:
                 {**dfr_config.metrics_params(cfg, dataset), "dataset": dataset, "category": category}))
             stage("bundle", p["bundle"], lambda: predict.write_bundle(p["model"], p["metrics"], p["bundle"],
                                                                       dfr_config.bundle_params(cfg)))
-            stage("plots", f"{p['plots']}/.done", lambda: (
-                plots.category_figures(p["scores"], p["maps"], p["metrics"], p["history"], p["plots"],
-                                       {"n_examples": 3}), Path(f"{p['plots']}/.done").touch()))
+            stage("plots", f"{p['plots']}/roc.png", lambda: plots.category_figures(
+                p["scores"], p["maps"], p["metrics"], p["history"], p["plots"], {"n_examples": 3}))
         t = dfr_config.table_paths(cfg, dataset)
         mfiles = [dfr_config.paths(cfg, dataset, c)["metrics"] for c in ds["categories"]]
-        stage("tables", t["csv"], lambda: tables.write(mfiles, dataset, t["csv"], t["md"], t["val"]))
+        ref = dfr_config.reference(cfg, dataset)
+        stage("tables", t["csv"], lambda: tables.write(mfiles, dataset, t["csv"], t["md"], t["val"], ref))
     return timings
 
 
@@ -99,14 +100,24 @@ def main(argv: list[str] | None = None) -> int:
         for s in a.set:
             _set(raw, s)
         cfg = dfr_config.validate(raw, a.configfile)
+        variants = studies.variants(cfg, a.configfile)
         t0 = time.perf_counter()
-        timings = run(cfg, a.force)
+        timings: dict[str, float] = {}
+        for vcfg in variants.values():  # a study's variants share what exists already
+            for k, v in run(vcfg, a.force).items():
+                timings[k] = timings.get(k, 0.0) + v
+        if cfg["study"]:
+            c = studies.comparison_paths(cfg["results"], cfg["experiment"])
+            studies.compare(studies.manifest(cfg, variants), c["csv"], c["md"], c["best"], c["plots"])
     except DFRError as e:
         print(f"dfr.run: error: {e}", file=sys.stderr)
         return 2
     total = time.perf_counter() - t0
     print(f"pipeline finished in {total:.1f} s; seconds per stage: "
           + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    if cfg["study"]:
+        print(Path(studies.comparison_paths(cfg["results"], cfg["experiment"])["md"]).read_text())
+        return 0
     for dataset in cfg["datasets"]:
         print(Path(dfr_config.table_paths(cfg, dataset)["md"]).read_text())
     return 0

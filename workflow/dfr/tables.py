@@ -14,6 +14,12 @@ COLUMNS = ["Category", "AUROC", "BestThr", "Precision", "Recall", "F1", "Specifi
 VAL_COLUMNS = ["Category", "Threshold", "T", "Precision", "Recall", "F1", "Specificity", "Bal. Acc.",
                "Error%"]
 THRESHOLD_NAMES = {"val_mean_std": "μ+ασ (val)", "val_percentile": "percentile (val)"}
+PAPER_TABLES = Path(__file__).with_name("paper_tables.csv")
+PAPER_NAMES = {"mvtec_ad": "MVTec AD (Table 1)", "visa": "VisA (Table 2)"}
+# our column -> the paper table's column (BestThr is left out: thresholds depend on the score scale)
+PAPER_COLUMNS = {"AUROC": "auroc", "Precision": "precision", "Recall": "recall", "F1": "f1",
+                 "Specificity": "specificity", "Bal. Acc.": "balanced_accuracy", "Error%": "error_pct"}
+PAPER_MD = ["AUROC", "F1", "Bal. Acc.", "Error%"]
 
 
 def _row(m: dict, key: str) -> dict:
@@ -47,8 +53,42 @@ def build(metrics_files: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return main_df, val_df
 
 
+def paper(benchmark: str) -> pd.DataFrame:
+    """The specification's table for a benchmark (mvtec_ad, visa), indexed by category."""
+    t = pd.read_csv(PAPER_TABLES, comment="#")
+    if benchmark not in set(t.benchmark):
+        raise ValueError(f"no paper table for {benchmark!r} (have: {sorted(set(t.benchmark))})")
+    return t[t.benchmark == benchmark].set_index("category")
+
+
+def with_paper(main_df: pd.DataFrame, benchmark: str) -> pd.DataFrame:
+    """The main table plus, per metric, the paper's figure and ours minus the paper's; the Mean row's paper
+    figures are the means over the categories of this run that the paper reports."""
+    ref = paper(benchmark)
+    out = main_df.copy()
+    cats = out.Category.iloc[:-1]
+    have = [c for c in cats if c in ref.index]
+    for col, pcol in PAPER_COLUMNS.items():
+        vals = [ref.at[c, pcol] if c in ref.index else np.nan for c in cats]
+        out[f"{col} (paper)"] = vals + [ref.loc[have, pcol].mean() if have else np.nan]
+        out[f"Δ{col}"] = out[col] - out[f"{col} (paper)"]
+    if have:  # our mean over the same categories as the paper's
+        for col in PAPER_COLUMNS:
+            out.loc[out.index[-1], f"Δ{col}"] = (out.loc[out.Category.isin(have), col].mean()
+                                                 - out.loc[out.index[-1], f"{col} (paper)"])
+    return out
+
+
+def paper_markdown(df: pd.DataFrame, dataset: str, benchmark: str) -> str:
+    cols = ["Category"] + [x for c in PAPER_MD for x in (c, f"{c} (paper)", f"Δ{c}")]
+    md = to_markdown(df[cols], f"{dataset} next to the paper's {PAPER_NAMES[benchmark]} (both at the oracle t*; "
+                        "Δ = ours − paper)")
+    return md
+
+
 def to_markdown(df: pd.DataFrame, title: str) -> str:
     def fmt(col: str, v) -> str:
+        col = col.removesuffix(" (paper)")
         if isinstance(v, str):
             return v
         if v is None or (isinstance(v, float) and np.isnan(v)):
@@ -57,6 +97,8 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
             return f"{v:.2f}%"
         if col in ("BestThr", "T"):
             return f"{v:.4g}"
+        if col.startswith("Δ"):
+            return f"{v:+.2f}" if col == "ΔError%" else f"{v:+.3f}"
         return f"{v:.3f}"
 
     lines = [f"### {title}", "", "| " + " | ".join(df.columns) + " |",
@@ -70,19 +112,24 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
 
 
 def write(metrics_files: list[str | Path], dataset: str, out_csv: str | Path, out_md: str | Path,
-          out_val_csv: str | Path) -> None:
+          out_val_csv: str | Path, reference: str | None = None) -> None:
+    """The tables of one dataset; with ``reference`` (mvtec_ad, visa) the paper's figures beside ours."""
     main_df, val_df = build(metrics_files)
+    if reference:
+        main_df = with_paper(main_df, reference)
     notes = [f"- {m['category']}: {w}" for m in sorted((read_json(f) for f in metrics_files),
                                                        key=lambda m: m["category"]) for w in m.get("warnings", [])]
     with atomic_path(out_csv, suffix=".csv") as tmp:
         main_df.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(out_val_csv, suffix=".csv") as tmp:
         val_df.to_csv(tmp, index=False, float_format="%.6g")
-    md = to_markdown(main_df, f"{dataset}: image-level performance at the F1-optimal threshold t* "
+    md = to_markdown(main_df[COLUMNS], f"{dataset}: image-level performance at the F1-optimal threshold t* "
                               "(oracle: t* is chosen with the test labels)")
     if not val_df.empty:
         md += "\n" + to_markdown(val_df, f"{dataset}: at thresholds from held-out normal validation images "
                                         "(no test labels used)")
+    if reference:
+        md += "\n" + paper_markdown(main_df, dataset, reference)
     if main_df[["Pixel AUROC", "AU-PRO"]].iloc[:-1].isna().any().any():
         md += "\nn/a: no ground-truth masks, or all of them empty; the mean is over the other categories.\n"
     if notes:

@@ -7,7 +7,7 @@ rule train:
         model=PATHS["model"],
         history=PATHS["history"],
     params:
-        cae=P(dfr_config.cae_params(config)),
+        cae=stage_params(dfr_config.cae_params),
         pca=lambda wc, input: f"--pca {input.pca}" if "pca" in input.keys() else "",
     threads: THREADS
     resources:

@@ -1,5 +1,6 @@
 # Shared set-up: config validation, paths, and the params of every stage (from the dfr package).
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -10,17 +11,39 @@ sys.path.insert(0, str(WORKFLOW_DIR))
 from dfr import config as dfr_config  # noqa: E402
 from dfr import data as dfr_data  # noqa: E402
 from dfr import resources as dfr_resources  # noqa: E402
+from dfr import studies as dfr_studies  # noqa: E402
 from dfr.io import DFRError  # noqa: E402
 
 try:
     config = dfr_config.validate(config, "config")
+    # experiment -> its config: this one, or one per variant of its study
+    CFGS = dfr_studies.variants(config)
 except DFRError as e:
     raise WorkflowError(str(e)) from None
 
 R = config["results"].rstrip("/")
 E = config["experiment"]
-FKEY = dfr_config.feature_key(config)
+STUDY = bool(config["study"])
 DATASETS = config["datasets"]
+
+# The configs behind each key of a shared artifact (feature cache, split, PCA, model): the variants of a
+# study that agree on what shapes an artifact have the same key, so it is made once and shared.
+BY_KEY = {k: {} for k in ("fkey", "skey", "pkey", "mkey")}
+for _c in CFGS.values():
+    for _k, _v in dfr_config.keys(_c).items():
+        if _k in BY_KEY:
+            BY_KEY[_k].setdefault(_v, _c)
+
+
+def cfg_of(wildcards):
+    """The config that a job's wildcards name: by experiment, else by the key of its shared artifact."""
+    if wildcards.get("experiment"):
+        return CFGS[wildcards.experiment]
+    for k in ("mkey", "pkey", "fkey", "skey"):
+        if wildcards.get(k):
+            return BY_KEY[k][wildcards.get(k)]
+    return config
+
 
 # Every rule runs `python -m dfr <stage>` from this checkout (also inside conda envs made by --sdm conda
 # and on SLURM nodes): the shell prefix puts the package on PYTHONPATH and, outside conda, this
@@ -35,11 +58,22 @@ _PREFIX = (
 )
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # the prefix is formatted like a command
 ENV = "../../envs/dfr.yaml"
+REPORT = "../report"
+
+
+def _one_of(names):
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "^$"
+
 
 wildcard_constraints:
     dataset="[A-Za-z0-9_.-]+",
     category="[A-Za-z0-9_.-]+",
     split="train|test",
+    experiment=_one_of(CFGS),
+    fkey=_one_of(BY_KEY["fkey"]),
+    skey=_one_of(BY_KEY["skey"]),
+    pkey=_one_of(BY_KEY["pkey"]),
+    mkey=_one_of(BY_KEY["mkey"]),
 
 
 def P(params):
@@ -47,11 +81,32 @@ def P(params):
     return json.dumps(params, sort_keys=True)
 
 
+def paths_of(wildcards):
+    """Every artifact path of the job's category under the job's config."""
+    return dfr_config.paths(cfg_of(wildcards), wildcards.dataset, wildcards.category)
+
+
+def inputs(*names):
+    """An input function: the named artifacts of the job's category under the job's config."""
+
+    def f(wildcards):
+        p = paths_of(wildcards)
+        return {n: p[n] for n in names}
+
+    return f
+
+
+def stage_params(fn):
+    """A params function: ``fn(config)`` of the job's config, as JSON."""
+    return lambda wildcards: P(fn(cfg_of(wildcards)))
+
+
 def cae_inputs(wildcards):
     """The CAE's inputs: cached training features, the split, and pca.json when d is chosen by PCA."""
-    out = {"features": PATHS["features_train"].format(**wildcards), "split": PATHS["split"].format(**wildcards)}
-    if config["cae"]["latent_dim"] == "auto":
-        out["pca"] = PATHS["pca"].format(**wildcards)
+    p, cfg = paths_of(wildcards), cfg_of(wildcards)
+    out = {"features": p["features_train"], "split": p["split"]}
+    if cfg["cae"]["latent_dim"] == "auto":
+        out["pca"] = p["pca"]
     return out
 
 
@@ -70,16 +125,23 @@ def category_ready(wildcards):
     return []
 
 
-PATHS = dfr_config.paths(config)  # wildcard patterns of every per-category artifact
-TABLES = dfr_config.table_paths(config)  # wildcard patterns of a dataset's tables
+PATHS = dfr_config.patterns(R)  # wildcard patterns of every per-category artifact
+TABLES = dfr_config.table_patterns(R)  # wildcard patterns of a dataset's tables
+COMPARISON = dfr_studies.comparison_paths(R, E)  # a study's comparison
 
 
 def all_targets():
     out = []
-    for d, ds in DATASETS.items():
-        t = dfr_config.table_paths(config, d)
-        out += [t["csv"], t["md"]]
-        out += [dfr_config.paths(config, d, c)[k] for c in ds["categories"] for k in ("plots_done", "bundle")]
+    for e, c in CFGS.items():
+        for d, ds in DATASETS.items():
+            t = dfr_config.table_paths(c, d)
+            out += [t["csv"], t["md"]]
+            for cat in ds["categories"]:
+                p = dfr_config.paths(c, d, cat)
+                # a study compares; the model bundles to deploy come from a run of the chosen variant
+                out += [p["plots"]] if STUDY else [p["plots"], p["bundle"]]
+    if STUDY:
+        out += list(COMPARISON.values())
     return out
 
 
@@ -98,7 +160,7 @@ THREADS = RES["threads"]
 
 def _estimate(rule, what):
     def f(wildcards, attempt):
-        return attempt * dfr_resources.estimate(config, rule, wildcards.get("dataset"), wildcards.get("category"),
+        return attempt * dfr_resources.estimate(cfg_of(wildcards), rule, wildcards.get("dataset"), wildcards.get("category"),
                                                 wildcards.get("split"))[what]
 
     return f
@@ -114,7 +176,7 @@ def runtime(rule):
     return _estimate(rule, "runtime")
 
 
-LOGS = dfr_config.log_paths(config)  # wildcard patterns of every rule's log
+LOGS = dfr_config.LOG_PATTERNS  # wildcard patterns of every rule's log
 
 
 def bench(rule):
@@ -133,3 +195,4 @@ localrules:
     split,
     scores,
     tables,
+    study,

@@ -29,7 +29,7 @@ rule split:
     output:
         PATHS["split"],
     params:
-        split=P(dfr_config.split_params(config)),
+        split=stage_params(dfr_config.split_params),
     resources:
         mem_mb=mem_mb("split"),
         runtime=runtime("split"),

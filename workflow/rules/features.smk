@@ -8,7 +8,7 @@ rule features:
     output:
         PATHS["features"],
     params:
-        features=P(dfr_config.feature_params(config)),
+        features=stage_params(dfr_config.feature_params),
     threads: THREADS
     resources:
         gpu=GPU,

@@ -2,12 +2,13 @@
 
 rule metrics:
     input:
-        scores=PATHS["scores"],
-        maps=PATHS["maps"],
+        unpack(inputs("scores", "maps")),
     output:
         PATHS["metrics"],
     params:
-        metrics=lambda wc: P({**dfr_config.metrics_params(config, wc.dataset), "dataset": wc.dataset, "category": wc.category}),
+        metrics=lambda wc: P(
+            {**dfr_config.metrics_params(cfg_of(wc), wc.dataset), "dataset": wc.dataset, "category": wc.category}
+        ),
     resources:
         mem_mb=mem_mb("metrics"),
         runtime=runtime("metrics"),
@@ -24,14 +25,17 @@ rule metrics:
 
 rule plots:
     input:
-        scores=PATHS["scores"],
-        maps=PATHS["maps"],
-        metrics=PATHS["metrics"],
-        history=PATHS["history"],
+        unpack(inputs("scores", "maps", "metrics", "history")),
     output:
-        touch(PATHS["plots_done"]),
+        report(
+            directory(PATHS["plots"]),
+            patterns=["{name}.png"],
+            caption=f"{REPORT}/category.rst",
+            category="{dataset}: {category}",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "figure": "{name}"},
+        ),
     params:
-        outdir=PATHS["plots"],
         plots=P({"n_examples": 3}),
     resources:
         mem_mb=mem_mb("plots"),
@@ -44,4 +48,4 @@ rule plots:
         ENV
     shell:
         "python -m dfr plots --scores {input.scores} --maps {input.maps} --metrics {input.metrics}"
-        " --history {input.history} --outdir {params.outdir} --params {params.plots:q} > {log} 2>&1"
+        " --history {input.history} --outdir {output} --params {params.plots:q} > {log} 2>&1"

@@ -2,12 +2,11 @@
 
 rule pca:
     input:
-        features=PATHS["features_train"],
-        split=PATHS["split"],
+        unpack(inputs("features_train", "split")),
     output:
         PATHS["pca"],
     params:
-        pca=P(dfr_config.pca_params(config)),
+        pca=stage_params(dfr_config.pca_params),
     threads: 2
     resources:
         mem_mb=mem_mb("pca"),
@@ -19,5 +18,5 @@ rule pca:
     conda:
         ENV
     shell:
-        "python -m dfr --threads {threads} pca --features {input.features} --split-json {input.split} --out {output}"
+        "python -m dfr --threads {threads} pca --features {input.features_train} --split-json {input.split} --out {output}"
         " --params {params.pca:q} > {log} 2>&1"

@@ -2,10 +2,7 @@
 
 rule maps:
     input:
-        model=PATHS["model"],
-        train=PATHS["features_train"],
-        test=PATHS["features_test"],
-        split=PATHS["split"],
+        unpack(inputs("model", "features_train", "features_test", "split")),
     output:
         PATHS["maps"],
     threads: THREADS
@@ -20,17 +17,17 @@ rule maps:
     conda:
         ENV
     shell:
-        "python -m dfr --threads {threads} maps --model {input.model} --train-features {input.train}"
-        " --test-features {input.test} --split-json {input.split} --out {output} > {log} 2>&1"
+        "python -m dfr --threads {threads} maps --model {input.model} --train-features {input.features_train}"
+        " --test-features {input.features_test} --split-json {input.split} --out {output} > {log} 2>&1"
 
 
 rule scores:
     input:
-        PATHS["maps"],
+        unpack(inputs("maps")),
     output:
         PATHS["scores"],
     params:
-        top_k=config["scoring"]["top_k"],
+        top_k=lambda wc: cfg_of(wc)["scoring"]["top_k"],
     resources:
         mem_mb=mem_mb("scores"),
         runtime=runtime("scores"),
@@ -41,17 +38,16 @@ rule scores:
     conda:
         ENV
     shell:
-        "python -m dfr scores --maps {input} --out {output} --top-k {params.top_k} > {log} 2>&1"
+        "python -m dfr scores --maps {input.maps} --out {output} --top-k {params.top_k} > {log} 2>&1"
 
 
 rule bundle:
     input:
-        model=PATHS["model"],
-        metrics=PATHS["metrics"],
+        unpack(inputs("model", "metrics")),
     output:
         PATHS["bundle"],
     params:
-        bundle=P(dfr_config.bundle_params(config)),
+        bundle=stage_params(dfr_config.bundle_params),
     resources:
         mem_mb=mem_mb("bundle"),
         runtime=runtime("bundle"),

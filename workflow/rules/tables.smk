@@ -2,11 +2,25 @@
 
 rule tables:
     input:
-        lambda wc: [dfr_config.paths(config, wc.dataset, c)["metrics"] for c in DATASETS[wc.dataset]["categories"]],
+        lambda wc: [dfr_config.paths(cfg_of(wc), wc.dataset, c)["metrics"] for c in DATASETS[wc.dataset]["categories"]],
     output:
-        csv=TABLES["csv"],
+        csv=report(
+            TABLES["csv"],
+            caption=f"{REPORT}/table.rst",
+            category="Tables",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "dataset": "{dataset}", "table": "image and pixel metrics"},
+        ),
         md=TABLES["md"],
-        val=TABLES["val"],
+        val=report(
+            TABLES["val"],
+            caption=f"{REPORT}/table_val.rst",
+            category="Tables",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "dataset": "{dataset}", "table": "at validation thresholds"},
+        ),
+    params:
+        reference=lambda wc: dfr_config.reference(config, wc.dataset) or "",
     resources:
         mem_mb=mem_mb("tables"),
         runtime=runtime("tables"),
@@ -18,4 +32,4 @@ rule tables:
         ENV
     shell:
         "python -m dfr tables --metrics {input} --dataset {wildcards.dataset} --csv {output.csv} --md {output.md}"
-        " --val-csv {output.val} > {log} 2>&1"
+        " --val-csv {output.val} --reference '{params.reference}' > {log} 2>&1"

@@ -1,0 +1,106 @@
+"""A study through Snakemake for real: shared artifacts, incremental plans when a grid grows, the HTML report
+opened in a real headless browser."""
+
+import json
+import shutil
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from test_workflow import TINY, planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+STUDY = {**TINY, "experiment": "tst",
+         "study": {"grid": [{"scoring.top_k": [5, 3]}, {"cae.latent_dim": ["auto", 4]}]}}
+
+
+def grow(sweep: int, key: str, values: list) -> dict:
+    """The study with one more sweep, or more values in one."""
+    grids = [dict(g) for g in STUDY["study"]["grid"]]
+    if sweep < len(grids):
+        grids[sweep][key] = values
+    else:
+        grids.append({key: values})
+    return {**STUDY, "study": {"grid": grids}}
+
+
+def test_a_fresh_study_plans_each_shared_artifact_once(tmp_path):
+    r = snakemake(tmp_path, STUDY, "-n", "--quiet", "rules")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = planned_jobs(r.stdout + r.stderr)
+    # 3 variants (base, top_k-3, latent_dim-4) x 2 categories; one feature setting, two models
+    assert jobs["features"] == 4 and jobs["split"] == 2 and jobs["pca"] == 2
+    assert jobs["train"] == 4 and jobs["maps"] == 4  # base and top_k-3 share their models and maps
+    assert jobs["scores"] == 6 and jobs["metrics"] == 6 and jobs["plots"] == 6 and jobs["tables"] == 3
+    assert jobs["study"] == 1 and "bundle" not in jobs
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("study")
+    t0 = time.perf_counter()
+    r = snakemake(wd, STUDY)
+    assert r.returncode == 0, r.stderr[-4000:]
+    print(f"tiny study: {time.perf_counter() - t0:.0f} s")
+    return wd
+
+
+def test_study_outputs(study_run):
+    c = study_run / "results" / "tst" / "comparison"
+    rows = pd.read_csv(c / "study.csv")
+    assert sorted(set(rows.variant)) == ["base", "latent_dim-4", "top_k-3"]
+    assert len(rows) == 6 and rows.image_auroc.between(0, 1).all() and rows.au_pro.between(0, 1).all()
+    assert (rows[rows.variant == "latent_dim-4"].latent_d == 4).all()
+    assert (rows.train_s > 0).all() and (rows.cae_params > 0).all()
+    # top_k-3 reads the base's model and maps: the same d, a different score
+    base, k3 = (rows[rows.variant == v].set_index("category") for v in ("base", "top_k-3"))
+    assert (base.latent_d == k3.latent_d).all() and (base.train_s == k3.train_s).all()
+    best = json.loads((c / "best.json").read_text())
+    assert best["variant"] in set(rows.variant) and "test labels" in best["chosen_on"]
+    assert {p.name for p in (c / "plots").glob("*.png")} == {"summary.png", "sweep_scoring.top_k.png",
+                                                             "sweep_cae.latent_dim.png"}
+    for v in ("base", "latent_dim-4", "top_k-3"):
+        assert (study_run / "results" / "tst" / v / "tables" / "synth.md").is_file()
+
+
+def test_growing_a_grid_plans_only_the_new_variants_jobs(study_run):
+    wd = study_run
+    assert planned_jobs(snakemake(wd, STUDY, "-n").stdout) == {}
+    per_variant = {"scores": 2, "metrics": 2, "plots": 2, "tables": 1, "study": 1, "all": 1}
+
+    jobs = planned_jobs(snakemake(wd, grow(0, "scoring.top_k", [5, 3, 7]), "-n").stdout)
+    assert jobs == per_variant  # a top-k: no training, no maps, no features
+
+    jobs = planned_jobs(snakemake(wd, grow(1, "cae.latent_dim", ["auto", 4, 8]), "-n").stdout)
+    assert jobs == {**per_variant, "train": 2, "maps": 2}  # a latent size: its models, nothing upstream
+
+    jobs = planned_jobs(snakemake(wd, grow(2, "features.pool", [3, 5]), "-n").stdout)
+    assert jobs == {**per_variant, "features": 4, "pca": 2, "train": 2, "maps": 2}  # a feature setting
+
+    jobs = planned_jobs(snakemake(wd, grow(2, "thresholds.alpha", [3.0, 2.0]), "-n").stdout)
+    assert jobs == per_variant  # a threshold: new scores and metrics only
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(not BROWSER, reason="no chromium (CI installs Debian's)")
+def test_html_report_renders_every_category_and_figure(study_run, tmp_path):
+    wd = study_run
+    r = snakemake(wd, STUDY, "--report", "report.html")
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = wd / "report.html"
+    assert html.stat().st_size > 100_000
+    dom = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", html.as_uri()],
+                         capture_output=True, text=True, timeout=180).stdout
+    assert "</html>" in dom and len(dom) > 10_000, dom[-2000:]
+    for text in ("synth: disc", "synth: grain", "Study", "Tables"):
+        assert text in dom, f"{text!r} is not on the rendered page"
+    figures = ["loss", "score_histogram", "roc", "confusion_matrix", "pro_curve", "heatmaps_most", "heatmaps_least",
+               "summary", "sweep_scoring.top_k", "sweep_cae.latent_dim"]
+    for f in figures:
+        assert f in dom, f"figure {f!r} is not on the rendered page"

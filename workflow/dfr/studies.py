@@ -1,0 +1,316 @@
+"""Studies: variants of one base config, run as one DAG, compared side by side (§8.2 of the specification).
+
+A config's ``study`` lists variants as grids of dotted keys with value lists (each grid is a full product;
+a list of grids is their union, e.g. one-at-a-time sweeps around the base config) and/or as named variants.
+Each variant is the base config with its overrides, validated like any config; its name lists the settings
+where it differs from the base (``base`` when it differs nowhere). A variant's results go to
+``<results>/<experiment>/<variant>/``; everything its settings do not change is shared through the keyed
+paths of :mod:`dfr.config` (feature cache, split, PCA, model and maps), so nothing is computed twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .io import DFRError, atomic_path, read_json, write_json, write_text
+
+# Keys a variant may not change: what names and places the run, the data, and how fast it runs.
+FIXED = {"experiment", "results", "datasets", "resources", "device", "study"}
+RUNTIME_ONLY = {"features.batch_size", "features.num_workers", "features.channels_last", "features.amp",
+                "cae.in_memory"}
+COMPARISON = "comparison"  # the study's own folder beside its variants
+
+# The comparison's metrics: column -> (label, how to read it from metrics.json)
+METRICS = {
+    "image_auroc": ("image AUROC", lambda m: m["image_auroc"]),
+    "pixel_auroc": ("pixel AUROC", lambda m: (m.get("pixel") or {}).get("auroc", np.nan)),
+    "au_pro": ("AU-PRO", lambda m: (m.get("pixel") or {}).get("au_pro", np.nan)),
+    "f1_oracle": ("F1 at t* (oracle)", lambda m: m["thresholds"]["f1_optimal"]["f1"]),
+    "f1_mean_std": ("F1 at μ+ασ (val)", lambda m: m["thresholds"].get("val_mean_std", {}).get("f1", np.nan)),
+    "f1_percentile": ("F1 at percentile (val)",
+                      lambda m: m["thresholds"].get("val_percentile", {}).get("f1", np.nan)),
+}
+
+
+def get(cfg: dict, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+def _set(cfg: dict, key: str, value: Any, where: str) -> None:
+    node = cfg
+    *parents, leaf = key.split(".")
+    for i, p in enumerate(parents):
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise DFRError(f"{where}: {key}: {'.'.join(parents[:i + 1])} is not a section of the config")
+    node[leaf] = copy.deepcopy(value)
+
+
+def _flatten(overrides: dict, prefix: str = "") -> dict:
+    """{'cae': {'latent_dim': 8}} and {'cae.latent_dim': 8} alike -> {'cae.latent_dim': 8}."""
+    out = {}
+    for k, v in overrides.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and key.split(".")[0] != "datasets":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check_key(key: str, where: str) -> None:
+    top = key.split(".")[0]
+    if top in FIXED:
+        raise DFRError(f"{where}: {key}: a study cannot vary '{top}' (the variants share it)")
+    if key in RUNTIME_ONLY:
+        raise DFRError(f"{where}: {key} changes only how fast artifacts are made, not what they are; "
+                       "vary it across runs, not as a study variant")
+
+
+def slug(value: Any) -> str:
+    """A value as a path-safe name part: layer2[-1] -> layer2-1, [a, b] -> a+b, True -> true."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return "+".join(slug(v) for v in value) or "none"
+    if isinstance(value, float):
+        value = f"{value:g}"
+    s = re.sub(r"[\[\]]", "", str(value))
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", s).strip("-") or "x"
+
+
+def _labels(keys: list[str]) -> dict[str, str]:
+    """Each dotted key's shortest suffix that no other key ends with: cae.latent_dim -> latent_dim; but
+    cae.normalize and data.normalize stay whole."""
+    out = {}
+    for k in keys:
+        parts = k.split(".")
+        for n in range(1, len(parts) + 1):
+            label = ".".join(parts[-n:])
+            if not any(o != k and (o == label or o.endswith("." + label)) for o in keys):
+                break
+        out[k] = label
+    return out
+
+
+def _grids(study: dict) -> list[dict]:
+    g = study.get("grid") or []
+    return [g] if isinstance(g, dict) else list(g)
+
+
+def variants(cfg: dict, source: str = "config") -> dict[str, dict]:
+    """Experiment name -> validated config: the config itself without a study, else one per variant
+    (experiment ``<experiment>/<variant>``)."""
+    from . import config as dfr_config
+
+    study = cfg.get("study")
+    if not study:
+        return {cfg["experiment"]: cfg}
+    base = {k: v for k, v in cfg.items() if k != "study"}
+    where = f"{source}: study"
+    points: list[tuple[str | None, dict]] = []
+    for i, grid in enumerate(_grids(study)):
+        flat = _flatten(grid)
+        for k, vals in flat.items():
+            _check_key(k, f"{where}.grid")
+            if not isinstance(vals, list) or not vals:
+                raise DFRError(f"{where}.grid: {k}: give a list of values (got {vals!r})")
+        for combo in itertools.product(*flat.values()):
+            points.append((None, dict(zip(flat, combo))))
+    for name, over in (study.get("variants") or {}).items():
+        flat = _flatten(over or {})
+        for k in flat:
+            _check_key(k, f"{where}.variants.{name}")
+        points.append((name, flat))
+    if not points:
+        raise DFRError(f"{where}: lists no variants (give study.grid or study.variants)")
+
+    built: list[tuple[str | None, dict, str]] = []
+    for name, over in points:
+        raw = copy.deepcopy(base)
+        label = f"variants.{name}" if name else "grid " + ", ".join(f"{k}={v!r}" for k, v in over.items())
+        for k, v in over.items():
+            _set(raw, k, v, f"{where} ({label})")
+        vcfg = dfr_config.validate(raw, f"{where} ({label})")
+        built.append((name, vcfg, label))
+    # the settings that differ anywhere in the study name the variants
+    swept = [k for k in dict.fromkeys(k for _, over in points for k in over)
+             if len({json.dumps(_get_or_none(v, k), sort_keys=True) for _, v, _ in built}) > 1]
+    labels = _labels(swept)
+    out: dict[str, dict] = {}
+    for name, vcfg, label in built:
+        if name is None:
+            parts = [f"{labels[k]}-{slug(get(vcfg, k))}" for k in swept if get(vcfg, k) != _get_or_none(base, k)]
+            name = "__".join(parts) or "base"
+        if name == COMPARISON:
+            raise DFRError(f"{where}: '{COMPARISON}' is reserved for the study's comparison; rename the variant")
+        exp = f"{cfg['experiment']}/{name}"
+        vcfg["experiment"] = exp
+        vcfg["study_variant"] = {"study": cfg["experiment"], "name": name,
+                                 "settings": {k: get(vcfg, k) for k in swept}}
+        if exp in out and out[exp] != vcfg:
+            raise DFRError(f"{where}: two variants are named '{name}' but differ ({label}); rename one")
+        out[exp] = vcfg
+    return out
+
+
+def _get_or_none(cfg: dict, key: str) -> Any:
+    try:
+        return get(cfg, key)
+    except KeyError:
+        return None
+
+
+def swept_settings(vcfgs: dict[str, dict]) -> list[str]:
+    first = next(iter(vcfgs.values()))
+    return list(first.get("study_variant", {}).get("settings", {}))
+
+
+def manifest(cfg: dict, vcfgs: dict[str, dict]) -> dict:
+    """What the comparison needs to know of each variant (small: names, settings, keys)."""
+    from . import config as dfr_config
+
+    return {"study": cfg["experiment"], "results": cfg["results"], "base": {k: _get_or_none(cfg, k)
+                                                                            for k in swept_settings(vcfgs)},
+            "variants": {v["study_variant"]["name"]: {"experiment": e, "settings": v["study_variant"]["settings"],
+                                                       "mkey": dfr_config.model_key(v)}
+                         for e, v in vcfgs.items()},
+            "datasets": {d: ds["categories"] for d, ds in cfg["datasets"].items()}}
+
+
+def comparison_paths(results: str, study: str) -> dict[str, str]:
+    c = f"{results.rstrip('/')}/{study}/{COMPARISON}"
+    return {"csv": f"{c}/study.csv", "md": f"{c}/study.md", "best": f"{c}/best.json", "plots": f"{c}/plots"}
+
+
+# ---- the comparison: a table of every variant x category, plots against each setting, the cost ----
+
+def _bench_seconds(path: Path) -> float:
+    if not path.is_file():
+        return np.nan
+    b = pd.read_csv(path, sep="\t")
+    return float(b["s"].iloc[-1]) if len(b) else np.nan
+
+
+def _model_size(path: Path) -> tuple[float, float]:
+    """(latent d, trainable parameters) of a model.pt."""
+    if not path.is_file():
+        return np.nan, np.nan
+    from . import cae
+
+    model = cae.load(path)
+    return float(model.latent_dim), float(sum(p.numel() for p in model.parameters()))
+
+
+def collect(man: dict, workdir: str | Path = ".") -> pd.DataFrame:
+    """One row per variant x dataset x category: the settings, the metrics and the cost."""
+    from . import config as dfr_config
+
+    wd = Path(workdir)
+    pat, rows = dfr_config.patterns(man["results"]), []
+    for name, v in man["variants"].items():
+        for d, cats in man["datasets"].items():
+            for c in cats:
+                values = {"experiment": v["experiment"], "mkey": v["mkey"], "dataset": d, "category": c}
+                m = read_json(wd / dfr_config._fill(pat["metrics"], values))
+                latent, n_params = _model_size(wd / dfr_config._fill(pat["model"], values))
+                logs = {r: dfr_config._fill(dfr_config.LOG_PATTERNS[r], values) for r in ("train", "maps")}
+                rows.append({"variant": name, **{k: _show(x) for k, x in v["settings"].items()},
+                             "dataset": d, "category": c,
+                             **{col: float(f(m)) for col, (_, f) in METRICS.items()},
+                             "latent_d": latent, "cae_params": n_params,
+                             "train_s": _bench_seconds(wd / dfr_config.benchmark_path(logs["train"])),
+                             "maps_s": _bench_seconds(wd / dfr_config.benchmark_path(logs["maps"]))})
+    return pd.DataFrame(rows)
+
+
+def _show(v: Any) -> Any:
+    return slug(v) if isinstance(v, (list, tuple, dict)) else v
+
+
+def summarise(rows: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
+    """One row per variant: the means over every category (all datasets) of each metric, and the cost."""
+    agg = {col: "mean" for col in METRICS} | {"latent_d": "mean", "cae_params": "mean", "train_s": "sum",
+                                              "maps_s": "sum"}
+    out = rows.groupby("variant", sort=False).agg(agg).reset_index()
+    first = rows.drop_duplicates("variant").set_index("variant")
+    for k in reversed(settings):
+        out.insert(1, k, out.variant.map(first[k]))
+    return out
+
+
+def best_variant(summary: pd.DataFrame) -> dict:
+    i = summary.image_auroc.idxmax()
+    return {"variant": summary.variant[i], "image_auroc": float(summary.image_auroc[i]),
+            "chosen_on": "test labels (mean image AUROC over categories): an optimistic pick, not a held-out "
+                         "estimate; confirm it on other data before adopting it"}
+
+
+def _fmt(v: Any, col: str) -> str:
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "n/a"
+    if col in ("train_s", "maps_s"):
+        return f"{v:.1f}"
+    if col in ("latent_d", "cae_params"):
+        return f"{v:,.0f}"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v)).lower()
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    return f"{v:.3f}"
+
+
+def _md_table(df: pd.DataFrame, bold: set[int] = frozenset()) -> list[str]:
+    lines = ["| " + " | ".join(df.columns) + " |",
+             "|" + "|".join("---" if df[c].dtype == object else "---:" for c in df.columns) + "|"]
+    for i, r in df.reset_index(drop=True).iterrows():
+        cells = [_fmt(r[c], c) for c in df.columns]
+        lines.append("| " + " | ".join(f"**{x}**" if i in bold else x for x in cells) + " |")
+    return lines
+
+
+def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | Path, plots_dir: str | Path,
+            workdir: str | Path = ".") -> pd.DataFrame:
+    settings = list(next(iter(man["variants"].values()))["settings"])
+    rows = collect(man, workdir)
+    summary = summarise(rows, settings)
+    best = best_variant(summary)
+    with atomic_path(out_csv, suffix=".csv") as tmp:
+        rows.to_csv(tmp, index=False, float_format="%.6g")
+    labels = {col: lab for col, (lab, _) in METRICS.items()}
+    md = [f"### Study {man['study']}: {len(summary)} variants, means over {len(rows) // len(summary)} categories",
+          "", f"Swept settings: {', '.join(settings) or '(none)'}; base config: "
+          + ", ".join(f"{k}={_fmt(_show(v), k)}" for k, v in man["base"].items()), ""]
+    md += _md_table(summary.rename(columns={**labels, "latent_d": "mean d", "cae_params": "CAE params",
+                                            "train_s": "train s (sum)", "maps_s": "maps s (sum)"}),
+                    bold={int(summary.index[summary.variant == best["variant"]][0])})
+    md += ["", f"Best by mean image AUROC: **{best['variant']}** ({best['image_auroc']:.3f}), chosen on the "
+               "test labels: an optimistic pick, not a held-out estimate.",
+           "Cost: wall seconds of the train and maps jobs from their benchmark records, summed over categories "
+           "(a model shared by several variants is counted for each).", "",
+           "### Per category", ""]
+    md += _md_table(rows.drop(columns=["latent_d", "cae_params", "train_s", "maps_s"]).rename(columns=labels))
+    write_text(out_md, "\n".join(md) + "\n")
+    write_json(out_best, best)
+    from . import plots
+
+    plots.study_figures(rows, summary, settings, man["base"], plots_dir, labels)
+    return rows
+

@@ -1,0 +1,33 @@
+# A study's comparison: every variant x category side by side, the best variant, and plots of each metric
+# against each swept setting. Only with a `study` in the config.
+
+
+rule study:
+    input:
+        metrics=[dfr_config.paths(c, d, cat)["metrics"] for c in CFGS.values() for d, ds in DATASETS.items() for cat in ds["categories"]],
+        models=[dfr_config.paths(c, d, cat)["model"] for c in CFGS.values() for d, ds in DATASETS.items() for cat in ds["categories"]],
+    output:
+        csv=report(COMPARISON["csv"], caption=f"{REPORT}/study_table.rst", category="Study", labels={"figure": "table"}),
+        md=COMPARISON["md"],
+        best=COMPARISON["best"],
+        plots=report(
+            directory(COMPARISON["plots"]),
+            patterns=["{name}.png"],
+            caption=f"{REPORT}/study_plots.rst",
+            category="Study",
+            labels={"figure": "{name}"},
+        ),
+    params:
+        manifest=P(dfr_studies.manifest(config, CFGS)) if STUDY else "{}",
+    resources:
+        mem_mb=mem_mb("study"),
+        runtime=runtime("study"),
+    benchmark:
+        dfr_config.benchmark_path(f"logs/{E}/study.log")
+    log:
+        f"logs/{E}/study.log",
+    conda:
+        ENV
+    shell:
+        "python -m dfr study --manifest {params.manifest:q} --csv {output.csv} --md {output.md} --best {output.best}"
+        " --plots {output.plots} > {log} 2>&1"
