@@ -1,25 +1,26 @@
 # The 1x1 convolutional autoencoder, trained on cached normal features only (never runs the backbone).
 
+
 rule train:
     input:
         unpack(cae_inputs),
     output:
         model=PATHS["model"],
         history=PATHS["history"],
-    params:
-        cae=stage_params(dfr_config.cae_params),
-        pca=lambda wc, input: f"--pca {input.pca}" if "pca" in input.keys() else "",
+    log:
+        LOGS["train"],
+    benchmark:
+        bench("train")
+    conda:
+        ENV
     threads: THREADS
     resources:
         gpu=GPU,
         mem_mb=mem_mb("train"),
         runtime=runtime("train"),
-    benchmark:
-        bench("train")
-    log:
-        LOGS["train"],
-    conda:
-        ENV
+    params:
+        cae=stage_params(dfr_config.cae_params),
+        pca=lambda wc, input: f"--pca {input.pca}" if "pca" in input.keys() else "",
     shell:
         "python -m dfr --threads {threads} train --features {input.features} --split-json {input.split} {params.pca}"
         " --model {output.model} --history {output.history} --params {params.cae:q} > {log} 2>&1"

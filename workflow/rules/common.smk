@@ -160,8 +160,12 @@ THREADS = RES["threads"]
 
 def _estimate(rule, what):
     def f(wildcards, attempt):
-        return attempt * dfr_resources.estimate(cfg_of(wildcards), rule, wildcards.get("dataset"), wildcards.get("category"),
-                                                wildcards.get("split"))[what]
+        return (
+            attempt
+            * dfr_resources.estimate(
+                cfg_of(wildcards), rule, wildcards.get("dataset"), wildcards.get("category"), wildcards.get("split")
+            )[what]
+        )
 
     return f
 

@@ -1,24 +1,25 @@
 # Index and validate a category in MVTec layout; hold out normal training images for validation.
 
+
 rule index:
     input:
         category_ready,
     output:
         PATHS["index"],
+    log:
+        LOGS["index"],
+    benchmark:
+        bench("index")
+    conda:
+        ENV
+    resources:
+        mem_mb=mem_mb("index"),
+        runtime=runtime("index"),
     params:
         root=lambda wc: dataset_root(wc.dataset),
         # the category's files (names, sizes, modification times): an image or mask added, removed, replaced
         # or edited on disk re-indexes the category and reruns what depends on it, and nothing else
         files=lambda wc: dfr_data.fingerprint(dataset_root(wc.dataset), wc.category),
-    resources:
-        mem_mb=mem_mb("index"),
-        runtime=runtime("index"),
-    benchmark:
-        bench("index")
-    log:
-        LOGS["index"],
-    conda:
-        ENV
     shell:
         "python -m dfr index --root {params.root} --category {wildcards.category} --out {output} > {log} 2>&1"
 
@@ -28,16 +29,16 @@ rule split:
         PATHS["index"],
     output:
         PATHS["split"],
-    params:
-        split=stage_params(dfr_config.split_params),
+    log:
+        LOGS["split"],
+    benchmark:
+        bench("split")
+    conda:
+        ENV
     resources:
         mem_mb=mem_mb("split"),
         runtime=runtime("split"),
-    benchmark:
-        bench("split")
-    log:
-        LOGS["split"],
-    conda:
-        ENV
+    params:
+        split=stage_params(dfr_config.split_params),
     shell:
         "python -m dfr split --index {input} --out {output} --params {params.split:q} > {log} 2>&1"

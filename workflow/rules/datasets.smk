@@ -9,18 +9,18 @@ _DOWNLOADED = {dataset_root(d): d for d, ds in DATASETS.items() if ds["kind"] in
 rule prepare_dataset:
     output:
         "{root}/.dfr-ready",
+    log:
+        LOGS["prepare_dataset"],
+    benchmark:
+        bench("prepare_dataset")
     wildcard_constraints:
         root="|".join(re.escape(r) for r in _DOWNLOADED) or "^$",
-    params:
-        spec=lambda wc: P(DATASETS[_DOWNLOADED[wc.root]]),
+    conda:
+        ENV
     resources:
         mem_mb=mem_mb("prepare_dataset"),
         runtime=runtime("prepare_dataset"),
-    benchmark:
-        bench("prepare_dataset")
-    log:
-        LOGS["prepare_dataset"],
-    conda:
-        ENV
+    params:
+        spec=lambda wc: P(DATASETS[_DOWNLOADED[wc.root]]),
     shell:
         "python -m dfr prepare-dataset --root {wildcards.root} --spec {params.spec:q} > {log} 2>&1"

@@ -1,23 +1,24 @@
 # Per-category metrics (image and pixel level) and figures.
 
+
 rule metrics:
     input:
         unpack(inputs("scores", "maps")),
     output:
         PATHS["metrics"],
+    log:
+        LOGS["metrics"],
+    benchmark:
+        bench("metrics")
+    conda:
+        ENV
+    resources:
+        mem_mb=mem_mb("metrics"),
+        runtime=runtime("metrics"),
     params:
         metrics=lambda wc: P(
             {**dfr_config.metrics_params(cfg_of(wc), wc.dataset), "dataset": wc.dataset, "category": wc.category}
         ),
-    resources:
-        mem_mb=mem_mb("metrics"),
-        runtime=runtime("metrics"),
-    benchmark:
-        bench("metrics")
-    log:
-        LOGS["metrics"],
-    conda:
-        ENV
     shell:
         "python -m dfr metrics --scores {input.scores} --maps {input.maps} --out {output}"
         " --params {params.metrics:q} > {log} 2>&1"
@@ -31,21 +32,21 @@ rule plots:
             directory(PATHS["plots"]),
             patterns=["{name}.png"],
             caption=f"{REPORT}/category.rst",
-            category="{dataset}: {category}",
+            category="{dataset}/{category}",
             subcategory="{experiment}",
             labels={"experiment": "{experiment}", "figure": "{name}"},
         ),
-    params:
-        plots=P({"n_examples": 3}),
+    log:
+        LOGS["plots"],
+    benchmark:
+        bench("plots")
+    conda:
+        ENV
     resources:
         mem_mb=mem_mb("plots"),
         runtime=runtime("plots"),
-    benchmark:
-        bench("plots")
-    log:
-        LOGS["plots"],
-    conda:
-        ENV
+    params:
+        plots=P({"n_examples": 3}),
     shell:
         "python -m dfr plots --scores {input.scores} --maps {input.maps} --metrics {input.metrics}"
         " --history {input.history} --outdir {output} --params {params.plots:q} > {log} 2>&1"

@@ -1,22 +1,23 @@
 # Optional latent dimension selection by PCA (cae.latent_dim: auto).
 
+
 rule pca:
     input:
         unpack(inputs("features_train", "split")),
     output:
         PATHS["pca"],
-    params:
-        pca=stage_params(dfr_config.pca_params),
+    log:
+        LOGS["pca"],
+    benchmark:
+        bench("pca")
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=mem_mb("pca"),
         runtime=runtime("pca"),
-    benchmark:
-        bench("pca")
-    log:
-        LOGS["pca"],
-    conda:
-        ENV
+    params:
+        pca=stage_params(dfr_config.pca_params),
     shell:
         "python -m dfr --threads {threads} pca --features {input.features_train} --split-json {input.split} --out {output}"
         " --params {params.pca:q} > {log} 2>&1"

@@ -1,21 +1,22 @@
 # Scoring: error maps A(x) for validation and test images, then top-k image scores s(x).
 
+
 rule maps:
     input:
         unpack(inputs("model", "features_train", "features_test", "split")),
     output:
         PATHS["maps"],
+    log:
+        LOGS["maps"],
+    benchmark:
+        bench("maps")
+    conda:
+        ENV
     threads: THREADS
     resources:
         gpu=GPU,
         mem_mb=mem_mb("maps"),
         runtime=runtime("maps"),
-    benchmark:
-        bench("maps")
-    log:
-        LOGS["maps"],
-    conda:
-        ENV
     shell:
         "python -m dfr --threads {threads} maps --model {input.model} --train-features {input.features_train}"
         " --test-features {input.features_test} --split-json {input.split} --out {output} > {log} 2>&1"
@@ -26,17 +27,17 @@ rule scores:
         unpack(inputs("maps")),
     output:
         PATHS["scores"],
-    params:
-        top_k=lambda wc: cfg_of(wc)["scoring"]["top_k"],
+    log:
+        LOGS["scores"],
+    benchmark:
+        bench("scores")
+    conda:
+        ENV
     resources:
         mem_mb=mem_mb("scores"),
         runtime=runtime("scores"),
-    benchmark:
-        bench("scores")
-    log:
-        LOGS["scores"],
-    conda:
-        ENV
+    params:
+        top_k=lambda wc: cfg_of(wc)["scoring"]["top_k"],
     shell:
         "python -m dfr scores --maps {input.maps} --out {output} --top-k {params.top_k} > {log} 2>&1"
 
@@ -46,17 +47,17 @@ rule bundle:
         unpack(inputs("model", "metrics")),
     output:
         PATHS["bundle"],
-    params:
-        bundle=stage_params(dfr_config.bundle_params),
+    log:
+        LOGS["bundle"],
+    benchmark:
+        bench("bundle")
+    conda:
+        ENV
     resources:
         mem_mb=mem_mb("bundle"),
         runtime=runtime("bundle"),
-    benchmark:
-        bench("bundle")
-    log:
-        LOGS["bundle"],
-    conda:
-        ENV
+    params:
+        bundle=stage_params(dfr_config.bundle_params),
     shell:
         "python -m dfr bundle --model {input.model} --metrics {input.metrics} --out {output} --params {params.bundle:q}"
         " > {log} 2>&1"

@@ -4,8 +4,18 @@
 
 rule study:
     input:
-        metrics=[dfr_config.paths(c, d, cat)["metrics"] for c in CFGS.values() for d, ds in DATASETS.items() for cat in ds["categories"]],
-        models=[dfr_config.paths(c, d, cat)["model"] for c in CFGS.values() for d, ds in DATASETS.items() for cat in ds["categories"]],
+        metrics=[
+            dfr_config.paths(c, d, cat)["metrics"]
+            for c in CFGS.values()
+            for d, ds in DATASETS.items()
+            for cat in ds["categories"]
+        ],
+        models=[
+            dfr_config.paths(c, d, cat)["model"]
+            for c in CFGS.values()
+            for d, ds in DATASETS.items()
+            for cat in ds["categories"]
+        ],
     output:
         csv=report(COMPARISON["csv"], caption=f"{REPORT}/study_table.rst", category="Study", labels={"figure": "table"}),
         md=COMPARISON["md"],
@@ -17,17 +27,17 @@ rule study:
             category="Study",
             labels={"figure": "{name}"},
         ),
-    params:
-        manifest=P(dfr_studies.manifest(config, CFGS)) if STUDY else "{}",
+    log:
+        f"logs/{E}/study.log",
+    benchmark:
+        dfr_config.benchmark_path(f"logs/{E}/study.log")
+    conda:
+        ENV
     resources:
         mem_mb=mem_mb("study"),
         runtime=runtime("study"),
-    benchmark:
-        dfr_config.benchmark_path(f"logs/{E}/study.log")
-    log:
-        f"logs/{E}/study.log",
-    conda:
-        ENV
+    params:
+        manifest=P(dfr_studies.manifest(config, CFGS)) if STUDY else "{}",
     shell:
         "python -m dfr study --manifest {params.manifest:q} --csv {output.csv} --md {output.md} --best {output.best}"
         " --plots {output.plots} > {log} 2>&1"

@@ -1,19 +1,20 @@
 # The synthetic dataset: deterministic MVTec-layout categories with exact masks (demo and tests).
 
+
 rule synthetic:
     output:
         PATHS["synthetic"],
-    params:
-        gen=lambda wc: P({**DATASETS[wc.dataset]["synthetic"], "seed": config["seed"]}),
-        root=lambda wc: dataset_root(wc.dataset),
+    log:
+        LOGS["synthetic"],
+    benchmark:
+        bench("synthetic")
+    conda:
+        ENV
     resources:
         mem_mb=mem_mb("synthetic"),
         runtime=runtime("synthetic"),
-    benchmark:
-        bench("synthetic")
-    log:
-        LOGS["synthetic"],
-    conda:
-        ENV
+    params:
+        gen=lambda wc: P({**DATASETS[wc.dataset]["synthetic"], "seed": config["seed"]}),
+        root=lambda wc: dataset_root(wc.dataset),
     shell:
         "python -m dfr synthetic --root {params.root} --category {wildcards.category} --params {params.gen:q} > {log} 2>&1"

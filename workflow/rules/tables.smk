@@ -1,5 +1,6 @@
 # Aggregated tables per dataset, like the paper's Tables 1 and 2.
 
+
 rule tables:
     input:
         lambda wc: [dfr_config.paths(cfg_of(wc), wc.dataset, c)["metrics"] for c in DATASETS[wc.dataset]["categories"]],
@@ -19,17 +20,17 @@ rule tables:
             subcategory="{experiment}",
             labels={"experiment": "{experiment}", "dataset": "{dataset}", "table": "at validation thresholds"},
         ),
-    params:
-        reference=lambda wc: dfr_config.reference(config, wc.dataset) or "",
+    log:
+        LOGS["tables"],
+    benchmark:
+        bench("tables")
+    conda:
+        ENV
     resources:
         mem_mb=mem_mb("tables"),
         runtime=runtime("tables"),
-    benchmark:
-        bench("tables")
-    log:
-        LOGS["tables"],
-    conda:
-        ENV
+    params:
+        reference=lambda wc: dfr_config.reference(config, wc.dataset) or "",
     shell:
         "python -m dfr tables --metrics {input} --dataset {wildcards.dataset} --csv {output.csv} --md {output.md}"
         " --val-csv {output.val} --reference '{params.reference}' > {log} 2>&1"
