@@ -8,7 +8,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: setup demo bottle rehearsal test test-fast bench dry-run clean
+.PHONY: setup demo bottle study report rehearsal test test-fast bench dry-run clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,15 @@ demo: setup
 bottle: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/bottle.yaml
 	@echo; cat results/bottle/tables/mvtec_bottle.md
+
+study: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config/study-demo.yaml
+	@echo; head -16 results/study-demo/comparison/study.md
+
+# the HTML report of a finished run: make report CONFIG=config/study-demo.yaml
+CONFIG ?= config/demo.yaml
+report: setup
+	$(BIN)/snakemake --report report.html --configfile $(CONFIG)
 
 rehearsal: setup
 	$(BIN)/python -m dfr.rehearsal --configfile config/rehearsal.yaml --run --cores $(CORES)

@@ -96,10 +96,12 @@ def _metrics(cat, auroc, pixel=True):
 
 def test_comparison_table_best_variant_and_figures(tmp_path):
     cfg = dfr_config.validate({**BASE, "datasets": {"s": {"kind": "synthetic", "categories": ["disc", "grain"]}},
-                               "study": {"grid": [{"cae.latent_dim": ["auto", 8, 32]}, {"scoring.top_k": [1, 10]}]}})
+                               "study": {"grid": [{"cae.latent_dim": ["auto", 8, 32]}, {"scoring.top_k": [1, 10]},
+                                                  {"features.layers": [["blocks[2]", "blocks[4]"],
+                                                                       ["blocks[3]", "blocks[4]"]]}]}})
     v = studies.variants(cfg)
     man = studies.manifest(cfg, v)
-    auroc = {"base": 0.8, "latent_dim-8": 0.9, "latent_dim-32": 0.7, "top_k-1": 0.85}
+    auroc = {"base": 0.8, "latent_dim-8": 0.9, "latent_dim-32": 0.7, "top_k-1": 0.85, "layers-blocks3+blocks4": 0.6}
     for e, c in v.items():
         for cat, shift in (("disc", 0.0), ("grain", -0.1)):
             p = tmp_path / dfr_config.paths(c, "s", cat)["metrics"]
@@ -107,7 +109,7 @@ def test_comparison_table_best_variant_and_figures(tmp_path):
             p.write_text(json.dumps(_metrics(cat, auroc[e.split("/")[1]] + shift)))
     out = tmp_path / "cmp"
     rows = studies.compare(man, out / "s.csv", out / "s.md", out / "best.json", out / "plots", workdir=tmp_path)
-    assert len(rows) == 8 and set(rows.columns) >= {"cae.latent_dim", "scoring.top_k", "image_auroc", "au_pro",
+    assert len(rows) == 10 and set(rows.columns) >= {"cae.latent_dim", "scoring.top_k", "image_auroc", "au_pro",
                                                     "f1_oracle", "f1_mean_std", "f1_percentile", "train_s"}
     csv = pd.read_csv(out / "s.csv")
     assert csv[csv.variant == "latent_dim-8"].image_auroc.tolist() == pytest.approx([0.9, 0.8])
@@ -117,7 +119,8 @@ def test_comparison_table_best_variant_and_figures(tmp_path):
     md = (out / "s.md").read_text()
     assert "**latent_dim-8**" in md and "chosen on the test labels" in md and "| grain |" in md
     pngs = sorted(x.name for x in (out / "plots").glob("*.png"))
-    assert pngs == ["summary.png", "sweep_cae.latent_dim.png", "sweep_scoring.top_k.png"]
+    assert pngs == ["summary.png", "sweep_cae.latent_dim.png", "sweep_features.layers.png", "sweep_scoring.top_k.png"]
+    assert man["base"]["features.layers"] == "blocks2+blocks4"  # as the table shows it
     assert all((out / "plots" / x).stat().st_size > 5000 for x in pngs)
 
 

@@ -192,7 +192,12 @@ def _slice(summary: pd.DataFrame, settings: list[str], key: str, base: dict) -> 
         vals = list(summary[other])
         ref = base.get(other) if base.get(other) in vals else max(vals, key=vals.count)
         s = s[s[other] == ref]
-    return s.drop_duplicates(key)
+    s = s.drop_duplicates(key)
+    # numbers ascending after the named values (auto, true/false, layer lists) in the order they come
+    number = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))  # noqa: E731
+    order = sorted(range(len(s)), key=lambda i: (1, float(s[key].iloc[i]), 0) if number(s[key].iloc[i])
+                   else (0, 0.0, i))
+    return s.iloc[order]
 
 
 def _xlabels(values) -> list[str]:
@@ -201,7 +206,8 @@ def _xlabels(values) -> list[str]:
 
 def study_figures(rows: pd.DataFrame, summary: pd.DataFrame, settings: list[str], base: dict,
                   outdir: str | Path, labels: dict[str, str]) -> list[Path]:
-    """summary.png (mean image AUROC, pixel AUROC and AU-PRO against every swept setting), and per setting
+    """summary.png (mean image AUROC, pixel AUROC, AU-PRO and F1 at the validation threshold μ+ασ against every
+    swept setting), and per setting
     sweep_<setting>.png (each metric against it: the mean over categories and each category)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -219,28 +225,29 @@ def study_figures(rows: pd.DataFrame, summary: pd.DataFrame, settings: list[str]
     fig, axes = plt.subplots(1, len(slices), figsize=(3.6 * len(slices), 3.4), squeeze=False, sharey=True)
     for ax, (k, s) in zip(axes[0], slices.items()):
         x = np.arange(len(s))
-        for m in ("image_auroc", "pixel_auroc", "au_pro"):
+        for m in ("image_auroc", "pixel_auroc", "au_pro", "f1_mean_std"):
             if m in metrics:
-                ax.plot(x, s[m], marker="o", label=labels[m])
+                ax.plot(x, s[m], marker="o", label=labels[m], ls=":" if m == "f1_mean_std" else "-")
         if base.get(k) in list(s[k]):
             ax.axvline(list(s[k]).index(base[k]), color="0.6", ls="--", lw=1, label="base config")
-        ax.set_xticks(x, _xlabels(s[k]))
+        ax.set_xticks(x, _xlabels(s[k]), rotation=30 if max(len(t) for t in _xlabels(s[k])) > 6 else 0)
         ax.set_xlabel(k)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean over categories")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Study: each setting swept with the others at the base config")
     _save(fig, outdir / "summary.png")
     written.append(outdir / "summary.png")
     for k, s in slices.items():
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.3), squeeze=False)
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.3), squeeze=False, layout="constrained")
         x = np.arange(len(s))
+        several = rows.dataset.nunique() > 1
         for ax, m in zip(axes[0], metrics):
             for (d, c), g in rows[rows.variant.isin(s.variant)].groupby(["dataset", "category"], sort=False):
                 g = g.set_index("variant").loc[list(s.variant)]
-                ax.plot(x, g[m], lw=1, alpha=0.6, marker=".", label=f"{c}")
+                ax.plot(x, g[m], lw=1, alpha=0.6, marker=".", label=f"{d}/{c}" if several else c)
             ax.plot(x, s[m], color="k", lw=2.2, marker="o", label="mean")
-            ax.set_xticks(x, _xlabels(s[k]), rotation=30 if len(s) > 4 else 0)
+            ax.set_xticks(x, _xlabels(s[k]), rotation=30 if max(len(t) for t in _xlabels(s[k])) > 6 else 0)
             ax.set_title(labels[m], fontsize=10)
             ax.set_xlabel(k)
             ax.grid(alpha=0.3)

@@ -76,8 +76,9 @@ def run(cfg: dict, force: bool = False) -> dict[str, float]:
             stage("metrics", p["metrics"], lambda: metrics.evaluate(
                 p["scores"], p["maps"], p["metrics"],
                 {**dfr_config.metrics_params(cfg, dataset), "dataset": dataset, "category": category}))
-            stage("bundle", p["bundle"], lambda: predict.write_bundle(p["model"], p["metrics"], p["bundle"],
-                                                                      dfr_config.bundle_params(cfg)))
+            if "study_variant" not in cfg:  # as in the Snakefile: a study compares, it deploys nothing
+                stage("bundle", p["bundle"], lambda: predict.write_bundle(p["model"], p["metrics"], p["bundle"],
+                                                                          dfr_config.bundle_params(cfg)))
             stage("plots", f"{p['plots']}/roc.png", lambda: plots.category_figures(
                 p["scores"], p["maps"], p["metrics"], p["history"], p["plots"], {"n_examples": 3}))
         t = dfr_config.table_paths(cfg, dataset)

@@ -185,11 +185,12 @@ def manifest(cfg: dict, vcfgs: dict[str, dict]) -> dict:
     """What the comparison needs to know of each variant (small: names, settings, keys)."""
     from . import config as dfr_config
 
-    return {"study": cfg["experiment"], "results": cfg["results"], "base": {k: _get_or_none(cfg, k)
-                                                                            for k in swept_settings(vcfgs)},
-            "variants": {v["study_variant"]["name"]: {"experiment": e, "settings": v["study_variant"]["settings"],
-                                                       "mkey": dfr_config.model_key(v)}
-                         for e, v in vcfgs.items()},
+    base = {k: _show(_get_or_none(cfg, k)) for k in swept_settings(vcfgs)}
+    return {"study": cfg["experiment"], "results": cfg["results"], "base": base,
+            # a list: the variants' order in the study (a JSON object's keys would be sorted by the rule's params)
+            "variants": [{"name": v["study_variant"]["name"], "experiment": e,
+                          "settings": v["study_variant"]["settings"], "mkey": dfr_config.model_key(v)}
+                         for e, v in vcfgs.items()],
             "datasets": {d: ds["categories"] for d, ds in cfg["datasets"].items()}}
 
 
@@ -223,7 +224,8 @@ def collect(man: dict, workdir: str | Path = ".") -> pd.DataFrame:
 
     wd = Path(workdir)
     pat, rows = dfr_config.patterns(man["results"]), []
-    for name, v in man["variants"].items():
+    for v in man["variants"]:
+        name = v["name"]
         for d, cats in man["datasets"].items():
             for c in cats:
                 values = {"experiment": v["experiment"], "mkey": v["mkey"], "dataset": d, "category": c}
@@ -268,7 +270,9 @@ def _fmt(v: Any, col: str) -> str:
         return "n/a"
     if col in ("train_s", "maps_s"):
         return f"{v:.1f}"
-    if col in ("latent_d", "cae_params"):
+    if col == "latent_d":
+        return f"{v:.1f}" if v != round(v) else f"{v:.0f}"
+    if col == "cae_params":
         return f"{v:,.0f}"
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v)).lower()
@@ -277,9 +281,10 @@ def _fmt(v: Any, col: str) -> str:
     return f"{v:.3f}"
 
 
-def _md_table(df: pd.DataFrame, bold: set[int] = frozenset()) -> list[str]:
-    lines = ["| " + " | ".join(df.columns) + " |",
-             "|" + "|".join("---" if df[c].dtype == object else "---:" for c in df.columns) + "|"]
+def _md_table(df: pd.DataFrame, headers: dict[str, str], bold: set[int] = frozenset()) -> list[str]:
+    right = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    lines = ["| " + " | ".join(headers.get(c, c) for c in df.columns) + " |",
+             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
     for i, r in df.reset_index(drop=True).iterrows():
         cells = [_fmt(r[c], c) for c in df.columns]
         lines.append("| " + " | ".join(f"**{x}**" if i in bold else x for x in cells) + " |")
@@ -288,7 +293,7 @@ def _md_table(df: pd.DataFrame, bold: set[int] = frozenset()) -> list[str]:
 
 def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | Path, plots_dir: str | Path,
             workdir: str | Path = ".") -> pd.DataFrame:
-    settings = list(next(iter(man["variants"].values()))["settings"])
+    settings = list(man["variants"][0]["settings"])
     rows = collect(man, workdir)
     summary = summarise(rows, settings)
     best = best_variant(summary)
@@ -298,15 +303,15 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
     md = [f"### Study {man['study']}: {len(summary)} variants, means over {len(rows) // len(summary)} categories",
           "", f"Swept settings: {', '.join(settings) or '(none)'}; base config: "
           + ", ".join(f"{k}={_fmt(_show(v), k)}" for k, v in man["base"].items()), ""]
-    md += _md_table(summary.rename(columns={**labels, "latent_d": "mean d", "cae_params": "CAE params",
-                                            "train_s": "train s (sum)", "maps_s": "maps s (sum)"}),
-                    bold={int(summary.index[summary.variant == best["variant"]][0])})
+    headers = {**labels, "latent_d": "mean d", "cae_params": "CAE params", "train_s": "train s (sum)",
+               "maps_s": "maps s (sum)"}
+    md += _md_table(summary, headers, bold={int(summary.index[summary.variant == best["variant"]][0])})
     md += ["", f"Best by mean image AUROC: **{best['variant']}** ({best['image_auroc']:.3f}), chosen on the "
                "test labels: an optimistic pick, not a held-out estimate.",
            "Cost: wall seconds of the train and maps jobs from their benchmark records, summed over categories "
            "(a model shared by several variants is counted for each).", "",
            "### Per category", ""]
-    md += _md_table(rows.drop(columns=["latent_d", "cae_params", "train_s", "maps_s"]).rename(columns=labels))
+    md += _md_table(rows.drop(columns=["latent_d", "cae_params", "train_s", "maps_s"]), headers)
     write_text(out_md, "\n".join(md) + "\n")
     write_json(out_best, best)
     from . import plots
