@@ -93,3 +93,63 @@ def test_latent_auto_needs_pca(tmp_path):
     with pytest.raises(DFRError, match="no pca.json"):
         cae.train(feats, split, tmp_path / "m.pt", tmp_path / "h.csv",
                   {"latent_dim": "auto", "normalize": False, "epochs": 1, "batch_size": 4, "lr": 1e-3, "seed": 0})
+
+
+# ---- beyond the paper: a spatial CAE (kernel 3, optionally depthwise) ----
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_spatial_cae_shapes_and_receptive_field(depthwise):
+    c, d = 12, 3
+    m = cae.CAE(c, d, kernel=3, padding="reflect", depthwise=depthwise).eval()
+    convs = [l for l in [*m.encoder, *m.decoder] if isinstance(l, torch.nn.Conv2d)]
+    spatial = [l for l in convs if l.kernel_size == (3, 3)]
+    assert len(spatial) == 6 and all(l.padding_mode == "reflect" and l.padding == (1, 1) for l in spatial)
+    if depthwise:
+        assert all(l.groups == l.in_channels == l.out_channels for l in spatial) and len(convs) == 12
+    else:
+        assert len(convs) == 6
+    f = torch.randn(1, c, 9, 9)
+    out = m(f)
+    assert out.shape == f.shape
+    # six 3x3 layers: a change at the centre reaches 6 locations away, and no further
+    g = f.clone()
+    g[0, :, 4, 4] += 5.0
+    changed = (m(g) - out).abs().sum(1)[0] > 1e-6
+    assert changed[4, 4] and changed[4, 0] and changed[0, 4]  # across the whole 9x9 map
+    one = cae.CAE(c, d).eval()  # the paper's 1x1 CAE: the change stays where it is
+    assert int(((one(g) - one(f)).abs().sum(1)[0] > 1e-6).sum()) == 1
+
+
+def test_spatial_cae_normalisation_and_checkpoint(tmp_path):
+    feats, split = _cache(tmp_path / "train.h5")
+    params = {"latent_dim": 3, "normalize": True, "batchnorm": True, "epochs": 3, "batch_size": 8, "lr": 1e-2,
+              "early_stopping": 0, "seed": 1, "device": "cpu", "kernel": 3, "padding": "zeros",
+              "depthwise": True}
+    cae.train(feats, split, tmp_path / "s.pt", tmp_path / "s.csv", params)
+    h = pd.read_csv(tmp_path / "s.csv")
+    assert h.train_loss.iloc[-1] < h.train_loss.iloc[0]
+    m = cae.load(tmp_path / "s.pt")
+    assert (m.kernel, m.padding, m.depthwise) == (3, "zeros", True)
+    # the 1x1 CAE of an older checkpoint (no kernel recorded) still loads as the paper's CAE
+    ck = torch.load(tmp_path / "s.pt", weights_only=False)
+    plain = cae.CAE(16, 3, normalize=True)
+    old = {**{k: v for k, v in ck.items() if k not in ("kernel", "padding", "depthwise")},
+           "state_dict": plain.state_dict()}
+    assert cae.from_checkpoint(old).kernel == 1
+    with pytest.raises(DFRError, match="odd"):
+        cae.CAE(4, 2, kernel=2)
+
+
+def test_spatial_options_key_the_model_only_when_used():
+    from dfr import config as dfr_config
+
+    base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
+    assert "kernel" not in dfr_config.cae_params(base)  # the paper's CAE keeps the keys it always had
+    spatial = dfr_config.validate({**base, "cae": {**base["cae"], "kernel": 3}})
+    assert dfr_config.cae_params(spatial)["padding"] == "reflect"
+    assert dfr_config.model_key(spatial) != dfr_config.model_key(base)
+    assert dfr_config.feature_key(spatial) == dfr_config.feature_key(base)
+    with pytest.raises(DFRError, match="cae.kernel: 5 is not one of"):
+        dfr_config.validate({**base, "cae": {**base["cae"], "kernel": 5}})
+    with pytest.raises(DFRError, match="cae.padding: 'circular' is not one of"):
+        dfr_config.validate({**base, "cae": {**base["cae"], "padding": "circular"}})

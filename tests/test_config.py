@@ -13,7 +13,7 @@ def _demo():
 
 
 def test_shipped_configs_are_valid():
-    for name in ("config.yaml", "demo.yaml", "bottle.yaml"):
+    for name in ("config.yaml", "demo.yaml", "bottle.yaml", "study-demo.yaml", "rehearsal.yaml"):
         cfg = dfr_config.load(ROOT / "config" / name)
         assert cfg["scoring"]["top_k"] >= 1
     paper = dfr_config.load(ROOT / "config" / "config.yaml")
@@ -22,7 +22,7 @@ def test_shipped_configs_are_valid():
     assert dfr_config.feature_params(paper)["layers"] == ["layer2[-1]", "layer3[-1]"]
     assert paper["cae"] == {"latent_dim": "auto", "normalize": True, "batchnorm": True, "epochs": 50,
                             "batch_size": 16, "lr": 0.001, "early_stopping": 0, "in_memory": "auto",
-                            "checkpoint": "last"}
+                            "checkpoint": "last", "kernel": 1, "padding": "reflect", "depthwise": False}
 
 
 def test_defaults_are_filled():

@@ -2,6 +2,11 @@
 
 Shape (as in the DFR reference implementation): C → (C+2d)/2 → 2d → d → 2d → (C+2d)/2 → C, 1×1 convs with
 BatchNorm + ReLU after every conv except the latent code and the output.
+
+Beyond the paper (§8.4, §9: the 1×1 CAE ignores spatial context), ``kernel: 3`` makes every conv 3×3, or with
+``depthwise`` a depthwise 3×3 followed by the 1×1 (far fewer weights). Their padding is ``reflect`` by
+default: zero padding would make the feature map's border look unlike its interior to the CAE, and so raise
+A(x) along the image edges; reflection continues the features instead.
 """
 
 from __future__ import annotations
@@ -24,8 +29,15 @@ from .io import FORMATS, DFRError, atomic_path, check_format, provenance, read_j
 log = logging.getLogger(__name__)
 
 
-def _block(cin: int, cout: int, act: bool, bn: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel_size=1)]
+def _block(cin: int, cout: int, act: bool, bn: bool, kernel: int = 1, padding: str = "reflect",
+           depthwise: bool = False) -> list[nn.Module]:
+    if kernel == 1:
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel_size=1)]
+    elif depthwise:  # spatial context per channel, then the channel mixing of the 1×1
+        layers = [nn.Conv2d(cin, cin, kernel, padding=kernel // 2, padding_mode=padding, groups=cin),
+                  nn.Conv2d(cin, cout, kernel_size=1)]
+    else:
+        layers = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, padding_mode=padding)]
     if act:
         if bn:
             layers.append(nn.BatchNorm2d(cout))
@@ -36,24 +48,35 @@ def _block(cin: int, cout: int, act: bool, bn: bool) -> list[nn.Module]:
 class CAE(nn.Module):
     """f̂(x) = CAE(f(x)), with optional channel-wise normalisation undone at the output."""
 
-    def __init__(self, in_channels: int, latent_dim: int, batchnorm: bool = True, normalize: bool = False):
+    def __init__(self, in_channels: int, latent_dim: int, batchnorm: bool = True, normalize: bool = False,
+                 kernel: int = 1, padding: str = "reflect", depthwise: bool = False):
         super().__init__()
         if latent_dim < 1:
             raise DFRError(f"latent dimension must be >= 1, got {latent_dim}")
+        if kernel < 1 or kernel % 2 == 0:
+            raise DFRError(f"CAE kernel must be odd and >= 1, got {kernel}")
         c, d = in_channels, latent_dim
         mid = (c + 2 * d) // 2
         self.in_channels, self.latent_dim, self.normalize = c, d, normalize
-        self.encoder = nn.Sequential(*_block(c, mid, True, batchnorm), *_block(mid, 2 * d, True, batchnorm),
-                                     *_block(2 * d, d, False, batchnorm))
-        self.decoder = nn.Sequential(*_block(d, 2 * d, True, batchnorm), *_block(2 * d, mid, True, batchnorm),
-                                     *_block(mid, c, False, batchnorm))
+        self.kernel, self.padding, self.depthwise = kernel, padding, depthwise and kernel > 1
+        spatial = {"kernel": kernel, "padding": padding, "depthwise": self.depthwise}
+        self.encoder = nn.Sequential(*_block(c, mid, True, batchnorm, **spatial),
+                                     *_block(mid, 2 * d, True, batchnorm, **spatial),
+                                     *_block(2 * d, d, False, batchnorm, **spatial))
+        self.decoder = nn.Sequential(*_block(d, 2 * d, True, batchnorm, **spatial),
+                                     *_block(2 * d, mid, True, batchnorm, **spatial),
+                                     *_block(mid, c, False, batchnorm, **spatial))
         self.register_buffer("mean", torch.zeros(1, c, 1, 1))
         self.register_buffer("std", torch.ones(1, c, 1, 1))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         """f̂(x). The 1×1 convolutions run as matrix products over all locations (rows = N·H·W), which
         is exactly a 1×1 convolution and BatchNorm2d, at GEMM speed; the output is an NCHW tensor in
-        channels-last layout."""
+        channels-last layout. A spatial CAE (kernel > 1) runs its convolutions as such."""
+        if self.kernel > 1:
+            x = (f - self.mean) / self.std if self.normalize else f
+            x = self.decoder(self.encoder(x))
+            return x * self.std + self.mean if self.normalize else x
         n, c, h, w = f.shape
         x = f.permute(0, 2, 3, 1).reshape(-1, c)  # a view when f is channels-last
         layers = (*self.encoder, *self.decoder)
@@ -80,6 +103,14 @@ class CAE(nn.Module):
             else:
                 x = layer(x)
         return x.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+SPATIAL_DEFAULTS = {"kernel": 1, "padding": "reflect", "depthwise": False}
+
+
+def spatial_params(params: dict) -> dict:
+    """The CAE's kernel, padding and depthwise setting (the paper's 1×1 CAE when absent)."""
+    return {k: params.get(k, v) for k, v in SPATIAL_DEFAULTS.items()}
 
 
 def reconstruction_loss(f: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
@@ -165,7 +196,7 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
         in_mem = params.get("in_memory", "auto")
         in_mem = _fits_in_ram(cache, len(tr_pos) + len(va_pos)) if in_mem == "auto" else bool(in_mem)
         model = CAE(cache.shape[1], int(latent), batchnorm=params.get("batchnorm", True),
-                    normalize=params["normalize"])
+                    normalize=params["normalize"], **spatial_params(params))
         if params["normalize"]:
             mean, std = channel_stats(cache, tr_pos)
             model.mean.copy_(torch.from_numpy(mean).float().view(1, -1, 1, 1))
@@ -221,7 +252,8 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
     ckpt = {
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "in_channels": model.in_channels, "latent_dim": model.latent_dim, "normalize": model.normalize,
-        "batchnorm": params.get("batchnorm", True), "best_epoch": best_epoch, "best_loss": best,
+        "batchnorm": params.get("batchnorm", True), **spatial_params(params), "best_epoch": best_epoch,
+        "best_loss": best,
         "checkpoint": checkpoint, "epoch": saved_epoch, "format": FORMATS["model"],
         **provenance(params),
     }
@@ -261,7 +293,7 @@ def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", source: str 
     """The CAE of a checkpoint dict (``model.pt``, or a bundle's ``cae``), in eval mode."""
     try:
         model = CAE(ckpt["in_channels"], ckpt["latent_dim"], batchnorm=ckpt.get("batchnorm", True),
-                    normalize=ckpt["normalize"])
+                    normalize=ckpt["normalize"], **spatial_params(ckpt))
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, RuntimeError) as e:
         raise DFRError(f"{source}: incomplete or mismatched model checkpoint ({e}); "

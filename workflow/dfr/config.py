@@ -127,9 +127,14 @@ def pca_params(cfg: dict) -> dict:
 
 def cae_params(cfg: dict) -> dict:
     c = cfg["cae"]
-    return {"latent_dim": c["latent_dim"], "normalize": c["normalize"], "batchnorm": c["batchnorm"],
-            "epochs": c["epochs"], "batch_size": c["batch_size"], "lr": c["lr"],
-            "early_stopping": c["early_stopping"], "checkpoint": c["checkpoint"], "seed": cfg["seed"]}
+    out = {"latent_dim": c["latent_dim"], "normalize": c["normalize"], "batchnorm": c["batchnorm"],
+           "epochs": c["epochs"], "batch_size": c["batch_size"], "lr": c["lr"],
+           "early_stopping": c["early_stopping"], "checkpoint": c["checkpoint"], "seed": cfg["seed"]}
+    # beyond the paper: recorded only when they leave the paper's 1×1 CAE, so that models trained before
+    # these options existed keep their keys and are not retrained
+    if c["kernel"] > 1:
+        out.update(kernel=c["kernel"], padding=c["padding"], depthwise=c["depthwise"])
+    return out
 
 
 def bundle_params(cfg: dict) -> dict:

@@ -171,10 +171,19 @@ def _latent(cfg: dict, c: int) -> int:
     return int(d) if d != "auto" else max(1, c // 4)  # PCA's d is unknown before it runs: a generous guess
 
 
-def cae_gflop(c: int, d: int, hw: int) -> float:
-    """Forward FLOPs of one image through the CAE's 1×1 convolutions."""
+def cae_gflop(c: int, d: int, hw: int, kernel: int = 1, depthwise: bool = False) -> float:
+    """Forward FLOPs of one image through the CAE's convolutions (1×1, or k×k, or depthwise k×k + 1×1)."""
     mid = (c + 2 * d) // 2
-    return 2 * hw * (c * mid + mid * 2 * d + 2 * d * d) * 2 / 1e9
+    dense = 2 * hw * (c * mid + mid * 2 * d + 2 * d * d) * 2 / 1e9
+    if kernel == 1:
+        return dense
+    if depthwise:
+        return dense + 2 * hw * kernel ** 2 * (c + mid + 2 * d + d + 2 * d + mid) / 1e9
+    return dense * kernel ** 2
+
+
+def _cae_gflop(cfg: dict, c: int, hw: int) -> float:
+    return cae_gflop(c, _latent(cfg, c), hw, cfg["cae"]["kernel"], cfg["cae"]["depthwise"])
 
 
 def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | None = None,
@@ -213,12 +222,12 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
     elif rule == "train":
         cache = min(2 * 2**30, wl.n_train * c * hw * 4) / MB  # in RAM when it fits in 2 GiB (cae.in_memory)
         mem = BASE_MB["torch"] + 400 + 2 * cache + cfg["cae"]["batch_size"] * c * hw * 4 * 8 / MB  # + autograd, Adam
-        per_epoch = wl.n_train * 3 * cae_gflop(c, _latent(cfg, c), hw) / CPU_GFLOPS
+        per_epoch = wl.n_train * 3 * _cae_gflop(cfg, c, hw) / CPU_GFLOPS
         minutes = 2 + cfg["cae"]["epochs"] * per_epoch / 60 * 2
     elif rule == "maps":
         mem = BASE_MB["torch"] + cfg["features"]["batch_size"] * c * hw * 4 * 8 / MB \
             + (wl.n_train + wl.n_test) * hw * 4 / MB
-        minutes = 2 + (wl.n_train + wl.n_test) * cae_gflop(c, _latent(cfg, c), hw) / CPU_GFLOPS / 60 * 2
+        minutes = 2 + (wl.n_train + wl.n_test) * _cae_gflop(cfg, c, hw) / CPU_GFLOPS / 60 * 2
     elif rule == "scores":
         mem = BASE_MB["torch"] + (wl.n_train + wl.n_test) * hw * 4 * 3 / MB
     elif rule == "metrics":
