@@ -52,6 +52,20 @@ def test_predict_scores_equal_the_pipelines(trained, synth_root, tmp_path):
     assert j["threshold"] == {"name": "f1_optimal", "value": 1.0, "oracle": True} and j["images_per_s"] > 0
 
 
+def test_predict_with_a_border_equals_the_pipelines(trained, synth_root, tmp_path):
+    """scoring.border (beyond the paper): the bundle carries it, and dfr predict scores as the pipeline does."""
+    scoring.image_scores(trained / "maps.h5", tmp_path / "s.csv", 5, border=1)
+    predict.write_bundle(trained / "model.pt", trained / "metrics.json", tmp_path / "b.pt",
+                         {"features": FPARAMS, "top_k": 5, "border": 1})
+    sc = pd.read_csv(tmp_path / "s.csv")
+    test = sc[sc.split == "test"]
+    df = predict.predict(tmp_path / "b.pt", [str(synth_root / "disc" / "test")], tmp_path / "out",
+                         threshold="f1_optimal", device="cpu", heatmaps=False)
+    np.testing.assert_allclose(df.set_index("path").score[test.path].to_numpy(), test.score.to_numpy(), rtol=1e-5)
+    plain = pd.read_csv(trained / "scores.csv")
+    assert not np.allclose(plain[plain.split == "test"].score.to_numpy(), test.score.to_numpy())
+
+
 def test_inputs_files_folders_globs_and_unreadable_images(trained, synth_root, tmp_path):
     d = synth_root / "disc" / "test"
     bad = tmp_path / "bad.png"
@@ -71,7 +85,7 @@ def test_bundle_errors(trained, tmp_path):
     with pytest.raises(DFRError, match="no threshold 'val_percentile'"):
         predict.predict(trained / "bundle.pt", [str(tmp_path)], tmp_path, threshold="val_percentile")
     b = torch.load(trained / "bundle.pt", weights_only=False)
-    assert b["features"] == FPARAMS and b["scoring"] == {"top_k": 5} and b["t_pixel"] == 0.5
+    assert b["features"] == FPARAMS and b["scoring"] == {"top_k": 5, "border": 0} and b["t_pixel"] == 0.5
     (tmp_path / "cut.pt").write_bytes((trained / "bundle.pt").read_bytes()[:1000])
     with pytest.raises(DFRError, match=r"cut\.pt: not a readable bundle, truncated or corrupt"):
         predict.load_bundle(tmp_path / "cut.pt")

@@ -28,3 +28,53 @@ def test_upsample_bilinear_to_original_size():
     assert up.min() >= 0 and up.max() <= 3
     np.testing.assert_allclose(scoring.upsample(np.full((28, 28), 2.5), (100, 80)), 2.5)
     assert scoring.upsample(np.zeros((3, 28, 28)), (50, 50)).shape == (3, 50, 50)
+
+
+# ---- beyond the paper: a border of A(x) left out (scoring.border) ----
+
+def test_border_is_left_out_of_scores_and_replaced_in_maps():
+    from dfr.io import DFRError
+    from dfr.scoring import top_k_score, without_border
+
+    a = np.zeros((2, 6, 6), np.float32)
+    a[:, 0, :] = 100.0  # a hot top edge, as zero padding can make it
+    a[1, 3, 3] = 5.0  # a defect inside
+    assert top_k_score(a, 1).tolist() == [100.0, 100.0]
+    assert top_k_score(a, 1, border=1).tolist() == [0.0, 5.0]
+    b = without_border(a, 1)
+    assert b.shape == a.shape and b[:, 0, :].max() == 0.0 and b[1, 3, 3] == 5.0
+    np.testing.assert_array_equal(b[:, 1:-1, 1:-1], a[:, 1:-1, 1:-1])  # the interior untouched
+    np.testing.assert_array_equal(b[1, 3, 0], b[1, 3, 1])  # the margin copies the nearest interior cell
+    assert without_border(a, 0) is a
+    with pytest.raises(DFRError, match="scoring.border must be between 0 and 2 for a 6x6 map, got 3"):
+        top_k_score(a, 1, border=3)
+    with pytest.raises(DFRError, match="without its border of 2"):
+        top_k_score(a, 5, border=2)
+
+
+def test_maps_and_scores_with_a_border(tmp_path):
+    import pandas as pd
+
+    from dfr import scoring
+
+    a = np.ones((3, 8, 8), np.float32)
+    a[:, :, -1] = 50.0
+    meta = pd.DataFrame({"image_id": ["a", "b", "c"], "split": ["val", "test", "test"], "label": [0, 0, 1],
+                         "defect": ["good", "good", "x"], "path": "", "mask_path": "", "height": 32, "width": 32})
+    scoring.write_maps(tmp_path / "maps.h5", a, meta, {})
+    assert scoring.Maps(tmp_path / "maps.h5", border=1).A.max() == 1.0
+    assert scoring.Maps(tmp_path / "maps.h5").A.max() == 50.0
+    df = scoring.image_scores(tmp_path / "maps.h5", tmp_path / "s.csv", 3, border=1)
+    assert (df.score == 1.0).all()
+
+
+def test_border_config_shares_the_model_and_is_recorded_only_when_used():
+    from dfr import config as dfr_config
+
+    base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
+    b2 = dfr_config.validate({**base, "scoring": {"top_k": 10, "border": 2}})
+    assert "border" not in dfr_config.metrics_params(base) and "border" not in dfr_config.bundle_params(base)
+    assert dfr_config.metrics_params(b2)["border"] == 2 and dfr_config.bundle_params(b2)["border"] == 2
+    assert dfr_config.model_key(b2) == dfr_config.model_key(base)  # a scoring setting: models and maps shared
+    with pytest.raises(DFRError, match="scoring.border: -1 is less than the minimum of 0"):
+        dfr_config.validate({**base, "scoring": {"border": -1}})

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--maps", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--top-k", type=int, required=True)
+    s.add_argument("--border", type=int, default=0, help="cells of A(x) at each edge left out (scoring.border)")
 
     s = sub.add_parser("metrics", help="per-category metrics")
     s.add_argument("--scores", required=True)
@@ -201,7 +202,7 @@ def _run(a: argparse.Namespace) -> int:
     elif a.stage == "scores":
         from . import scoring
 
-        scoring.image_scores(a.maps, a.out, a.top_k)
+        scoring.image_scores(a.maps, a.out, a.top_k, a.border)
     elif a.stage == "metrics":
         from . import metrics
 

@@ -139,7 +139,14 @@ def cae_params(cfg: dict) -> dict:
 
 def bundle_params(cfg: dict) -> dict:
     """What a model bundle carries besides the model and thresholds: how to make f(x), and top-k."""
-    return {"features": feature_params(cfg), "top_k": cfg["scoring"]["top_k"], "experiment": cfg["experiment"]}
+    out = {"features": feature_params(cfg), "top_k": cfg["scoring"]["top_k"], "experiment": cfg["experiment"]}
+    return {**out, **border_params(cfg)}
+
+
+def border_params(cfg: dict) -> dict:
+    """scoring.border, recorded only when used (beyond the paper), so earlier artifacts keep their params."""
+    b = cfg["scoring"]["border"]
+    return {"border": b} if b else {}
 
 
 def metrics_params(cfg: dict, dataset: str | None = None) -> dict:
@@ -151,7 +158,7 @@ def metrics_params(cfg: dict, dataset: str | None = None) -> dict:
     return {"alpha": t["alpha"], "percentile": t["percentile"], "pixel_fpr": t["pixel_fpr"],
             "eval_size": eval_size, "pixel": m["pixel"], "pro_fpr_limit": m["pro_fpr_limit"],
             # the validation images also chose the checkpoint (or the stopping epoch): thresholds are optimistic
-            "val_selected_model": c["checkpoint"] == "best_val" or c["early_stopping"] > 0}
+            "val_selected_model": c["checkpoint"] == "best_val" or c["early_stopping"] > 0, **border_params(cfg)}
 
 
 # ---- artifact paths: one definition for the Snakefile's patterns and for dfr.run ----

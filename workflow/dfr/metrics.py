@@ -333,7 +333,7 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
 
     has_masks = bool((test.mask_path != "").any())
     if has_masks and params.get("pixel", True):
-        maps = Maps(maps_h5)
+        maps = Maps(maps_h5, int(params.get("border", 0)))
         eval_size = params.get("eval_size")
         limit = params.get("pro_fpr_limit", 0.3)
         t_pixel = pixel_threshold(maps, eval_size, params["pixel_fpr"])

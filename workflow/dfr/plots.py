@@ -162,7 +162,7 @@ def category_figures(scores_csv, maps_h5, metrics_json, history_csv, outdir, par
     scores = read_scores(scores_csv)
     metrics = read_json(metrics_json)
     history = pd.read_csv(history_csv)
-    maps = Maps(maps_h5)
+    maps = Maps(maps_h5, int(params.get("border", 0)))
     title = f"{metrics.get('dataset')}/{metrics.get('category')}"
     loss_curve(history, outdir / "loss.png", title)
     score_histogram(scores, metrics, outdir / "score_histogram.png", title)

@@ -38,7 +38,7 @@ from . import backbones, cae
 from .data import IMAGE_EXTENSIONS, Preprocess, load_image
 from .features import FeatureExtractor
 from .io import FORMATS, DFRError, atomic_path, check_format, read_json, remake_hint, versions, write_json
-from .scoring import top_k_score, upsample
+from .scoring import top_k_score, upsample, without_border
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def write_bundle(model_pt: str | Path, metrics_json: str | Path, out: str | Path
         "format": FORMATS["bundle"],
         "features": params["features"],
         "cae": ckpt,
-        "scoring": {"top_k": int(params["top_k"])},
+        "scoring": {"top_k": int(params["top_k"]), "border": int(params.get("border", 0))},
         "thresholds": thr,
         "t_pixel": (m.get("pixel") or {}).get("t_pixel"),
         "provenance": {"dataset": m.get("dataset"), "category": m.get("category"),
@@ -91,16 +91,17 @@ class Predictor:
         self.dtype = np.dtype(f.get("dtype", "float32"))
         self.cae = cae.from_checkpoint(bundle["cae"], self.device, "bundle")
         self.top_k = bundle["scoring"]["top_k"]
+        self.border = int(bundle["scoring"].get("border", 0))
 
     @torch.inference_mode()
     def maps(self, x: torch.Tensor) -> np.ndarray:
         """A(x) [N, h, w] of a preprocessed batch, f(x) rounded to the cache's dtype as in the pipeline."""
         fx = self.extractor(x.to(self.device)).float().cpu().numpy().astype(self.dtype).astype(np.float32)
         f = torch.from_numpy(fx).to(self.device).contiguous(memory_format=torch.channels_last)
-        return cae.error_map(f, self.cae(f)).float().cpu().numpy()
+        return without_border(cae.error_map(f, self.cae(f)).float().cpu().numpy(), self.border)
 
     def scores(self, a: np.ndarray) -> np.ndarray:
-        return top_k_score(a, self.top_k)
+        return top_k_score(a, self.top_k, self.border)
 
 
 def image_paths(inputs: list[str]) -> list[Path]:

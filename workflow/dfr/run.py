@@ -72,7 +72,8 @@ def run(cfg: dict, force: bool = False) -> dict[str, float]:
                 p["model"], p["features_train"], p["features_test"], p["split"], p["maps"],
                 {"device": rt["device"], "batch_size": rt["batch_size"]}))
             stage("scores", p["scores"], lambda: scoring.image_scores(p["maps"], p["scores"],
-                                                                      cfg["scoring"]["top_k"]))
+                                                                      cfg["scoring"]["top_k"],
+                                                                      cfg["scoring"]["border"]))
             stage("metrics", p["metrics"], lambda: metrics.evaluate(
                 p["scores"], p["maps"], p["metrics"],
                 {**dfr_config.metrics_params(cfg, dataset), "dataset": dataset, "category": category}))
@@ -80,7 +81,8 @@ def run(cfg: dict, force: bool = False) -> dict[str, float]:
                 stage("bundle", p["bundle"], lambda: predict.write_bundle(p["model"], p["metrics"], p["bundle"],
                                                                           dfr_config.bundle_params(cfg)))
             stage("plots", f"{p['plots']}/roc.png", lambda: plots.category_figures(
-                p["scores"], p["maps"], p["metrics"], p["history"], p["plots"], {"n_examples": 3}))
+                p["scores"], p["maps"], p["metrics"], p["history"], p["plots"],
+                {"n_examples": 3, **dfr_config.border_params(cfg)}))
         t = dfr_config.table_paths(cfg, dataset)
         mfiles = [dfr_config.paths(cfg, dataset, c)["metrics"] for c in ds["categories"]]
         ref = dfr_config.reference(cfg, dataset)

@@ -21,14 +21,39 @@ log = logging.getLogger(__name__)
 SCORE_COLUMNS = ["image_id", "split", "label", "defect", "score", "path", "mask_path", "height", "width"]
 
 
-def top_k_score(a: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
-    """s(x) = mean of the k largest values of A(x); ``a`` has shape [N, H, W] (or [H, W])."""
-    a = torch.as_tensor(np.asarray(a, dtype=np.float32))
+def _check_border(a: np.ndarray, border: int) -> None:
+    h, w = a.shape[-2:]
+    if border < 0 or 2 * border >= min(h, w):
+        raise DFRError(f"scoring.border must be between 0 and {(min(h, w) - 1) // 2} for a {h}x{w} map, got {border}")
+
+
+def without_border(a: np.ndarray, border: int) -> np.ndarray:
+    """A(x) with its outer ``border`` cells replaced by the nearest interior cell (edge replication).
+
+    Beyond the paper (§8.3): the backbone's zero padding makes features near the image edge unlike any in
+    the interior, which can raise A(x) along the border of every image; excluding that margin from s(x)
+    and from the heatmaps removes it (a defect inside the margin is then seen only through its neighbours)."""
+    if not border:
+        return a
+    _check_border(a, border)
+    inner = np.asarray(a)[..., border:-border, border:-border]
+    return np.pad(inner, [(0, 0)] * (inner.ndim - 2) + [(border, border)] * 2, mode="edge")
+
+
+def top_k_score(a: np.ndarray | torch.Tensor, k: int, border: int = 0) -> np.ndarray:
+    """s(x) = mean of the k largest values of A(x) (of its interior, without ``border`` cells at each edge);
+    ``a`` has shape [N, H, W] (or [H, W])."""
+    a = np.asarray(a, dtype=np.float32)
+    if border:
+        _check_border(a, border)
+        a = a[..., border:-border, border:-border]
+    a = torch.as_tensor(a)
     if a.ndim == 2:
         a = a[None]
     flat = a.reshape(a.shape[0], -1)
     if not 1 <= k <= flat.shape[1]:
-        raise DFRError(f"scoring.top_k must be between 1 and {flat.shape[1]} (the map's size), got {k}")
+        raise DFRError(f"scoring.top_k must be between 1 and {flat.shape[1]} (the map's size"
+                       + (f" without its border of {border}" if border else "") + f"), got {k}")
     return flat.topk(k, dim=1).values.mean(dim=1).numpy()
 
 
@@ -102,9 +127,10 @@ def write_maps(out: str | Path, A: np.ndarray, meta: pd.DataFrame, params: dict)
 
 
 class Maps:
-    """Read access to ``maps.h5``."""
+    """Read access to ``maps.h5``; with ``border``, A(x) without its margin (:func:`without_border`)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, border: int = 0):
+        self.border = border
         try:
             with h5py.File(path, "r") as f:
                 fmt = f.attrs.get("format")
@@ -123,12 +149,13 @@ class Maps:
                            + remake_hint(path)) from None
         if not np.isfinite(self.A).all():
             raise DFRError(f"{path}: non-finite anomaly maps; " + remake_hint(path))
+        self.A = without_border(self.A, border)
 
 
-def image_scores(maps_path: str | Path, out: str | Path, top_k: int) -> pd.DataFrame:
+def image_scores(maps_path: str | Path, out: str | Path, top_k: int, border: int = 0) -> pd.DataFrame:
     m = Maps(maps_path)
     df = m.meta.copy()
-    df["score"] = top_k_score(m.A, top_k)
+    df["score"] = top_k_score(m.A, top_k, border)
     df = df[SCORE_COLUMNS]
     with atomic_path(out, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.8g")

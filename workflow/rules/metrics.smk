@@ -46,7 +46,7 @@ rule plots:
         mem_mb=mem_mb("plots"),
         runtime=runtime("plots"),
     params:
-        plots=P({"n_examples": 3}),
+        plots=lambda wc: P({"n_examples": 3, **dfr_config.border_params(cfg_of(wc))}),
     shell:
         "python -m dfr plots --scores {input.scores} --maps {input.maps} --metrics {input.metrics}"
         " --history {input.history} --outdir {output} --params {params.plots:q} > {log} 2>&1"

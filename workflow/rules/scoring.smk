@@ -38,8 +38,9 @@ rule scores:
         runtime=runtime("scores"),
     params:
         top_k=lambda wc: cfg_of(wc)["scoring"]["top_k"],
+        border=lambda wc: dfr_config.border_params(cfg_of(wc)).get("border", 0),
     shell:
-        "python -m dfr scores --maps {input.maps} --out {output} --top-k {params.top_k} > {log} 2>&1"
+        "python -m dfr scores --maps {input.maps} --out {output} --top-k {params.top_k} --border {params.border} > {log} 2>&1"
 
 
 rule bundle:
