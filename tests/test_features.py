@@ -146,3 +146,36 @@ def test_batchnorm_folding_keeps_the_function():
     b = features.FeatureExtractor(folded, ["layer2[-1]", "layer3[-1]"])
     with torch.inference_mode():
         torch.testing.assert_close(b(x), a(x), rtol=1e-4, atol=1e-4)
+
+
+# ---- beyond the paper: the fused grid chosen explicitly (features.grid) ----
+
+def test_fuse_to_an_explicit_grid():
+    a, b = torch.randn(1, 4, 8, 8), torch.randn(1, 6, 4, 4)
+    f = features.fuse([a, b], pool=3, grid=16)
+    assert f.shape == (1, 10, 16, 16)
+    ref = F.avg_pool2d(F.interpolate(a, size=(16, 16), mode="bilinear", align_corners=False), 3, 1, 1)
+    torch.testing.assert_close(f[:, :4], ref)
+
+
+def test_extract_with_a_grid_and_three_scales(synth_root, tmp_path):
+    from dfr import config as dfr_config
+
+    idx = tmp_path / "index.csv"
+    data.write_index(data.index_category(synth_root, "disc"), idx)
+    params = {"backbone": "resnet18", "weights": "none", "layers": ["layer1[-1]", "layer2[-1]", "layer3[-1]"],
+              "pool": 3, "image_size": 64, "normalize": True, "dtype": "float16", "batch_size": 4, "device": "cpu",
+              "grid": 12}
+    features.extract(idx, "test", tmp_path / "t.h5", params)
+    with h5py.File(tmp_path / "t.h5") as f:
+        assert f["features"].shape == (11, 64 + 128 + 256, 12, 12)
+    base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
+    fine = dfr_config.validate({**base, "features": {**base["features"], "grid": 56}})
+    assert "grid" not in dfr_config.feature_params(base)  # caches made before the option keep their key
+    assert dfr_config.feature_params(fine)["grid"] == 56
+    assert dfr_config.feature_key(fine) != dfr_config.feature_key(base)
+    from dfr import resources
+
+    assert resources._grid(fine)[1] == 56 * 56 and resources._grid(base)[1] == 28 * 28
+    with pytest.raises(DFRError, match="features.grid: 2 is less than the minimum of 4"):
+        dfr_config.validate({**base, "features": {**base["features"], "grid": 2}})

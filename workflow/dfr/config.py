@@ -100,9 +100,11 @@ def feature_params(cfg: dict) -> dict:
     from . import backbones
 
     layers = f["layers"] or backbones.DEFAULT_LAYERS.get(f["backbone"], [])
-    return {"backbone": f["backbone"], "weights": str(f["weights"]), "layers": list(layers),
-            "pool": f["pool"], "image_size": cfg["data"]["image_size"], "normalize": cfg["data"]["normalize"],
-            "dtype": f["dtype"]}
+    out = {"backbone": f["backbone"], "weights": str(f["weights"]), "layers": list(layers),
+           "pool": f["pool"], "image_size": cfg["data"]["image_size"], "normalize": cfg["data"]["normalize"],
+           "dtype": f["dtype"]}
+    # beyond the paper: in the cache key only when set, so caches made before the option keep their key
+    return {**out, "grid": f["grid"]} if f["grid"] else out
 
 
 def feature_runtime(cfg: dict) -> dict:

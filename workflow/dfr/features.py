@@ -32,9 +32,10 @@ class _LastLayerReached(Exception):
     """Raised by the last hook: the rest of the backbone (layer4, pooling, fc) is never computed."""
 
 
-def fuse(maps: Sequence[torch.Tensor], pool: int = 3) -> torch.Tensor:
-    """f(x): align every map to the first one's grid (bilinear), AvgPool(pool, 1, pool // 2), concatenate."""
-    size = maps[0].shape[-2:]
+def fuse(maps: Sequence[torch.Tensor], pool: int = 3, grid: int | None = None) -> torch.Tensor:
+    """f(x): align every map to the first one's grid (bilinear), AvgPool(pool, 1, pool // 2), concatenate.
+    ``grid`` (beyond the paper) chooses the fused grid explicitly, e.g. finer than the first hooked layer's."""
+    size = (grid, grid) if grid else maps[0].shape[-2:]
     out = []
     for m in maps:
         if m.shape[-2:] != size:
@@ -48,13 +49,14 @@ def fuse(maps: Sequence[torch.Tensor], pool: int = 3) -> torch.Tensor:
 class FeatureExtractor(nn.Module):
     """Forward hooks on the configured layers of a frozen backbone; returns fused features f(x)."""
 
-    def __init__(self, backbone: nn.Module, layers: Sequence[str], pool: int = 3, truncate: bool = True):
+    def __init__(self, backbone: nn.Module, layers: Sequence[str], pool: int = 3, truncate: bool = True,
+                 grid: int | None = None):
         super().__init__()
         if not layers:
             raise DFRError("features.layers is empty: name at least one layer to hook")
         self.backbone = backbone
         self.layers = list(layers)
-        self.pool = pool
+        self.pool, self.grid = pool, grid
         self.truncate = truncate
         self._maps: dict[int, torch.Tensor] = {}
         self._active = False  # hooks act only during this extractor's own forward pass
@@ -88,7 +90,7 @@ class FeatureExtractor(nn.Module):
         return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fuse(self.hooked(x), self.pool)
+        return fuse(self.hooked(x), self.pool, self.grid)
 
     def remove_hooks(self) -> None:
         for h in self._handles:
@@ -122,7 +124,7 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -
         raise DFRError(f"{index_path}: no images in split {split!r}")
     device = backbones.resolve_device(params.get("device", "auto"))
     model = backbones.build(params["backbone"], params["weights"])
-    extractor = FeatureExtractor(model, params["layers"], pool=params["pool"]).to(device)
+    extractor = FeatureExtractor(model, params["layers"], pool=params["pool"], grid=params.get("grid")).to(device)
     if params.get("channels_last"):
         extractor = extractor.to(memory_format=torch.channels_last)
     pre = Preprocess(params["image_size"], params["normalize"])

@@ -86,7 +86,7 @@ class Predictor:
         f = bundle["features"]
         self.device = backbones.resolve_device(device)
         self.extractor = FeatureExtractor(backbones.build(f["backbone"], f["weights"]), f["layers"],
-                                          pool=f["pool"]).to(self.device).eval()
+                                          pool=f["pool"], grid=f.get("grid")).to(self.device).eval()
         self.preprocess = Preprocess(f["image_size"], f["normalize"])
         self.dtype = np.dtype(f.get("dtype", "float32"))
         self.cae = cae.from_checkpoint(bundle["cae"], self.device, "bundle")

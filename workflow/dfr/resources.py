@@ -162,7 +162,7 @@ def _grid(cfg: dict) -> tuple[int, int]:
     """(fused channels C, locations h·w) of the feature maps."""
     from .backbones import FUSED_CHANNELS
 
-    side = cfg["data"]["image_size"] // 8
+    side = cfg["features"].get("grid") or cfg["data"]["image_size"] // 8
     return FUSED_CHANNELS.get(cfg["features"]["backbone"], 1536), side * side
 
 
