@@ -66,6 +66,22 @@ def test_predict_with_a_border_equals_the_pipelines(trained, synth_root, tmp_pat
     assert not np.allclose(plain[plain.split == "test"].score.to_numpy(), test.score.to_numpy())
 
 
+def test_the_gaussian_reference_through_maps_scores_bundle_and_predict(trained, synth_root, tmp_path):
+    """model: gaussian (beyond the paper) takes the pipeline's own maps, scores, bundle and predict stages."""
+    d = trained
+    cae.train(d / "train.h5", d / "split.json", tmp_path / "g.pt", tmp_path / "g.csv",
+              {"kind": "gaussian", "channels": 50, "shrinkage": 0.01, "seed": 0})
+    scoring.anomaly_maps(tmp_path / "g.pt", d / "train.h5", d / "test.h5", d / "split.json", tmp_path / "m.h5",
+                         {"device": "cpu", "batch_size": 4})
+    sc = scoring.image_scores(tmp_path / "m.h5", tmp_path / "s.csv", 5)
+    test = sc[sc.split == "test"]
+    assert (test.score > 0).all()
+    predict.write_bundle(tmp_path / "g.pt", d / "metrics.json", tmp_path / "b.pt", {"features": FPARAMS, "top_k": 5})
+    df = predict.predict(tmp_path / "b.pt", [str(synth_root / "disc" / "test")], tmp_path / "out",
+                         threshold="f1_optimal", device="cpu", heatmaps=False)
+    np.testing.assert_allclose(df.set_index("path").score[test.path].to_numpy(), test.score.to_numpy(), rtol=1e-4)
+
+
 def test_inputs_files_folders_globs_and_unreadable_images(trained, synth_root, tmp_path):
     d = synth_root / "disc" / "test"
     bad = tmp_path / "bad.png"

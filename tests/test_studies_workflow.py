@@ -39,6 +39,15 @@ def test_a_fresh_study_plans_each_shared_artifact_once(tmp_path):
     assert jobs["study"] == 1 and "bundle" not in jobs
 
 
+def test_the_gaussian_reference_shares_the_features_and_needs_no_pca(tmp_path):
+    cfg = {**STUDY, "study": {**STUDY["study"], "variants": {"padim": {"model": "gaussian"}}}}
+    r = snakemake(tmp_path, cfg, "-n", "--quiet", "rules")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = planned_jobs(r.stdout + r.stderr)
+    assert jobs["features"] == 4 and jobs["pca"] == 2  # nothing more for the reference model
+    assert jobs["train"] == 6 and jobs["maps"] == 6 and jobs["scores"] == 8
+
+
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("study")

@@ -104,6 +104,10 @@ class CAE(nn.Module):
                 x = layer(x)
         return x.view(n, h, w, c).permute(0, 3, 1, 2)
 
+    def anomaly_map(self, f: torch.Tensor) -> torch.Tensor:
+        """A(x) [N, H, W]: the per-location L2 reconstruction error."""
+        return error_map(f, self(f))
+
 
 SPATIAL_DEFAULTS = {"kernel": 1, "padding": "reflect", "depthwise": False}
 
@@ -179,7 +183,11 @@ def _fits_in_ram(cache: FeatureCache, n: int, limit_bytes: float = 2 * 2**30) ->
 def train(features: str | Path, split_json: str | Path, out_model: str | Path, out_history: str | Path,
           params: dict, pca_json: str | Path | None = None) -> dict:
     """Train the CAE on the normal training images; keep the last epoch (``checkpoint: last``) or the one
-    with the least validation loss (``best_val``)."""
+    with the least validation loss (``best_val``). ``kind: gaussian`` fits the reference model instead."""
+    if params.get("kind") == "gaussian":
+        from . import gaussian
+
+        return gaussian.fit(features, split_json, out_model, out_history, params)
     seed = int(params["seed"])
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -290,8 +298,13 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> CAE:
 
 
 def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", source: str | Path = "checkpoint") -> CAE:
-    """The CAE of a checkpoint dict (``model.pt``, or a bundle's ``cae``), in eval mode."""
+    """The CAE of a checkpoint dict (``model.pt``, or a bundle's ``cae``), in eval mode; or the Gaussian
+    reference model when the checkpoint is one."""
     try:
+        if ckpt.get("kind") == "gaussian":
+            from . import gaussian
+
+            return gaussian.from_checkpoint(ckpt).to(device)
         model = CAE(ckpt["in_channels"], ckpt["latent_dim"], batchnorm=ckpt.get("batchnorm", True),
                     normalize=ckpt["normalize"], **spatial_params(ckpt))
         model.load_state_dict(ckpt["state_dict"])

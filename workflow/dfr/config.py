@@ -127,7 +127,16 @@ def pca_params(cfg: dict) -> dict:
     return {"variance": cfg["pca"]["variance"], "max_samples": cfg["pca"]["max_samples"], "seed": cfg["seed"]}
 
 
+def uses_pca(cfg: dict) -> bool:
+    """d is chosen by PCA: the CAE with latent_dim auto (the Gaussian reference has no latent d)."""
+    return cfg["model"] == "cae" and cfg["cae"]["latent_dim"] == "auto"
+
+
 def cae_params(cfg: dict) -> dict:
+    """The model's params: the CAE's, or (``model: gaussian``) the per-location Gaussian reference's."""
+    if cfg["model"] == "gaussian":
+        g = cfg["gaussian"]
+        return {"kind": "gaussian", "channels": g["channels"], "shrinkage": g["shrinkage"], "seed": cfg["seed"]}
     c = cfg["cae"]
     out = {"latent_dim": c["latent_dim"], "normalize": c["normalize"], "batchnorm": c["batchnorm"],
            "epochs": c["epochs"], "batch_size": c["batch_size"], "lr": c["lr"],
@@ -187,7 +196,9 @@ def model_key(cfg: dict) -> str:
     """The CAE's key: its params and the keys of everything it is trained from. Its maps share it."""
     c = cae_params(cfg)
     upstream = {"features": feature_key(cfg), "split": split_key(cfg),
-                "pca": pca_key(cfg) if c["latent_dim"] == "auto" else None}
+                "pca": pca_key(cfg) if uses_pca(cfg) else None}
+    if c.get("kind") == "gaussian":
+        return f"gauss-c{c['channels'] or 'all'}-{feature_params_key({**upstream, **c})}"
     return f"d{c['latent_dim']}-e{c['epochs']}-{feature_params_key({**upstream, **c})}"
 
 

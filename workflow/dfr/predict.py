@@ -98,7 +98,7 @@ class Predictor:
         """A(x) [N, h, w] of a preprocessed batch, f(x) rounded to the cache's dtype as in the pipeline."""
         fx = self.extractor(x.to(self.device)).float().cpu().numpy().astype(self.dtype).astype(np.float32)
         f = torch.from_numpy(fx).to(self.device).contiguous(memory_format=torch.channels_last)
-        return without_border(cae.error_map(f, self.cae(f)).float().cpu().numpy(), self.border)
+        return without_border(self.cae.anomaly_map(f).float().cpu().numpy(), self.border)
 
     def scores(self, a: np.ndarray) -> np.ndarray:
         return top_k_score(a, self.top_k, self.border)

@@ -219,6 +219,11 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         samples = min(cfg["pca"]["max_samples"], wl.n_train * hw)
         mem = BASE_MB["torch"] + samples * c * 24 / MB  # float32 sample, float64 copy, centred copy
         minutes = 2 + (2 * samples * c * c + 10 * c ** 3) / (CPU_GFLOPS * 1e9) / 60 * 2
+    elif rule in ("train", "maps") and cfg.get("model") == "gaussian":
+        k = cfg["gaussian"]["channels"] or c
+        mem = BASE_MB["torch"] + hw * k * k * 8 * 3 / MB + cfg["features"]["batch_size"] * c * hw * 4 * 4 / MB
+        n = wl.n_train if rule == "train" else wl.n_train + wl.n_test
+        minutes = 2 + n * hw * k * k * 4 / (CPU_GFLOPS * 1e9) / 60 * 2 + (hw * k ** 3 / 1e9 / CPU_GFLOPS / 60)
     elif rule == "train":
         cache = min(2 * 2**30, wl.n_train * c * hw * 4) / MB  # in RAM when it fits in 2 GiB (cae.in_memory)
         mem = BASE_MB["torch"] + 400 + 2 * cache + cfg["cae"]["batch_size"] * c * hw * 4 * 8 / MB  # + autograd, Adam

@@ -60,7 +60,7 @@ def run(cfg: dict, force: bool = False) -> dict[str, float]:
                     p["index"], split, p[f"features_{split}"], {**rt, **dfr_config.feature_params(cfg)}))
             sp = dfr_config.split_params(cfg)
             stage("split", p["split"], lambda: data.write_split(p["index"], p["split"], sp["val_fraction"], sp["seed"]))
-            auto = cfg["cae"]["latent_dim"] == "auto"
+            auto = dfr_config.uses_pca(cfg)
             if auto:
                 stage("pca", p["pca"], lambda: pca.run(p["features_train"], p["split"], p["pca"],
                                                        dfr_config.pca_params(cfg)))

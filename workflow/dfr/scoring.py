@@ -67,13 +67,13 @@ def upsample(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def _maps(model: cae.CAE, cache: FeatureCache, positions: np.ndarray, device: torch.device,
+def _maps(model: torch.nn.Module, cache: FeatureCache, positions: np.ndarray, device: torch.device,
           batch: int) -> np.ndarray:
     out = []
     for start in range(0, len(positions), batch):
         f = torch.from_numpy(cache.read(positions[start:start + batch])).to(device)
         f = f.contiguous(memory_format=torch.channels_last)
-        a = cae.error_map(f, model(f)).cpu().numpy()
+        a = model.anomaly_map(f).cpu().numpy()
         if not np.isfinite(a).all():
             ok = np.isfinite(a).reshape(len(a), -1).all(axis=1)
             bad = cache.ids[positions[start + int(np.nonzero(~ok)[0][0])]]

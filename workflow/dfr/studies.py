@@ -215,6 +215,8 @@ def _model_size(path: Path) -> tuple[float, float]:
     from . import cae
 
     model = cae.load(path)
+    if getattr(model, "kind", "cae") == "gaussian":  # no trained weights: count what it stores
+        return 0.0, float(model.mean.numel() + model.precision.numel())
     return float(model.latent_dim), float(sum(p.numel() for p in model.parameters()))
 
 

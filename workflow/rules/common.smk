@@ -105,7 +105,7 @@ def cae_inputs(wildcards):
     """The CAE's inputs: cached training features, the split, and pca.json when d is chosen by PCA."""
     p, cfg = paths_of(wildcards), cfg_of(wildcards)
     out = {"features": p["features_train"], "split": p["split"]}
-    if cfg["cae"]["latent_dim"] == "auto":
+    if dfr_config.uses_pca(cfg):
         out["pca"] = p["pca"]
     return out
 
