@@ -25,11 +25,7 @@ from .io import DFRError
 
 def _set(cfg: dict, assignment: str) -> None:
     key, _, value = assignment.partition("=")
-    node = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = yaml.safe_load(value)
+    studies.set_key(cfg, key, yaml.safe_load(value), "--set")
 
 
 def run(cfg: dict, force: bool = False) -> dict[str, float]:

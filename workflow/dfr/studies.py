@@ -11,6 +11,7 @@ paths of :mod:`dfr.config` (feature cache, split, PCA, model and maps), so nothi
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import re
@@ -49,7 +50,8 @@ def get(cfg: dict, key: str) -> Any:
     return node
 
 
-def _set(cfg: dict, key: str, value: Any, where: str) -> None:
+def set_key(cfg: dict, key: str, value: Any, where: str) -> None:
+    """cfg[a][b][c] = value for the dotted key a.b.c (sections created as needed)."""
     node = cfg
     *parents, leaf = key.split(".")
     for i, p in enumerate(parents):
@@ -124,7 +126,7 @@ def variants(cfg: dict, source: str = "config") -> dict[str, dict]:
     base = {k: v for k, v in cfg.items() if k != "study"}
     where = f"{source}: study"
     points: list[tuple[str | None, dict]] = []
-    for i, grid in enumerate(_grids(study)):
+    for grid in _grids(study):
         flat = _flatten(grid)
         for k, vals in flat.items():
             _check_key(k, f"{where}.grid")
@@ -145,7 +147,7 @@ def variants(cfg: dict, source: str = "config") -> dict[str, dict]:
         raw = copy.deepcopy(base)
         label = f"variants.{name}" if name else "grid " + ", ".join(f"{k}={v!r}" for k, v in over.items())
         for k, v in over.items():
-            _set(raw, k, v, f"{where} ({label})")
+            set_key(raw, k, v, f"{where} ({label})")
         vcfg = dfr_config.validate(raw, f"{where} ({label})")
         built.append((name, vcfg, label))
     # the settings that differ anywhere in the study name the variants
@@ -208,6 +210,7 @@ def _bench_seconds(path: Path) -> float:
     return float(b["s"].iloc[-1]) if len(b) else np.nan
 
 
+@functools.lru_cache(maxsize=None)  # variants that share a model (top-k, thresholds) read it once
 def _model_size(path: Path) -> tuple[float, float]:
     """(latent d, trainable parameters) of a model.pt."""
     if not path.is_file():
