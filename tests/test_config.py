@@ -22,7 +22,8 @@ def test_shipped_configs_are_valid():
     assert dfr_config.feature_params(paper)["layers"] == ["layer2[-1]", "layer3[-1]"]
     assert paper["cae"] == {"latent_dim": "auto", "normalize": True, "batchnorm": True, "epochs": 50,
                             "batch_size": 16, "lr": 0.001, "early_stopping": 0, "in_memory": "auto",
-                            "checkpoint": "last", "kernel": 1, "padding": "reflect", "depthwise": False}
+                            "checkpoint": "last", "kernel": 1, "padding": "reflect", "depthwise": False,
+                            "seed": None}
 
 
 def test_defaults_are_filled():

@@ -110,7 +110,7 @@ def test_comparison_table_best_variant_and_figures(tmp_path):
     out = tmp_path / "cmp"
     rows = studies.compare(man, out / "s.csv", out / "s.md", out / "best.json", out / "plots", workdir=tmp_path)
     assert len(rows) == 10 and set(rows.columns) >= {"cae.latent_dim", "scoring.top_k", "image_auroc", "au_pro",
-                                                    "f1_oracle", "f1_mean_std", "f1_percentile", "train_s"}
+                                                    "f1_oracle", "f1_mean_std", "f1_percentile", "fit_s"}
     csv = pd.read_csv(out / "s.csv")
     assert csv[csv.variant == "latent_dim-8"].image_auroc.tolist() == pytest.approx([0.9, 0.8])
     best = json.loads((out / "best.json").read_text())

@@ -39,13 +39,17 @@ def test_a_fresh_study_plans_each_shared_artifact_once(tmp_path):
     assert jobs["study"] == 1 and "bundle" not in jobs
 
 
-def test_the_gaussian_reference_shares_the_features_and_needs_no_pca(tmp_path):
-    cfg = {**STUDY, "study": {**STUDY["study"], "variants": {"padim": {"model": "gaussian"}}}}
+def test_the_gaussian_reference_and_an_ensemble_share_the_features(tmp_path):
+    cfg = {**STUDY, "study": {**STUDY["study"], "variants": {
+        "padim": {"model": "gaussian"},
+        "ens": {"ensemble.members": [{}, {"cae.seed": 1}]},  # the base's model and one more seed
+    }}}
     r = snakemake(tmp_path, cfg, "-n", "--quiet", "rules")
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = planned_jobs(r.stdout + r.stderr)
-    assert jobs["features"] == 4 and jobs["pca"] == 2  # nothing more for the reference model
-    assert jobs["train"] == 6 and jobs["maps"] == 6 and jobs["scores"] == 8
+    assert jobs["features"] == 4 and jobs["pca"] == 2  # nothing more for the reference model or the ensemble
+    # base, latent_dim-4, padim, and the ensemble's second member, per category; its first is the base's
+    assert jobs["train"] == 8 and jobs["maps"] == 8 and jobs["ensemble"] == 2 and jobs["scores"] == 10
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +68,13 @@ def test_study_outputs(study_run):
     assert sorted(set(rows.variant)) == ["base", "latent_dim-4", "top_k-3"]
     assert len(rows) == 6 and rows.image_auroc.between(0, 1).all() and rows.au_pro.between(0, 1).all()
     assert (rows[rows.variant == "latent_dim-4"].latent_d == 4).all()
-    assert (rows.train_s > 0).all() and (rows.cae_params > 0).all()
+    assert (rows.fit_s > 0).all() and (rows.score_s > 0).all() and (rows.cae_params > 0).all()
+    assert (rows.n_fit == 10).all() and (rows.n_score == 6).all()
     # top_k-3 reads the base's model and maps: the same d, a different score
     base, k3 = (rows[rows.variant == v].set_index("category") for v in ("base", "top_k-3"))
-    assert (base.latent_d == k3.latent_d).all() and (base.train_s == k3.train_s).all()
+    assert (base.latent_d == k3.latent_d).all() and (base.fit_s == k3.fit_s).all()
+    md = (c / "study.md").read_text()
+    assert "fit speed vs base" in md and "| 1.00× | 1.00× |" in md  # the costs relative to the base config
     best = json.loads((c / "best.json").read_text())
     assert best["variant"] in set(rows.variant) and "test labels" in best["chosen_on"]
     assert {p.name for p in (c / "plots").glob("*.png")} == {"summary.png", "sweep_scoring.top_k.png",

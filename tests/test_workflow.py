@@ -129,6 +129,12 @@ def test_rerun_plans_touch_only_what_changed(tiny_run):
     jobs = planned_jobs(snakemake(wd, layer_edit, "-n").stdout)
     assert jobs.get("features") == 4  # a new cache key: extracted anew, the old cache stays
 
+    # an ensemble of the config itself and a second CAE seed: only the new member is trained, then fused
+    ens_edit = {**TINY, "ensemble": {"members": [{}, {"cae.seed": 1}]}}
+    jobs = planned_jobs(snakemake(wd, ens_edit, "-n").stdout)
+    assert jobs.get("train") == 2 and jobs.get("maps") == 2 and jobs.get("ensemble") == 2
+    assert not {"features", "pca", "split", "bundle"} & set(jobs)  # shared cache and split; no bundle
+
 
 def test_run_without_snakemake_gives_the_same_scores(tiny_run, tmp_path):
     """python -m dfr.run: same stages, params and paths in one process; same scores for the same seed."""

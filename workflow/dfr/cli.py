@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--params", type=_params, default={})
 
+    s = sub.add_parser("ensemble", help="fuse several models' anomaly maps (each normalised by its validation maps)")
+    s.add_argument("--maps", nargs="+", required=True, help="the members' maps.h5, in the ensemble's order")
+    s.add_argument("--out", required=True)
+    s.add_argument("--params", type=_params, default={})
+
     s = sub.add_parser("scores", help="top-k image scores s(x)")
     s.add_argument("--maps", required=True)
     s.add_argument("--out", required=True)
@@ -199,6 +204,10 @@ def _run(a: argparse.Namespace) -> int:
 
         mp = {"device": rt.get("device", "auto"), "batch_size": rt.get("batch_size", 16), **a.params}
         scoring.anomaly_maps(a.model, a.train_features, a.test_features, a.split_json, a.out, mp)
+    elif a.stage == "ensemble":
+        from . import ensemble
+
+        ensemble.fuse(a.maps, a.out, a.params)
     elif a.stage == "scores":
         from . import scoring
 

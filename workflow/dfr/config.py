@@ -80,6 +80,9 @@ def validate(cfg: dict, source: str = "config") -> dict:
             if unknown:
                 raise DFRError(f"{source}: datasets.{name}.categories: {unknown} not in {ds['kind']} "
                                f"(its categories: {', '.join(known)})")
+    from . import ensemble
+
+    ensemble.members(cfg, source)  # each member is validated as a config of its own
     return cfg
 
 
@@ -140,7 +143,8 @@ def cae_params(cfg: dict) -> dict:
     c = cfg["cae"]
     out = {"latent_dim": c["latent_dim"], "normalize": c["normalize"], "batchnorm": c["batchnorm"],
            "epochs": c["epochs"], "batch_size": c["batch_size"], "lr": c["lr"],
-           "early_stopping": c["early_stopping"], "checkpoint": c["checkpoint"], "seed": cfg["seed"]}
+           "early_stopping": c["early_stopping"], "checkpoint": c["checkpoint"],
+           "seed": cfg["seed"] if c["seed"] is None else c["seed"]}
     # beyond the paper: recorded only when they leave the paper's 1×1 CAE, so that models trained before
     # these options existed keep their keys and are not retrained
     if c["kernel"] > 1:
@@ -204,8 +208,10 @@ def model_key(cfg: dict) -> str:
 
 def keys(cfg: dict) -> dict[str, str]:
     """The wildcard values of a config's shared artifacts (fkey, skey, pkey, mkey) and its experiment."""
+    from . import ensemble
+
     return {"fkey": feature_key(cfg), "skey": split_key(cfg), "pkey": pca_key(cfg), "mkey": model_key(cfg),
-            "experiment": cfg["experiment"]}
+            "ekey": ensemble.key(cfg), "experiment": cfg["experiment"]}
 
 
 def patterns(results: str) -> dict[str, str]:
@@ -220,6 +226,7 @@ def patterns(results: str) -> dict[str, str]:
         "features_test": f"{feats}/test.h5",
         "pca": f"{models}/{{pkey}}/pca.json", "model": f"{models}/{{mkey}}/model.pt",
         "history": f"{models}/{{mkey}}/history.csv", "maps": f"{models}/{{mkey}}/maps.h5",
+        "ensemble_maps": f"{models}/{{ekey}}/maps.h5",
         "scores": f"{exp}/scores.csv", "metrics": f"{exp}/metrics.json", "plots": f"{exp}/plots",
         "bundle": f"{exp}/bundle.pt",
     }
@@ -233,8 +240,17 @@ def _fill(pattern: str, values: dict) -> str:
 
 def paths(cfg: dict, dataset: str, category: str) -> dict[str, str]:
     """Every artifact path of one category under this config."""
+    from . import ensemble
+
     values = {**keys(cfg), "dataset": dataset, "category": category}
-    return {k: _fill(v, values) for k, v in patterns(cfg["results"]).items()}
+    out = {k: _fill(v, values) for k, v in patterns(cfg["results"]).items()}
+    ms = ensemble.members(cfg)
+    if ms:  # the experiment scores the fused maps; its training curve shown is the first member's
+        first = paths(ms[0], dataset, category)
+        out.update(maps=out["ensemble_maps"], model=first["model"], history=first["history"])
+    else:
+        del out["ensemble_maps"]
+    return out
 
 
 LOG_PATTERNS = {
@@ -242,7 +258,8 @@ LOG_PATTERNS = {
     "index": "logs/index/{dataset}/{category}.log", "split": "logs/split/{dataset}/{category}/{skey}.log",
     "features": "logs/features/{dataset}/{category}/{fkey}/{split}.log",
     "pca": "logs/pca/{dataset}/{category}/{pkey}.log", "train": "logs/train/{dataset}/{category}/{mkey}.log",
-    "maps": "logs/maps/{dataset}/{category}/{mkey}.log", "tables": "logs/{experiment}/tables/{dataset}.log",
+    "maps": "logs/maps/{dataset}/{category}/{mkey}.log",
+    "ensemble": "logs/ensemble/{dataset}/{category}/{ekey}.log", "tables": "logs/{experiment}/tables/{dataset}.log",
     **{rule: f"logs/{{experiment}}/{rule}/{{dataset}}/{{category}}.log"
        for rule in ("scores", "metrics", "plots", "bundle")},
     "study": "logs/{experiment}/study.log",

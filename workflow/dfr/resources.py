@@ -233,6 +233,12 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         mem = BASE_MB["torch"] + cfg["features"]["batch_size"] * c * hw * 4 * 8 / MB \
             + (wl.n_train + wl.n_test) * hw * 4 / MB
         minutes = 2 + (wl.n_train + wl.n_test) * _cae_gflop(cfg, c, hw) / CPU_GFLOPS / 60 * 2
+    elif rule == "ensemble":  # every member's maps, z-scored and resized to the finest grid, in float64
+        from .ensemble import members
+
+        ms = members(cfg) or [cfg]
+        n, hw = wl.n_train + wl.n_test, max(_grid(m)[1] for m in ms)
+        mem = BASE_MB["torch"] + n * hw * (4 * len(ms) + 8 + 8) / MB
     elif rule == "scores":
         mem = BASE_MB["torch"] + (wl.n_train + wl.n_test) * hw * 4 * 3 / MB
     elif rule == "metrics":

@@ -28,11 +28,33 @@ def _set(cfg: dict, assignment: str) -> None:
     studies.set_key(cfg, key, yaml.safe_load(value), "--set")
 
 
+def model_stages(cfg: dict, dataset: str, category: str, stage) -> None:
+    """Features, split, PCA, model and maps of one category under ``cfg``."""
+    from . import cae, data, features, pca, scoring
+
+    rt = dfr_config.feature_runtime(cfg)
+    p = dfr_config.paths(cfg, dataset, category)
+    for split in ("train", "test"):
+        stage("features", p[f"features_{split}"], lambda: features.extract(
+            p["index"], split, p[f"features_{split}"], {**rt, **dfr_config.feature_params(cfg)}))
+    sp = dfr_config.split_params(cfg)
+    stage("split", p["split"], lambda: data.write_split(p["index"], p["split"], sp["val_fraction"], sp["seed"]))
+    auto = dfr_config.uses_pca(cfg)
+    if auto:
+        stage("pca", p["pca"], lambda: pca.run(p["features_train"], p["split"], p["pca"], dfr_config.pca_params(cfg)))
+    stage("train", p["model"], lambda: cae.train(
+        p["features_train"], p["split"], p["model"], p["history"],
+        {"device": rt["device"], "in_memory": rt["train_in_memory"], **dfr_config.cae_params(cfg)},
+        pca_json=p["pca"] if auto else None))
+    stage("maps", p["maps"], lambda: scoring.anomaly_maps(
+        p["model"], p["features_train"], p["features_test"], p["split"], p["maps"],
+        {"device": rt["device"], "batch_size": rt["batch_size"]}))
+
+
 def run(cfg: dict, force: bool = False) -> dict[str, float]:
-    from . import cae, data, datasets, features, metrics, pca, plots, predict, scoring, synthetic, tables
+    from . import data, datasets, ensemble, metrics, plots, predict, scoring, synthetic, tables
 
     timings: dict[str, float] = {}
-    rt = dfr_config.feature_runtime(cfg)
 
     def stage(name: str, out: str, fn) -> None:
         if Path(out).exists() and not force:
@@ -51,29 +73,20 @@ def run(cfg: dict, force: bool = False) -> dict[str, float]:
                 stage("synthetic", p["synthetic"], lambda: synthetic.generate_category(
                     root, category, **ds["synthetic"], seed=cfg["seed"]))
             stage("index", p["index"], lambda: data.write_index(data.index_category(root, category), p["index"]))
-            for split in ("train", "test"):
-                stage("features", p[f"features_{split}"], lambda: features.extract(
-                    p["index"], split, p[f"features_{split}"], {**rt, **dfr_config.feature_params(cfg)}))
-            sp = dfr_config.split_params(cfg)
-            stage("split", p["split"], lambda: data.write_split(p["index"], p["split"], sp["val_fraction"], sp["seed"]))
-            auto = dfr_config.uses_pca(cfg)
-            if auto:
-                stage("pca", p["pca"], lambda: pca.run(p["features_train"], p["split"], p["pca"],
-                                                       dfr_config.pca_params(cfg)))
-            stage("train", p["model"], lambda: cae.train(
-                p["features_train"], p["split"], p["model"], p["history"],
-                {"device": rt["device"], "in_memory": rt["train_in_memory"], **dfr_config.cae_params(cfg)},
-                pca_json=p["pca"] if auto else None))
-            stage("maps", p["maps"], lambda: scoring.anomaly_maps(
-                p["model"], p["features_train"], p["features_test"], p["split"], p["maps"],
-                {"device": rt["device"], "batch_size": rt["batch_size"]}))
+            ms = ensemble.members(cfg)
+            for m in ms or [cfg]:  # each member's model and maps (shared by key), or the config's own
+                model_stages(m, dataset, category, stage)
+            if ms:
+                stage("ensemble", p["maps"], lambda: ensemble.fuse(
+                    [dfr_config.paths(m, dataset, category)["maps"] for m in ms], p["maps"],
+                    ensemble.fusion_params(cfg)))
             stage("scores", p["scores"], lambda: scoring.image_scores(p["maps"], p["scores"],
                                                                       cfg["scoring"]["top_k"],
                                                                       cfg["scoring"]["border"]))
             stage("metrics", p["metrics"], lambda: metrics.evaluate(
                 p["scores"], p["maps"], p["metrics"],
                 {**dfr_config.metrics_params(cfg, dataset), "dataset": dataset, "category": category}))
-            if "study_variant" not in cfg:  # as in the Snakefile: a study compares, it deploys nothing
+            if "study_variant" not in cfg and not ms:  # as in the Snakefile: a study compares, it deploys nothing
                 stage("bundle", p["bundle"], lambda: predict.write_bundle(p["model"], p["metrics"], p["bundle"],
                                                                           dfr_config.bundle_params(cfg)))
             stage("plots", f"{p['plots']}/roc.png", lambda: plots.category_figures(

@@ -186,12 +186,19 @@ def swept_settings(vcfgs: dict[str, dict]) -> list[str]:
 def manifest(cfg: dict, vcfgs: dict[str, dict]) -> dict:
     """What the comparison needs to know of each variant (small: names, settings, keys)."""
     from . import config as dfr_config
+    from . import ensemble
 
     base = {k: _show(_get_or_none(cfg, k)) for k in swept_settings(vcfgs)}
+    def models(v: dict) -> list[dict]:  # what a variant trains: its model, or its ensemble's members
+        return [{"fkey": dfr_config.feature_key(m), "mkey": dfr_config.model_key(m),
+                 "pkey": dfr_config.pca_key(m) if dfr_config.uses_pca(m) else ""}
+                for m in ensemble.members(v) or [v]]
+
     return {"study": cfg["experiment"], "results": cfg["results"], "base": base,
             # a list: the variants' order in the study (a JSON object's keys would be sorted by the rule's params)
             "variants": [{"name": v["study_variant"]["name"], "experiment": e,
-                          "settings": v["study_variant"]["settings"], "mkey": dfr_config.model_key(v)}
+                          "settings": v["study_variant"]["settings"], "mkey": dfr_config.model_key(v),
+                          "models": models(v), "ekey": ensemble.key(v)}
                          for e, v in vcfgs.items()],
             "datasets": {d: ds["categories"] for d, ds in cfg["datasets"].items()}}
 
@@ -224,41 +231,88 @@ def _model_size(path: Path) -> tuple[float, float]:
 
 
 def collect(man: dict, workdir: str | Path = ".") -> pd.DataFrame:
-    """One row per variant x dataset x category: the settings, the metrics and the cost."""
+    """One row per variant x dataset x category: the settings, the metrics and the cost.
+
+    Cost, from the jobs' benchmark records: ``fit_s`` the seconds to fit the model (features of the training
+    images, PCA, training), ``score_s`` to score (features of the test images, maps, the ensemble's fusion),
+    summed over an ensemble's members; a job shared by several variants is counted for each."""
     from . import config as dfr_config
 
     wd = Path(workdir)
     pat, rows = dfr_config.patterns(man["results"]), []
+
+    def seconds(rule: str, values: dict) -> float:
+        return _bench_seconds(wd / dfr_config.benchmark_path(dfr_config._fill(dfr_config.LOG_PATTERNS[rule], values)))
+
     for v in man["variants"]:
         name = v["name"]
         for d, cats in man["datasets"].items():
             for c in cats:
                 values = {"experiment": v["experiment"], "mkey": v["mkey"], "dataset": d, "category": c}
                 m = read_json(wd / dfr_config._fill(pat["metrics"], values))
-                latent, n_params = _model_size(wd / dfr_config._fill(pat["model"], values))
-                logs = {r: dfr_config._fill(dfr_config.LOG_PATTERNS[r], values) for r in ("train", "maps")}
+                sizes, fit, score = [], [], []
+                for mod in v.get("models") or [{"mkey": v["mkey"], "fkey": "", "pkey": ""}]:
+                    mv = {**values, **mod}
+                    sizes.append(_model_size(wd / dfr_config._fill(pat["model"], mv)))
+                    fit += [seconds("features", {**mv, "split": "train"}), seconds("train", mv)]
+                    fit += [seconds("pca", mv)] if mod["pkey"] else []
+                    score += [seconds("features", {**mv, "split": "test"}), seconds("maps", mv)]
+                if v.get("ekey"):
+                    score.append(seconds("ensemble", {**values, "ekey": v["ekey"]}))
+                n_fit, n_score = _images(wd / dfr_config._fill(pat["index"], values))
                 rows.append({"variant": name, **{k: _show(x) for k, x in v["settings"].items()},
                              "dataset": d, "category": c,
                              **{col: float(f(m)) for col, (_, f) in METRICS.items()},
-                             "latent_d": latent, "cae_params": n_params,
-                             "train_s": _bench_seconds(wd / dfr_config.benchmark_path(logs["train"])),
-                             "maps_s": _bench_seconds(wd / dfr_config.benchmark_path(logs["maps"]))})
+                             "latent_d": float(np.mean([s[0] for s in sizes])),
+                             "cae_params": float(np.sum([s[1] for s in sizes])),
+                             "fit_s": float(np.sum(fit)), "score_s": float(np.sum(score)),
+                             "n_fit": n_fit, "n_score": n_score})
     return pd.DataFrame(rows)
+
+
+def _images(index_csv: Path) -> tuple[float, float]:
+    """(training images, test images) of a category from its index; NaN when it is not there."""
+    if not index_csv.is_file():
+        return np.nan, np.nan
+    split = pd.read_csv(index_csv, usecols=["split"]).split
+    return float((split == "train").sum()), float((split == "test").sum())
 
 
 def _show(v: Any) -> Any:
     return slug(v) if isinstance(v, (list, tuple, dict)) else v
 
 
-def summarise(rows: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
-    """One row per variant: the means over every category (all datasets) of each metric, and the cost."""
-    agg = {col: "mean" for col in METRICS} | {"latent_d": "mean", "cae_params": "mean", "train_s": "sum",
-                                              "maps_s": "sum"}
+COST = {"fit_ips": "fit img/s", "score_ips": "score img/s", "fit_rel": "fit speed", "score_rel": "score speed"}
+
+
+def _strict_sum(x: pd.Series) -> float:
+    return float(x.sum()) if x.notna().all() else np.nan  # a missing record makes the total unknown
+
+
+def summarise(rows: pd.DataFrame, settings: list[str], reference: str | None = None) -> pd.DataFrame:
+    """One row per variant: the means over every category (all datasets) of each metric, and the cost as
+    images per second (fit: training images; score: test images) and relative to ``reference``'s speed."""
+    agg = {col: "mean" for col in METRICS} | {"latent_d": "mean", "cae_params": "mean"}
+    agg |= {k: _strict_sum for k in ("fit_s", "score_s", "n_fit", "n_score")}
     out = rows.groupby("variant", sort=False).agg(agg).reset_index()
     first = rows.drop_duplicates("variant").set_index("variant")
     for k in reversed(settings):
         out.insert(1, k, out.variant.map(first[k]))
-    return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["fit_ips"] = out.n_fit / out.fit_s.where(out.fit_s > 0)
+        out["score_ips"] = out.n_score / out.score_s.where(out.score_s > 0)
+    ref = out[out.variant == (reference or out.variant.iloc[0])].iloc[0]
+    out["fit_rel"] = out.fit_ips / ref.fit_ips
+    out["score_rel"] = out.score_ips / ref.score_ips
+    return out.drop(columns=["fit_s", "score_s", "n_fit", "n_score"])
+
+
+def reference_variant(man: dict) -> str:
+    """The variant the costs are relative to: the one that is the base config, else the first."""
+    for v in man["variants"]:
+        if all(_show(v["settings"].get(k)) == b for k, b in man["base"].items()):
+            return v["name"]
+    return man["variants"][0]["name"]
 
 
 def best_variant(summary: pd.DataFrame) -> dict:
@@ -273,8 +327,12 @@ def _fmt(v: Any, col: str) -> str:
         return v
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "n/a"
-    if col in ("train_s", "maps_s"):
+    if col in ("fit_ips", "score_ips"):
         return f"{v:.1f}"
+    if col in ("fit_rel", "score_rel"):
+        return f"{v:.2f}×"
+    if isinstance(v, float) and col not in METRICS and v == round(v):
+        return f"{v:.0f}"  # an integer setting in a column with gaps (NaN makes it float)
     if col == "latent_d":
         return f"{v:.1f}" if v != round(v) else f"{v:.0f}"
     if col == "cae_params":
@@ -300,7 +358,8 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
             workdir: str | Path = ".") -> pd.DataFrame:
     settings = list(man["variants"][0]["settings"])
     rows = collect(man, workdir)
-    summary = summarise(rows, settings)
+    ref = reference_variant(man)
+    summary = summarise(rows, settings, ref)
     best = best_variant(summary)
     with atomic_path(out_csv, suffix=".csv") as tmp:
         rows.to_csv(tmp, index=False, float_format="%.6g")
@@ -308,15 +367,18 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
     md = [f"### Study {man['study']}: {len(summary)} variants, means over {len(rows) // len(summary)} categories",
           "", f"Swept settings: {', '.join(settings) or '(none)'}; base config: "
           + ", ".join(f"{k}={_fmt(_show(v), k)}" for k, v in man["base"].items()), ""]
-    headers = {**labels, "latent_d": "mean d", "cae_params": "CAE params", "train_s": "train s (sum)",
-               "maps_s": "maps s (sum)"}
+    headers = {**labels, "latent_d": "mean d", "cae_params": "model params", **COST,
+               "fit_rel": f"fit speed vs {ref}", "score_rel": f"score speed vs {ref}"}
     md += _md_table(summary, headers, bold={int(summary.index[summary.variant == best["variant"]][0])})
     md += ["", f"Best by mean image AUROC: **{best['variant']}** ({best['image_auroc']:.3f}), chosen on the "
                "test labels: an optimistic pick, not a held-out estimate.",
-           "Cost: wall seconds of the train and maps jobs from their benchmark records, summed over categories "
-           "(a model shared by several variants is counted for each).", "",
+           f"Cost: images per second from the jobs' benchmark records (wall time), summed over categories, and "
+           f"relative to {ref}: fit = training images / (their features + PCA + training), score = test images / "
+           "(their features + maps + an ensemble's fusion); an ensemble counts every member; a job shared by "
+           "several variants is counted for each; n/a where a record is missing (python -m dfr.run keeps none).",
+           "",
            "### Per category", ""]
-    md += _md_table(rows.drop(columns=["latent_d", "cae_params", "train_s", "maps_s"]), headers)
+    md += _md_table(rows.drop(columns=["latent_d", "cae_params", "fit_s", "score_s", "n_fit", "n_score"]), headers)
     write_text(out_md, "\n".join(md) + "\n")
     write_json(out_best, best)
     from . import plots

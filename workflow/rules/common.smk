@@ -10,6 +10,7 @@ sys.path.insert(0, str(WORKFLOW_DIR))
 
 from dfr import config as dfr_config  # noqa: E402
 from dfr import data as dfr_data  # noqa: E402
+from dfr import ensemble as dfr_ensemble  # noqa: E402
 from dfr import resources as dfr_resources  # noqa: E402
 from dfr import studies as dfr_studies  # noqa: E402
 from dfr.io import DFRError  # noqa: E402
@@ -28,18 +29,20 @@ DATASETS = config["datasets"]
 
 # The configs behind each key of a shared artifact (feature cache, split, PCA, model): the variants of a
 # study that agree on what shapes an artifact have the same key, so it is made once and shared.
-BY_KEY = {k: {} for k in ("fkey", "skey", "pkey", "mkey")}
+# An ensemble's members are configs of their own, each with its keys; the fused maps have the ensemble's.
+BY_KEY = {k: {} for k in ("fkey", "skey", "pkey", "mkey", "ekey")}
 for _c in CFGS.values():
-    for _k, _v in dfr_config.keys(_c).items():
-        if _k in BY_KEY:
-            BY_KEY[_k].setdefault(_v, _c)
+    for _m in [_c, *dfr_ensemble.members(_c)]:
+        for _k, _v in dfr_config.keys(_m).items():
+            if _k in BY_KEY and _v:
+                BY_KEY[_k].setdefault(_v, _m)
 
 
 def cfg_of(wildcards):
     """The config that a job's wildcards name: by experiment, else by the key of its shared artifact."""
     if wildcards.get("experiment"):
         return CFGS[wildcards.experiment]
-    for k in ("mkey", "pkey", "fkey", "skey"):
+    for k in ("ekey", "mkey", "pkey", "fkey", "skey"):
         if wildcards.get(k):
             return BY_KEY[k][wildcards.get(k)]
     return config
@@ -74,6 +77,7 @@ wildcard_constraints:
     skey=_one_of(BY_KEY["skey"]),
     pkey=_one_of(BY_KEY["pkey"]),
     mkey=_one_of(BY_KEY["mkey"]),
+    ekey=_one_of(BY_KEY["ekey"]),
 
 
 def P(params):
@@ -110,6 +114,12 @@ def cae_inputs(wildcards):
     return out
 
 
+def ensemble_inputs(wildcards):
+    """The maps of each member of the job's ensemble, in the members' order."""
+    cfg = cfg_of(wildcards)
+    return [dfr_config.paths(m, wildcards.dataset, wildcards.category)["maps"] for m in dfr_ensemble.members(cfg)]
+
+
 def dataset_root(dataset):
     return dfr_config.dataset_root(config, dataset)
 
@@ -139,7 +149,8 @@ def all_targets():
             for cat in ds["categories"]:
                 p = dfr_config.paths(c, d, cat)
                 # a study compares; the model bundles to deploy come from a run of the chosen variant
-                out += [p["plots"]] if STUDY else [p["plots"], p["bundle"]]
+                # (dfr predict takes single models: an ensemble has none)
+                out += [p["plots"]] if STUDY or dfr_ensemble.members(c) else [p["plots"], p["bundle"]]
     if STUDY:
         out += list(COMPARISON.values())
     return out

@@ -22,6 +22,26 @@ rule maps:
         " --test-features {input.features_test} --split-json {input.split} --out {output} > {log} 2>&1"
 
 
+rule ensemble:
+    input:
+        ensemble_inputs,
+    output:
+        PATHS["ensemble_maps"],
+    log:
+        LOGS["ensemble"],
+    benchmark:
+        bench("ensemble")
+    conda:
+        ENV
+    resources:
+        mem_mb=mem_mb("ensemble"),
+        runtime=runtime("ensemble"),
+    params:
+        fusion=stage_params(dfr_ensemble.fusion_params),
+    shell:
+        "python -m dfr ensemble --maps {input} --out {output} --params {params.fusion:q} > {log} 2>&1"
+
+
 rule scores:
     input:
         unpack(inputs("maps")),
