@@ -179,3 +179,36 @@ def test_extract_with_a_grid_and_three_scales(synth_root, tmp_path):
     assert resources._grid(fine)[1] == 56 * 56 and resources._grid(base)[1] == 28 * 28
     with pytest.raises(DFRError, match="features.grid: 2 is less than the minimum of 4"):
         dfr_config.validate({**base, "features": {**base["features"], "grid": 2}})
+
+
+@pytest.mark.parametrize("name, layers, weights, changed", [
+    ("tf_efficientnet_lite0", ["blocks[2]", "blocks[4]"], "imagenet", 17),  # 12 symmetric + 5 TF 'SAME' convs
+    ("resnet18", ["layer2[-1]", "layer3[-1]"], "none", 17),  # every 3x3 and the 7x7 stem
+])
+def test_reflection_padding_leaves_no_border_in_the_features(name, layers, weights, changed):
+    """§8.3: on a uniform image, reflection padding makes every hooked map uniform; zero padding does not."""
+    assert backbones.reflect_padding(backbones.build(name, weights)) == changed
+    x = torch.full((1, 3, 96, 96), 0.3)
+    spread = {}
+    for padding in ("zeros", "reflect"):
+        ext = features.FeatureExtractor(backbones.build(name, weights, padding), layers)
+        maps = ext.hooked(x)
+        assert [m.shape for m in maps] == [m.shape for m in features.FeatureExtractor(
+            backbones.build(name, weights), layers).hooked(x)]  # same shapes as the backbone as it is
+        spread[padding] = max(float((m - m.mean((2, 3), keepdim=True)).abs().max() / (m.abs().max() + 1e-8))
+                              for m in maps)
+    assert spread["reflect"] < 1e-4 < 0.05 < spread["zeros"]
+    with pytest.raises(DFRError, match="features.padding must be zeros or reflect"):
+        backbones.build(name, weights, "circular")
+
+
+def test_reflection_padding_is_in_the_cache_key_only_when_set():
+    from dfr import config as dfr_config
+
+    base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
+    refl = dfr_config.validate({**base, "features": {**base["features"], "padding": "reflect"}})
+    assert "padding" not in dfr_config.feature_params(base)  # caches made before the option keep their key
+    assert dfr_config.feature_params(refl)["padding"] == "reflect"
+    assert dfr_config.feature_key(refl) != dfr_config.feature_key(base)
+    with pytest.raises(DFRError, match="features.padding: 'same' is not one of"):
+        dfr_config.validate({**base, "features": {**base["features"], "padding": "same"}})

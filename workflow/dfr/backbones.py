@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .io import DFRError
@@ -45,8 +47,9 @@ def available() -> list[str]:
     return sorted([*TORCHVISION, *TIMM_LITE])
 
 
-def build(name: str, weights: str = "imagenet") -> nn.Module:
-    """Build a frozen backbone in eval mode."""
+def build(name: str, weights: str = "imagenet", padding: str = "zeros") -> nn.Module:
+    """Build a frozen backbone in eval mode; ``padding="reflect"`` (beyond the paper) pads its convolutions
+    by reflection instead of zeros (:func:`reflect_padding`)."""
     if name not in TORCHVISION and name not in TIMM_LITE:
         raise DFRError(f"unknown backbone {name!r}; available: {', '.join(available())}")
     # random initialisation (weights: none) is seeded, so that it too is reproducible
@@ -56,7 +59,46 @@ def build(name: str, weights: str = "imagenet") -> nn.Module:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return fold_batchnorm(model)
+    model = fold_batchnorm(model)
+    if padding == "reflect":
+        reflect_padding(model)
+    elif padding != "zeros":
+        raise DFRError(f"features.padding must be zeros or reflect, got {padding!r}")
+    return model
+
+
+def _same_pad(size: int, k: int, s: int, d: int) -> int:
+    """Total padding of a TensorFlow 'SAME' convolution along one side of length ``size``."""
+    return max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+
+
+def _reflect_same_forward(conv: nn.Conv2d):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+        ph, pw = _same_pad(x.shape[-2], kh, sh, dh), _same_pad(x.shape[-1], kw, sw, dw)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], mode="reflect")
+        return F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+    return forward
+
+
+def reflect_padding(model: nn.Module) -> int:
+    """Beyond the paper (§8.3): every padded convolution of ``model`` pads by reflecting the input at its
+    edge, so that features near the image border are made of image content rather than zeros. Covers
+    nn.Conv2d with symmetric padding (ResNets, the Lite models' stride-1 convs) and the TensorFlow-style
+    'SAME' convs (timm's Conv2dSame) of the Lite models' stride-2 stages. Pooling layers are left as they
+    are (max pooling ignores its padding). Returns how many convolutions were changed."""
+    n = 0
+    for m in model.modules():
+        if not isinstance(m, nn.Conv2d):
+            continue
+        if type(m).__name__ == "Conv2dSame":  # pads dynamically (asymmetric) in forward
+            m.forward = _reflect_same_forward(m)
+            n += 1
+        elif any(p > 0 for p in m.padding):
+            m.padding_mode = "reflect"
+            n += 1
+    return n
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -106,8 +106,12 @@ def feature_params(cfg: dict) -> dict:
     out = {"backbone": f["backbone"], "weights": str(f["weights"]), "layers": list(layers),
            "pool": f["pool"], "image_size": cfg["data"]["image_size"], "normalize": cfg["data"]["normalize"],
            "dtype": f["dtype"]}
-    # beyond the paper: in the cache key only when set, so caches made before the option keep their key
-    return {**out, "grid": f["grid"]} if f["grid"] else out
+    # beyond the paper: in the cache key only when set, so caches made before these options keep their key
+    if f["grid"]:
+        out["grid"] = f["grid"]
+    if f["padding"] != "zeros":
+        out["padding"] = f["padding"]
+    return out
 
 
 def feature_runtime(cfg: dict) -> dict:

@@ -123,7 +123,7 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -
     if rows.empty:
         raise DFRError(f"{index_path}: no images in split {split!r}")
     device = backbones.resolve_device(params.get("device", "auto"))
-    model = backbones.build(params["backbone"], params["weights"])
+    model = backbones.build(params["backbone"], params["weights"], params.get("padding", "zeros"))
     extractor = FeatureExtractor(model, params["layers"], pool=params["pool"], grid=params.get("grid")).to(device)
     if params.get("channels_last"):
         extractor = extractor.to(memory_format=torch.channels_last)

@@ -85,7 +85,8 @@ class Predictor:
         self.bundle = bundle
         f = bundle["features"]
         self.device = backbones.resolve_device(device)
-        self.extractor = FeatureExtractor(backbones.build(f["backbone"], f["weights"]), f["layers"],
+        self.extractor = FeatureExtractor(backbones.build(f["backbone"], f["weights"], f.get("padding", "zeros")),
+                                          f["layers"],
                                           pool=f["pool"], grid=f.get("grid")).to(self.device).eval()
         self.preprocess = Preprocess(f["image_size"], f["normalize"])
         self.dtype = np.dtype(f.get("dtype", "float32"))
