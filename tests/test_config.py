@@ -13,7 +13,8 @@ def _demo():
 
 
 def test_shipped_configs_are_valid():
-    for name in ("config.yaml", "demo.yaml", "bottle.yaml", "study-demo.yaml", "study-beyond.yaml", "rehearsal.yaml"):
+    for name in ("config.yaml", "demo.yaml", "bottle.yaml", "study-demo.yaml", "study-beyond.yaml", "rehearsal.yaml",
+                 "best.yaml"):
         cfg = dfr_config.load(ROOT / "config" / name)
         assert cfg["scoring"]["top_k"] >= 1
     paper = dfr_config.load(ROOT / "config" / "config.yaml")
@@ -63,3 +64,14 @@ def test_feature_key_depends_only_on_what_shapes_features():
         cfg = copy.deepcopy(base)
         edit(cfg)
         assert dfr_config.feature_key(cfg) != key
+
+
+def test_best_config_is_the_study_variant_it_was_chosen_as():
+    """config/best.yaml makes exactly the study-beyond variant whose measured gains README reports."""
+    from dfr import studies
+
+    best = dfr_config.load(ROOT / "config" / "best.yaml")
+    chosen = studies.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))["study-beyond/best-ens-multires"]
+    assert dfr_config.keys(best)["ekey"] == dfr_config.keys(chosen)["ekey"] != ""
+    assert best["scoring"] == chosen["scoring"] and best["thresholds"] == chosen["thresholds"]
+    assert best["datasets"] == chosen["datasets"]

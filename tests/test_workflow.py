@@ -150,6 +150,11 @@ def test_run_without_snakemake_gives_the_same_scores(tiny_run, tmp_path):
         b = pd.read_csv(tmp_path / "results/tiny/synth" / cat / "scores.csv")
         assert list(a.image_id) == list(b.image_id)
         np.testing.assert_allclose(a.score, b.score, rtol=1e-5)
+    # the jobs' wall times are where Snakemake keeps its benchmark records (a study's costs read them)
+    keys = dfr_config.keys(dfr_config.validate(TINY))
+    b = pd.read_csv(tmp_path / f"benchmarks/train/synth/disc/{keys['mkey']}.tsv", sep="\t")
+    assert list(b.columns[:2]) == ["s", "h:m:s"] and b.s.iloc[0] > 0
+    assert (tmp_path / f"benchmarks/features/synth/grain/{keys['fkey']}/test.tsv").is_file()
 
 
 def test_bad_config_fails_with_readable_message(tmp_path):

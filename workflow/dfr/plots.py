@@ -204,6 +204,37 @@ def _xlabels(values) -> list[str]:
     return [str(v).lower() if isinstance(v, (bool, np.bool_)) else str(v) for v in values]
 
 
+def _variants_figure(summary: pd.DataFrame, metrics: list[str], labels: dict[str, str], out: Path) -> None:
+    """Named variants: mean image AUROC, pixel AUROC and AU-PRO per variant (bars, the axis zoomed to
+    their range), and AU-PRO (else image AUROC) against the scoring speed relative to the reference."""
+    shown = [m for m in ("image_auroc", "pixel_auroc", "au_pro") if m in metrics]
+    cost = "score_rel" in summary and summary.score_rel.notna().any()
+    n = len(summary)
+    fig, axes = plt.subplots(1, 2 if cost else 1, figsize=(11 if cost else 6, 1.2 + 0.42 * n), squeeze=False,
+                             layout="constrained")
+    ax, y, h = axes[0][0], np.arange(n)[::-1], 0.8 / max(1, len(shown))
+    for i, m in enumerate(shown):
+        ax.barh(y + (len(shown) / 2 - i - 0.5) * h, summary[m], height=h, label=labels[m])
+    low = float(np.nanmin(summary[shown].to_numpy()))
+    ax.set_xlim(max(0.0, np.floor((low - 0.02) * 50) / 50), 1.0)
+    ax.set_yticks(y, summary.variant)
+    ax.set_xlabel("mean over categories")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(shown), frameon=False)
+    if cost:
+        m = "au_pro" if "au_pro" in shown else "image_auroc"
+        ax = axes[0][1]
+        ax.scatter(summary.score_rel, summary[m], color="tab:green")
+        for _, r in summary.iterrows():
+            ax.annotate(r.variant, (r.score_rel, r[m]), fontsize=7, xytext=(3, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("scoring speed relative to the reference variant (images/s ratio, log)")
+        ax.set_ylabel(f"mean {labels[m]}")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Study: named variants")
+    _save(fig, out)
+
+
 def study_figures(rows: pd.DataFrame, summary: pd.DataFrame, settings: list[str], base: dict,
                   outdir: str | Path, labels: dict[str, str]) -> list[Path]:
     """summary.png (mean image AUROC, pixel AUROC, AU-PRO and F1 at the validation threshold μ+ασ against every
@@ -215,12 +246,8 @@ def study_figures(rows: pd.DataFrame, summary: pd.DataFrame, settings: list[str]
     slices = {k: _slice(summary, settings, k, base) for k in settings}
     slices = {k: s for k, s in slices.items() if len(s) >= 2}
     written = []
-    if not slices:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.barh(summary.variant, summary.image_auroc, color="tab:blue")
-        ax.set_xlabel("mean image AUROC")
-        ax.set_title("study: variants (no setting swept in two or more values)")
-        _save(fig, outdir / "summary.png")
+    if not slices:  # named variants: the metrics side by side, and what each costs
+        _variants_figure(summary, metrics, labels, outdir / "summary.png")
         return [outdir / "summary.png"]
     fig, axes = plt.subplots(1, len(slices), figsize=(3.6 * len(slices), 3.4), squeeze=False, sharey=True)
     for ax, (k, s) in zip(axes[0], slices.items()):

@@ -34,21 +34,23 @@ def model_stages(cfg: dict, dataset: str, category: str, stage) -> None:
 
     rt = dfr_config.feature_runtime(cfg)
     p = dfr_config.paths(cfg, dataset, category)
+    job = (cfg, dataset, category)
     for split in ("train", "test"):
         stage("features", p[f"features_{split}"], lambda: features.extract(
-            p["index"], split, p[f"features_{split}"], {**rt, **dfr_config.feature_params(cfg)}))
+            p["index"], split, p[f"features_{split}"], {**rt, **dfr_config.feature_params(cfg)}), (*job, split))
     sp = dfr_config.split_params(cfg)
-    stage("split", p["split"], lambda: data.write_split(p["index"], p["split"], sp["val_fraction"], sp["seed"]))
+    stage("split", p["split"], lambda: data.write_split(p["index"], p["split"], sp["val_fraction"], sp["seed"]), job)
     auto = dfr_config.uses_pca(cfg)
     if auto:
-        stage("pca", p["pca"], lambda: pca.run(p["features_train"], p["split"], p["pca"], dfr_config.pca_params(cfg)))
+        stage("pca", p["pca"], lambda: pca.run(p["features_train"], p["split"], p["pca"], dfr_config.pca_params(cfg)),
+              job)
     stage("train", p["model"], lambda: cae.train(
         p["features_train"], p["split"], p["model"], p["history"],
         {"device": rt["device"], "in_memory": rt["train_in_memory"], **dfr_config.cae_params(cfg)},
-        pca_json=p["pca"] if auto else None))
+        pca_json=p["pca"] if auto else None), job)
     stage("maps", p["maps"], lambda: scoring.anomaly_maps(
         p["model"], p["features_train"], p["features_test"], p["split"], p["maps"],
-        {"device": rt["device"], "batch_size": rt["batch_size"]}))
+        {"device": rt["device"], "batch_size": rt["batch_size"]}), job)
 
 
 def run(cfg: dict, force: bool = False) -> dict[str, float]:
@@ -56,12 +58,19 @@ def run(cfg: dict, force: bool = False) -> dict[str, float]:
 
     timings: dict[str, float] = {}
 
-    def stage(name: str, out: str, fn) -> None:
+    def stage(name: str, out: str, fn, job: tuple | None = None) -> None:
+        """Make ``out`` unless it exists; with ``job`` (config, dataset, category[, split]) its wall time goes
+        where Snakemake keeps the job's benchmark record, so that a study's costs read alike after either."""
         if Path(out).exists() and not force:
             return
         t = time.perf_counter()
         fn()
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
+        dt = time.perf_counter() - t
+        timings[name] = timings.get(name, 0.0) + dt
+        if job:
+            bench = Path(dfr_config.benchmark_path(dfr_config.log_paths(*job)[name]))
+            bench.parent.mkdir(parents=True, exist_ok=True)
+            bench.write_text(f"s\th:m:s\n{dt:.4f}\t{time.strftime('%H:%M:%S', time.gmtime(dt))}\n")
 
     for dataset, ds in cfg["datasets"].items():
         root = dfr_config.dataset_root(cfg, dataset)
@@ -79,7 +88,7 @@ def run(cfg: dict, force: bool = False) -> dict[str, float]:
             if ms:
                 stage("ensemble", p["maps"], lambda: ensemble.fuse(
                     [dfr_config.paths(m, dataset, category)["maps"] for m in ms], p["maps"],
-                    ensemble.fusion_params(cfg)))
+                    ensemble.fusion_params(cfg)), (cfg, dataset, category))
             stage("scores", p["scores"], lambda: scoring.image_scores(p["maps"], p["scores"],
                                                                       cfg["scoring"]["top_k"],
                                                                       cfg["scoring"]["border"]))

@@ -90,6 +90,8 @@ def slug(value: Any) -> str:
         return "none"
     if isinstance(value, (list, tuple)):
         return "+".join(slug(v) for v in value) or "none"
+    if isinstance(value, dict):  # e.g. an ensemble member: its overrides; {} is the config itself
+        return "-".join(f"{slug(k)}-{slug(v)}" for k, v in _flatten(value).items()) or "base"
     if isinstance(value, float):
         value = f"{value:g}"
     s = re.sub(r"[\[\]]", "", str(value))
@@ -241,8 +243,8 @@ def collect(man: dict, workdir: str | Path = ".") -> pd.DataFrame:
     wd = Path(workdir)
     pat, rows = dfr_config.patterns(man["results"]), []
 
-    def seconds(rule: str, values: dict) -> float:
-        return _bench_seconds(wd / dfr_config.benchmark_path(dfr_config._fill(dfr_config.LOG_PATTERNS[rule], values)))
+    def record(rule: str, values: dict) -> str:
+        return dfr_config.benchmark_path(dfr_config._fill(dfr_config.LOG_PATTERNS[rule], values))
 
     for v in man["variants"]:
         name = v["name"]
@@ -250,15 +252,17 @@ def collect(man: dict, workdir: str | Path = ".") -> pd.DataFrame:
             for c in cats:
                 values = {"experiment": v["experiment"], "mkey": v["mkey"], "dataset": d, "category": c}
                 m = read_json(wd / dfr_config._fill(pat["metrics"], values))
-                sizes, fit, score = [], [], []
+                sizes, fit, score = [], {}, {}  # job records by path: members that share a job count it once
                 for mod in v.get("models") or [{"mkey": v["mkey"], "fkey": "", "pkey": ""}]:
                     mv = {**values, **mod}
                     sizes.append(_model_size(wd / dfr_config._fill(pat["model"], mv)))
-                    fit += [seconds("features", {**mv, "split": "train"}), seconds("train", mv)]
-                    fit += [seconds("pca", mv)] if mod["pkey"] else []
-                    score += [seconds("features", {**mv, "split": "test"}), seconds("maps", mv)]
+                    jobs = [record("features", {**mv, "split": "train"}), record("train", mv)]
+                    fit |= dict.fromkeys(jobs + ([record("pca", mv)] if mod["pkey"] else []))
+                    score |= dict.fromkeys([record("features", {**mv, "split": "test"}), record("maps", mv)])
                 if v.get("ekey"):
-                    score.append(seconds("ensemble", {**values, "ekey": v["ekey"]}))
+                    score[record("ensemble", {**values, "ekey": v["ekey"]})] = None
+                fit = [_bench_seconds(wd / r) for r in fit]
+                score = [_bench_seconds(wd / r) for r in score]
                 n_fit, n_score = _images(wd / dfr_config._fill(pat["index"], values))
                 rows.append({"variant": name, **{k: _show(x) for k, x in v["settings"].items()},
                              "dataset": d, "category": c,
@@ -331,12 +335,12 @@ def _fmt(v: Any, col: str) -> str:
         return f"{v:.1f}"
     if col in ("fit_rel", "score_rel"):
         return f"{v:.2f}×"
-    if isinstance(v, float) and col not in METRICS and v == round(v):
-        return f"{v:.0f}"  # an integer setting in a column with gaps (NaN makes it float)
     if col == "latent_d":
         return f"{v:.1f}" if v != round(v) else f"{v:.0f}"
     if col == "cae_params":
         return f"{v:,.0f}"
+    if isinstance(v, float) and col not in METRICS and v == round(v):
+        return f"{v:.0f}"  # an integer setting in a column with gaps (NaN makes it float)
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v)).lower()
     if isinstance(v, (int, np.integer)):
@@ -374,8 +378,9 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
                "test labels: an optimistic pick, not a held-out estimate.",
            f"Cost: images per second from the jobs' benchmark records (wall time), summed over categories, and "
            f"relative to {ref}: fit = training images / (their features + PCA + training), score = test images / "
-           "(their features + maps + an ensemble's fusion); an ensemble counts every member; a job shared by "
-           "several variants is counted for each; n/a where a record is missing (python -m dfr.run keeps none).",
+           "(their features + maps + an ensemble's fusion); an ensemble counts each of its members' jobs once; a "
+           "job shared by several variants is counted for each (Snakemake's records include each job's start-up, "
+           "python -m dfr.run's do not); n/a where a record is missing.",
            "",
            "### Per category", ""]
     md += _md_table(rows.drop(columns=["latent_d", "cae_params", "fit_s", "score_s", "n_fit", "n_score"]), headers)
