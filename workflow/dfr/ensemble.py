@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 # What a member may change: the model and what it is fed. Not the split (seed, data.val_fraction): the
 # members' validation maps must be of the same images.
 MEMBER_KEYS = ("data.image_size", "data.normalize", "features.", "pca.", "cae.", "model", "gaussian.")
-RUNTIME_ONLY = ("features.batch_size", "features.num_workers", "features.channels_last", "features.amp",
-                "cae.in_memory")
 FUSION = {"normalise": "validation z-score", "combine": "mean", "grid": "finest"}
 
 
@@ -70,7 +68,7 @@ def _members(cfg: dict, listed: list, source: str) -> list[dict]:
     for i, over in enumerate(listed):
         raw = copy.deepcopy(base)
         for key, value in studies._flatten(over or {}).items():
-            if key in RUNTIME_ONLY:
+            if key in studies.RUNTIME_ONLY:
                 raise DFRError(f"{where}[{i}]: {key} changes only how fast artifacts are made; set it for the "
                                "whole config")
             if not _allowed(key):

@@ -252,17 +252,17 @@ def collect(man: dict, workdir: str | Path = ".") -> pd.DataFrame:
             for c in cats:
                 values = {"experiment": v["experiment"], "mkey": v["mkey"], "dataset": d, "category": c}
                 m = read_json(wd / dfr_config._fill(pat["metrics"], values))
-                sizes, fit, score = [], {}, {}  # job records by path: members that share a job count it once
-                for mod in v.get("models") or [{"mkey": v["mkey"], "fkey": "", "pkey": ""}]:
+                sizes, fit_jobs, score_jobs = [], {}, {}  # records by path: members sharing a job count it once
+                for mod in v["models"]:
                     mv = {**values, **mod}
                     sizes.append(_model_size(wd / dfr_config._fill(pat["model"], mv)))
                     jobs = [record("features", {**mv, "split": "train"}), record("train", mv)]
-                    fit |= dict.fromkeys(jobs + ([record("pca", mv)] if mod["pkey"] else []))
-                    score |= dict.fromkeys([record("features", {**mv, "split": "test"}), record("maps", mv)])
-                if v.get("ekey"):
-                    score[record("ensemble", {**values, "ekey": v["ekey"]})] = None
-                fit = [_bench_seconds(wd / r) for r in fit]
-                score = [_bench_seconds(wd / r) for r in score]
+                    fit_jobs |= dict.fromkeys(jobs + ([record("pca", mv)] if mod["pkey"] else []))
+                    score_jobs |= dict.fromkeys([record("features", {**mv, "split": "test"}), record("maps", mv)])
+                if v["ekey"]:
+                    score_jobs[record("ensemble", {**values, "ekey": v["ekey"]})] = None
+                fit = [_bench_seconds(wd / r) for r in fit_jobs]
+                score = [_bench_seconds(wd / r) for r in score_jobs]
                 n_fit, n_score = _images(wd / dfr_config._fill(pat["index"], values))
                 rows.append({"variant": name, **{k: _show(x) for k, x in v["settings"].items()},
                              "dataset": d, "category": c,
