@@ -71,7 +71,7 @@ def test_best_config_is_the_study_variant_it_was_chosen_as():
     from dfr import studies
 
     best = dfr_config.load(ROOT / "config" / "best.yaml")
-    chosen = studies.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))["study-beyond/best-ens-multires"]
+    chosen = studies.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))["study-beyond/best-ens-full"]
     assert dfr_config.keys(best)["ekey"] == dfr_config.keys(chosen)["ekey"] != ""
     assert best["scoring"] == chosen["scoring"] and best["thresholds"] == chosen["thresholds"]
     assert best["datasets"] == chosen["datasets"]
