@@ -1,0 +1,85 @@
+"""config/best-resnet.yaml: the recipe of config/best.yaml on torchvision's ResNets (weights not downloadable here,
+so its gains are unmeasured): the offline study's variant moved to WR50, sized for the real benchmark, and run end
+to end with random weights at a reduced size."""
+
+import copy
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from dfr import config as dfr_config
+from dfr import ensemble, resources, run, studies
+
+RESNET = ROOT / "config" / "best-resnet.yaml"
+
+
+def _load():
+    return dfr_config.load(RESNET)
+
+
+def test_it_is_the_offline_variant_on_wr50():
+    cfg = _load()
+    offline = studies.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))["study-beyond/best-ens-multires"]
+    assert cfg["ensemble"]["members"] == offline["ensemble"]["members"]
+    assert cfg["scoring"] == offline["scoring"] and cfg["thresholds"] == offline["thresholds"]
+    for k in ("image_size", "val_fraction"):
+        assert cfg["data"][k] == offline["data"][k]
+    assert cfg["cae"]["epochs"] == offline["cae"]["epochs"]
+    assert cfg["features"]["backbone"] == "wide_resnet50_2"
+    assert cfg["features"]["layers"] == ["layer2[-1]", "layer3[-1]"]  # the paper's hooks
+    assert set(cfg["datasets"]) == {"mvtec_ad", "visa"}
+    ms = ensemble.members(cfg)
+    assert [m.get("model") for m in ms] == ["cae", "gaussian", "gaussian"]
+    assert [m["data"]["image_size"] for m in ms] == [448, 448, 224]
+    assert all(m["gaussian"]["channels"] == 550 for m in ms[1:])  # < the 1536 fused channels
+    assert dfr_config.feature_key(ms[0]) == dfr_config.feature_key(ms[1]) != dfr_config.feature_key(ms[2])
+
+
+@pytest.mark.parametrize("dataset,category", [("mvtec_ad", "hazelnut"), ("visa", "pcb1")])
+def test_every_job_is_sized_for_a_gpu_node(dataset, category):
+    """The largest categories' jobs ask for at most 32 GB; the 448² Gaussian's declaration covers its float64 sums
+    and float32 precisions (3136 locations x 550²)."""
+    cfg = _load()
+    ms = ensemble.members(cfg)
+    for m in ms:
+        for rule in ("features", "pca", "train", "maps"):
+            r = resources.estimate(m, rule, dataset, category, "train" if rule == "features" else None)
+            assert 0 < r["mem_mb"] <= 32_000, (rule, m.get("model"), r)
+    held = 56 * 56 * 550 * 550 * (8 + 4) / 2**20
+    assert resources.estimate(ms[1], "train", dataset, category)["mem_mb"] > held
+    for rule in ("ensemble", "scores", "metrics"):
+        assert resources.estimate(cfg, rule, dataset, category)["mem_mb"] <= 32_000
+
+
+def test_runs_end_to_end_with_random_weights(tmp_path, monkeypatch):
+    """The config itself, its sides quartered (448 -> 112, 224 -> 56) and a tiny synthetic category instead of
+    the benchmarks; random WR50 weights (the ImageNet ones cannot be downloaded here)."""
+    raw = copy.deepcopy(_load())
+    raw["results"] = str(tmp_path / "results")
+    raw["device"] = "cpu"
+    raw["datasets"] = {"synth": {"kind": "synthetic", "categories": ["disc"],
+                                 "synthetic": {"n_train": 14, "n_test_good": 3, "n_test_defect": 3}}}
+    raw["data"]["image_size"] = 112
+    raw["features"].update(weights="none", num_workers=0)
+    raw["cae"]["epochs"] = 2
+    raw["gaussian"]["channels"] = 64  # 14 training images: 550 channels would be all shrinkage
+    raw["ensemble"]["members"][2]["data.image_size"] = 56
+    cfg = dfr_config.validate(raw, str(RESNET))
+    monkeypatch.chdir(tmp_path)  # logs/ and benchmarks/ are relative to the working directory
+    run.run(cfg)
+    p = dfr_config.paths(cfg, "synth", "disc")
+    m = json.loads(open(p["metrics"]).read())
+    assert 0 <= m["image_auroc"] <= 1 and 0 <= m["pixel"]["au_pro"] <= 1
+    s = pd.read_csv(p["scores"])
+    assert len(s) > 6 and np.isfinite(s.score).all()
+    grids = []
+    for mcfg in ensemble.members(cfg):
+        with h5py.File(dfr_config.paths(mcfg, "synth", "disc")["maps"], "r") as f:
+            grids.append(f["A"].shape[1:])
+    assert grids == [(14, 14), (14, 14), (7, 7)]
+    with h5py.File(p["maps"], "r") as f:
+        assert f["A"].shape[1:] == (14, 14)  # fused at the finest member grid
