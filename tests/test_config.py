@@ -14,7 +14,7 @@ def _demo():
 
 def test_shipped_configs_are_valid():
     for name in ("config.yaml", "demo.yaml", "bottle.yaml", "study-demo.yaml", "study-beyond.yaml", "rehearsal.yaml",
-                 "best.yaml", "best-resnet.yaml"):
+                 "best.yaml", "best-resnet.yaml", "rehearsal-best.yaml"):
         cfg = dfr_config.load(ROOT / "config" / name)
         assert cfg["scoring"]["top_k"] >= 1
     paper = dfr_config.load(ROOT / "config" / "config.yaml")

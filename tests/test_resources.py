@@ -66,3 +66,36 @@ def test_report_flags_jobs_above_their_declaration():
     assert s.loc["metrics", "total_wall_s"] == 8.0 and s.loc["metrics", "largest_peak_mb"] == 1200.0
     assert s.loc["metrics", "min_headroom"] == pytest.approx(1000 / 1200)
     assert list(rehearsal.over_declared(jobs).category) == ["b"]
+
+
+def test_rehearsal_collects_every_ensemble_members_jobs_once(tmp_path):
+    """An ensemble's records: each member's model jobs, declared from the member's own config (a Gaussian's
+    fit from its covariances, not the CAE's), jobs that members share counted once, and the fusion."""
+    from dfr import ensemble
+
+    cfg = _cfg(tmp_path, scale=0.05, size_scale=0.25)
+    cfg["ensemble"]["members"] = [{}, {"cae.seed": 1}, {"model": "gaussian"}]
+    ms = ensemble.members(cfg)
+
+    def record(c, rule, split=""):
+        tsv = tmp_path / config.benchmark_path(config.log_paths(c, "m", "screw", split)[rule])
+        tsv.parent.mkdir(parents=True, exist_ok=True)
+        tsv.write_text("s\th:m:s\tmax_rss\n1.5\t0:00:01\t321.0\n")
+
+    for m in ms:
+        for s in ("train", "test"):
+            record(m, "features", s)
+        for rule in ("split", "pca", "train", "maps"):
+            record(m, rule)
+    for rule in ("index", "ensemble", "scores", "metrics"):
+        record(cfg, rule)
+    jobs = rehearsal.collect(cfg, tmp_path)
+    n = jobs.groupby("rule").size().to_dict()
+    # one cache (2 splits), one split, one PCA; three models and their maps; one fusion
+    assert n == {"features": 2, "split": 1, "pca": 1, "train": 3, "maps": 3, "index": 1, "ensemble": 1,
+                 "scores": 1, "metrics": 1}
+    train = jobs[jobs.rule == "train"].declared_mb.tolist()
+    assert train[:2] == [resources.estimate(ms[0], "train", "m", "screw")["mem_mb"]] * 2
+    assert train[2] == resources.estimate(ms[2], "train", "m", "screw")["mem_mb"] != train[0]
+    assert list(rehearsal.stage_summary(jobs).stage) == ["index", "features", "split", "pca", "train", "maps",
+                                                          "ensemble", "scores", "metrics"]

@@ -30,8 +30,8 @@ from . import config as dfr_config
 from . import resources, shapes
 from .io import DFRError, read_json
 
-STAGES = ["synthetic", "index", "features", "split", "pca", "train", "maps", "scores", "metrics", "plots",
-          "bundle", "tables"]
+STAGES = ["synthetic", "index", "features", "split", "pca", "train", "maps", "ensemble", "scores", "metrics",
+          "plots", "bundle", "tables"]
 PEAK_RE = re.compile(r"peak RSS (\d+) MB")
 
 
@@ -48,21 +48,32 @@ def _log_peak(log: Path) -> float:
     return float(found[-1]) if found else 0.0
 
 
+MODEL_STAGES = ("features", "split", "pca", "train", "maps")  # an ensemble's members each run these
+
+
 def collect(cfg: dict, workdir: str | Path = ".") -> pd.DataFrame:
-    """One row per job of this config that has a benchmark record: wall time, peak and declared memory."""
+    """One row per job of this config that has a benchmark record: wall time, peak and declared memory.
+    With an ensemble, every member's model jobs (each declared from the member's config) and the fusion."""
+    from .ensemble import members
+
     wd = Path(workdir)
-    rows = []
+    rows, seen = [], set()
+    ms = members(cfg)
     for d, ds in cfg["datasets"].items():
-        jobs = [("tables", None, None)]
+        jobs = [("tables", None, None, cfg)]
         for c in ds["categories"]:
-            jobs += [(r, c, None) for r in STAGES if r not in ("features", "tables")]
-            jobs += [("features", c, s) for s in ("train", "test")]
-        for rule, c, s in jobs:
-            log = dfr_config.log_paths(cfg, d, c or "", s or "")[rule]
+            for m in ms or [cfg]:
+                jobs += [(r, c, None, m) for r in MODEL_STAGES if r != "features"]
+                jobs += [("features", c, s, m) for s in ("train", "test")]
+            jobs += [(r, c, None, cfg) for r in STAGES if r not in (*MODEL_STAGES, "tables")
+                     and (r != "ensemble" or ms)]
+        for rule, c, s, m in jobs:
+            log = dfr_config.log_paths(m, d, c or "", s or "")[rule]
             tsv = wd / dfr_config.benchmark_path(log)
-            if not tsv.is_file():
+            if not tsv.is_file() or log in seen:  # members that share a cache, split or PCA ran it once
                 continue
-            est = resources.estimate(cfg, rule, d, c, s) if c or rule == "tables" else {}
+            seen.add(log)
+            est = resources.estimate(m, rule, d, c, s) if c or rule == "tables" else {}
             r = {"rule": rule, "dataset": d, "category": c, "split": s, **_bench_row(tsv),
                  "log_peak_mb": _log_peak(wd / log), "declared_mb": est.get("mem_mb"),
                  "declared_min": est.get("runtime")}
@@ -333,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     proj = None
-    if not a.no_projection:
+    if cfg["ensemble"]["members"] and not a.no_projection:
+        print("(no projection: it models the paper's single ResNet50 model; this config is an ensemble)")
+    elif not a.no_projection:
         threads = resources.threads_default()
         names = sorted({cfg["features"]["backbone"], "resnet50"})
         c, hw = resources._grid(cfg)
