@@ -4,6 +4,7 @@ to end with random weights at a reduced size."""
 
 import copy
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -72,7 +73,7 @@ def test_runs_end_to_end_with_random_weights(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # logs/ and benchmarks/ are relative to the working directory
     run.run(cfg)
     p = dfr_config.paths(cfg, "synth", "disc")
-    m = json.loads(open(p["metrics"]).read())
+    m = json.loads(Path(p["metrics"]).read_text())
     assert 0 <= m["image_auroc"] <= 1 and 0 <= m["pixel"]["au_pro"] <= 1
     s = pd.read_csv(p["scores"])
     assert len(s) > 6 and np.isfinite(s.score).all()

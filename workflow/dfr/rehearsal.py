@@ -32,6 +32,7 @@ from .io import DFRError, read_json
 
 STAGES = ["synthetic", "index", "features", "split", "pca", "train", "maps", "ensemble", "scores", "metrics",
           "plots", "bundle", "tables"]
+MODEL_STAGES = ("features", "split", "pca", "train", "maps")  # an ensemble's members each run these
 PEAK_RE = re.compile(r"peak RSS (\d+) MB")
 
 
@@ -48,9 +49,6 @@ def _log_peak(log: Path) -> float:
     return float(found[-1]) if found else 0.0
 
 
-MODEL_STAGES = ("features", "split", "pca", "train", "maps")  # an ensemble's members each run these
-
-
 def collect(cfg: dict, workdir: str | Path = ".") -> pd.DataFrame:
     """One row per job of this config that has a benchmark record: wall time, peak and declared memory.
     With an ensemble, every member's model jobs (each declared from the member's config) and the fusion."""
@@ -62,11 +60,9 @@ def collect(cfg: dict, workdir: str | Path = ".") -> pd.DataFrame:
     for d, ds in cfg["datasets"].items():
         jobs = [("tables", None, None, cfg)]
         for c in ds["categories"]:
-            for m in ms or [cfg]:
-                jobs += [(r, c, None, m) for r in MODEL_STAGES if r != "features"]
-                jobs += [("features", c, s, m) for s in ("train", "test")]
-            jobs += [(r, c, None, cfg) for r in STAGES if r not in (*MODEL_STAGES, "tables")
-                     and (r != "ensemble" or ms)]
+            jobs += [(r, c, s, m) for m in ms or [cfg] for r in MODEL_STAGES
+                     for s in (("train", "test") if r == "features" else (None,))]
+            jobs += [(r, c, None, cfg) for r in STAGES if r not in (*MODEL_STAGES, "tables")]
         for rule, c, s, m in jobs:
             log = dfr_config.log_paths(m, d, c or "", s or "")[rule]
             tsv = wd / dfr_config.benchmark_path(log)

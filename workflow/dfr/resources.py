@@ -221,11 +221,11 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         minutes = 2 + (2 * samples * c * c + 10 * c ** 3) / (CPU_GFLOPS * 1e9) / 60 * 2
     elif rule in ("train", "maps") and cfg.get("model") == "gaussian":
         k = cfg["gaussian"]["channels"] or c
-        # fit: the float64 sums Σ x xᵀ, the float32 precisions and one 256 MB chunk being inverted
-        # (dfr.gaussian._precision); maps: the float32 precisions as loaded, and a torch.load copy's headroom
-        per_location = k * k * (8 + 4) if rule == "train" else k * k * 4 * 1.5
-        mem = (BASE_MB["torch"] + hw * per_location / MB + (3 * 256 if rule == "train" else 0)
-               + cfg["features"]["batch_size"] * c * hw * 4 * 4 / MB)
+        if rule == "train":  # the float64 sums Σ x xᵀ, the float32 precisions, a 256 MB chunk being inverted
+            model_mb = hw * k * k * (8 + 4) / MB + 3 * 256  # (dfr.gaussian._precision)
+        else:  # the float32 precisions as loaded, and a torch.load copy's headroom
+            model_mb = hw * k * k * 4 * 1.5 / MB
+        mem = BASE_MB["torch"] + model_mb + cfg["features"]["batch_size"] * c * hw * 4 * 4 / MB
         n = wl.n_train if rule == "train" else wl.n_train + wl.n_test
         minutes = 2 + n * hw * k * k * 4 / (CPU_GFLOPS * 1e9) / 60 * 2
         if rule == "train":  # the float64 inverses: LAPACK one matrix at a time, ~a quarter of the GEMM rate
