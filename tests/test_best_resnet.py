@@ -4,16 +4,20 @@ to end with random weights at a reduced size."""
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import ROOT
+from dfr import keys, plan
 from dfr import config as dfr_config
-from dfr import ensemble, resources, run, studies
+from dfr import resources
 
 RESNET = ROOT / "config" / "best-resnet.yaml"
 
@@ -24,7 +28,7 @@ def _load():
 
 def test_it_is_the_offline_variant_on_wr50():
     cfg = _load()
-    offline = studies.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))["study-beyond/best-ens-multires"]
+    offline = plan.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))["study-beyond/best-ens-multires"]
     assert cfg["ensemble"]["members"] == offline["ensemble"]["members"]
     assert cfg["scoring"] == offline["scoring"] and cfg["thresholds"] == offline["thresholds"]
     for k in ("image_size", "val_fraction"):
@@ -33,11 +37,11 @@ def test_it_is_the_offline_variant_on_wr50():
     assert cfg["features"]["backbone"] == "wide_resnet50_2"
     assert cfg["features"]["layers"] == ["layer2[-1]", "layer3[-1]"]  # the paper's hooks
     assert set(cfg["datasets"]) == {"mvtec_ad", "visa"}
-    ms = ensemble.members(cfg)
+    ms = plan.members(cfg)
     assert [m.get("model") for m in ms] == ["cae", "gaussian", "gaussian"]
     assert [m["data"]["image_size"] for m in ms] == [448, 448, 224]
     assert all(m["gaussian"]["channels"] == 550 for m in ms[1:])  # < the 1536 fused channels
-    assert dfr_config.feature_key(ms[0]) == dfr_config.feature_key(ms[1]) != dfr_config.feature_key(ms[2])
+    assert keys.feature_key(ms[0]) == keys.feature_key(ms[1]) != keys.feature_key(ms[2])
 
 
 @pytest.mark.parametrize("dataset,category", [("mvtec_ad", "hazelnut"), ("visa", "pcb1")])
@@ -45,7 +49,7 @@ def test_every_job_is_sized_for_a_gpu_node(dataset, category):
     """The largest categories' jobs ask for at most 32 GB; the 448² Gaussian's declaration covers its float64 sums
     and float32 precisions (3136 locations x 550²)."""
     cfg = _load()
-    ms = ensemble.members(cfg)
+    ms = plan.members(cfg)
     for m in ms:
         for rule in ("features", "pca", "train", "maps"):
             r = resources.estimate(m, rule, dataset, category, "train" if rule == "features" else None)
@@ -56,6 +60,7 @@ def test_every_job_is_sized_for_a_gpu_node(dataset, category):
         assert resources.estimate(cfg, rule, dataset, category)["mem_mb"] <= 32_000
 
 
+@pytest.mark.slow
 def test_runs_end_to_end_with_random_weights(tmp_path, monkeypatch):
     """The config itself, its sides quartered (448 -> 112, 224 -> 56) and a tiny synthetic category instead of
     the benchmarks; random WR50 weights (the ImageNet ones cannot be downloaded here)."""
@@ -70,16 +75,20 @@ def test_runs_end_to_end_with_random_weights(tmp_path, monkeypatch):
     raw["gaussian"]["channels"] = 64  # 14 training images: 550 channels would be all shrinkage
     raw["ensemble"]["members"][2]["data.image_size"] = 56
     cfg = dfr_config.validate(raw, str(RESNET))
-    monkeypatch.chdir(tmp_path)  # logs/ and benchmarks/ are relative to the working directory
-    run.run(cfg)
-    p = dfr_config.paths(cfg, "synth", "disc")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    r = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
+                        "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "2"],
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-4000:]
+    monkeypatch.chdir(tmp_path)
+    p = plan.paths(cfg, "synth", "disc")
     m = json.loads(Path(p["metrics"]).read_text())
     assert 0 <= m["image_auroc"] <= 1 and 0 <= m["pixel"]["au_pro"] <= 1
     s = pd.read_csv(p["scores"])
     assert len(s) > 6 and np.isfinite(s.score).all()
     grids = []
-    for mcfg in ensemble.members(cfg):
-        with h5py.File(dfr_config.paths(mcfg, "synth", "disc")["maps"], "r") as f:
+    for mcfg in plan.members(cfg):
+        with h5py.File(plan.paths(mcfg, "synth", "disc")["maps"], "r") as f:
             grids.append(f["A"].shape[1:])
     assert grids == [(14, 14), (14, 14), (7, 7)]
     with h5py.File(p["maps"], "r") as f:

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dfr import keys
 from dfr import cae
 from dfr.features import write_cache_meta
 from dfr.io import DFRError
@@ -144,11 +145,14 @@ def test_spatial_options_key_the_model_only_when_used():
     from dfr import config as dfr_config
 
     base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
-    assert "kernel" not in dfr_config.cae_params(base)  # the paper's CAE keeps the keys it always had
+    # the 1x1 CAE has no spatial padding and no depthwise conv: they do not key it
+    assert "padding" not in keys.model_params(base) and "depthwise" not in keys.model_params(base)
+    same = dfr_config.validate({**base, "cae": {**base["cae"], "padding": "zeros", "depthwise": True}})
+    assert keys.model_key(same) == keys.model_key(base)
     spatial = dfr_config.validate({**base, "cae": {**base["cae"], "kernel": 3}})
-    assert dfr_config.cae_params(spatial)["padding"] == "reflect"
-    assert dfr_config.model_key(spatial) != dfr_config.model_key(base)
-    assert dfr_config.feature_key(spatial) == dfr_config.feature_key(base)
+    assert keys.model_params(spatial)["padding"] == "reflect"
+    assert keys.model_key(spatial) != keys.model_key(base)
+    assert keys.feature_key(spatial) == keys.feature_key(base)
     with pytest.raises(DFRError, match="cae.kernel: 5 is not one of"):
         dfr_config.validate({**base, "cae": {**base["cae"], "kernel": 5}})
     with pytest.raises(DFRError, match="cae.padding: 'circular' is not one of"):

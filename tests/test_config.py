@@ -3,6 +3,7 @@ import copy
 import pytest
 import yaml
 
+from dfr import keys, plan
 from dfr import config as dfr_config
 from dfr.io import DFRError
 from conftest import ROOT
@@ -20,7 +21,7 @@ def test_shipped_configs_are_valid():
     paper = dfr_config.load(ROOT / "config" / "config.yaml")
     assert len(paper["datasets"]["mvtec_ad"]["categories"]) == 15
     assert len(paper["datasets"]["visa"]["categories"]) == 12
-    assert dfr_config.feature_params(paper)["layers"] == ["layer2[-1]", "layer3[-1]"]
+    assert keys.feature_params(paper)["layers"] == ["layer2[-1]", "layer3[-1]"]
     assert paper["cae"] == {"latent_dim": "auto", "normalize": True, "batchnorm": True, "epochs": 50,
                             "batch_size": 16, "lr": 0.001, "early_stopping": 0, "in_memory": "auto",
                             "checkpoint": "last", "kernel": 1, "padding": "reflect", "depthwise": False,
@@ -52,26 +53,25 @@ def test_invalid_configs_have_readable_messages(edit, message):
 
 def test_feature_key_depends_only_on_what_shapes_features():
     base = dfr_config.validate(_demo())
-    key = dfr_config.feature_key(base)
+    key = keys.feature_key(base)
     for edit in (lambda c: c["cae"].update(epochs=3), lambda c: c["scoring"].update(top_k=3),
                  lambda c: c["features"].update(batch_size=2), lambda c: c.update(experiment="other"),
                  lambda c: c["thresholds"].update(alpha=2.0)):
         cfg = copy.deepcopy(base)
         edit(cfg)
-        assert dfr_config.feature_key(cfg) == key
+        assert keys.feature_key(cfg) == key
     for edit in (lambda c: c["data"].update(image_size=256), lambda c: c["features"].update(layers=["blocks[2]"]),
                  lambda c: c["features"].update(weights="none"), lambda c: c["data"].update(normalize=False)):
         cfg = copy.deepcopy(base)
         edit(cfg)
-        assert dfr_config.feature_key(cfg) != key
+        assert keys.feature_key(cfg) != key
 
 
 def test_best_config_is_the_study_variant_it_was_chosen_as():
     """config/best.yaml makes exactly the study-beyond variant whose measured gains README reports."""
-    from dfr import studies
 
     best = dfr_config.load(ROOT / "config" / "best.yaml")
-    chosen = studies.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))["study-beyond/best-ens-full"]
-    assert dfr_config.keys(best)["ekey"] == dfr_config.keys(chosen)["ekey"] != ""
+    chosen = plan.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))["study-beyond/best-ens-full"]
+    assert plan.key_values(best)["ekey"] == plan.key_values(chosen)["ekey"] != ""
     assert best["scoring"] == chosen["scoring"] and best["thresholds"] == chosen["thresholds"]
     assert best["datasets"] == chosen["datasets"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dfr import keys, plan
 from dfr import config as dfr_config
 from dfr import ensemble
 from dfr.io import DFRError
@@ -21,23 +22,23 @@ def _cfg(members):
 
 def test_members_are_configs_with_their_own_keys_and_a_shared_split():
     cfg = _cfg([{}, {"data.image_size": 448}, {"cae": {"seed": 7}}])
-    ms = ensemble.members(cfg)
+    ms = plan.members(cfg)
     assert [m["data"]["image_size"] for m in ms] == [224, 448, 224]
-    assert ms[2]["cae"]["seed"] == 7 and dfr_config.cae_params(ms[2])["seed"] == 7
-    keys = [dfr_config.keys(m) for m in ms]
-    assert len({k["mkey"] for k in keys}) == 3  # three models...
-    assert len({k["skey"] for k in keys}) == 1  # ...of one split: the same validation images
-    assert keys[0]["fkey"] == keys[2]["fkey"] != keys[1]["fkey"]  # a CAE seed shares the feature cache
+    assert ms[2]["cae"]["seed"] == 7 and keys.model_params(ms[2])["seed"] == 7
+    kv = [plan.key_values(m) for m in ms]
+    assert len({k["mkey"] for k in kv}) == 3  # three models...
+    assert len({k["skey"] for k in kv}) == 1  # ...of one split: the same validation images
+    assert kv[0]["fkey"] == kv[2]["fkey"] != kv[1]["fkey"]  # a CAE seed shares the feature cache
     single = dfr_config.validate(BASE)
-    assert keys[0]["mkey"] == dfr_config.model_key(single)  # the first member is the single model, shared
+    assert kv[0]["mkey"] == keys.model_key(single)  # the first member is the single model, shared
     # the experiment scores the fused maps under the ensemble's key; its training curve is the first member's
-    p, p0 = dfr_config.paths(cfg, "s", "disc"), dfr_config.paths(ms[0], "s", "disc")
-    ekey = dfr_config.keys(cfg)["ekey"]
+    p, p0 = plan.paths(cfg, "s", "disc"), plan.paths(ms[0], "s", "disc")
+    ekey = plan.key_values(cfg, "s", "disc")["ekey"]
     assert ekey.startswith("ens3-") and p["maps"].endswith(f"/{ekey}/maps.h5") and p["history"] == p0["history"]
-    assert dfr_config.keys(single)["ekey"] == "" and "ensemble_maps" not in dfr_config.paths(single, "s", "disc")
+    assert plan.key_values(single)["ekey"] == "" and "ensemble_maps" not in plan.paths(single, "s", "disc")
     # the key follows the members and their order
-    assert dfr_config.keys(_cfg([{}, {"data.image_size": 448}]))["ekey"] != ekey
-    assert ensemble.fusion_params(cfg)["members"] == [k["mkey"] for k in keys]
+    assert plan.key_values(_cfg([{}, {"data.image_size": 448}]))["ekey"] != ekey
+    assert keys.fusion_params(ms)["members"] == [k["mkey"] for k in kv]
 
 
 @pytest.mark.parametrize("members, message", [
@@ -52,7 +53,7 @@ def test_members_are_configs_with_their_own_keys_and_a_shared_split():
 ])
 def test_bad_members_fail_naming_the_member_and_key(members, message):
     with pytest.raises(DFRError, match=message):
-        _cfg(members)
+        plan.members(_cfg(members))
 
 
 def test_members_must_be_a_list_of_mappings():

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dfr import keys
 from dfr import backbones, data, features
 from dfr.io import DFRError
 
@@ -171,9 +172,8 @@ def test_extract_with_a_grid_and_three_scales(synth_root, tmp_path):
         assert f["features"].shape == (11, 64 + 128 + 256, 12, 12)
     base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
     fine = dfr_config.validate({**base, "features": {**base["features"], "grid": 56}})
-    assert "grid" not in dfr_config.feature_params(base)  # caches made before the option keep their key
-    assert dfr_config.feature_params(fine)["grid"] == 56
-    assert dfr_config.feature_key(fine) != dfr_config.feature_key(base)
+    assert keys.feature_params(base)["grid"] is None and keys.feature_params(fine)["grid"] == 56
+    assert keys.feature_key(fine) != keys.feature_key(base)
     from dfr import resources
 
     assert resources._grid(fine)[1] == 56 * 56 and resources._grid(base)[1] == 28 * 28
@@ -202,13 +202,12 @@ def test_reflection_padding_leaves_no_border_in_the_features(name, layers, weigh
         backbones.build(name, weights, "circular")
 
 
-def test_reflection_padding_is_in_the_cache_key_only_when_set():
+def test_reflection_padding_is_in_the_cache_key():
     from dfr import config as dfr_config
 
     base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
     refl = dfr_config.validate({**base, "features": {**base["features"], "padding": "reflect"}})
-    assert "padding" not in dfr_config.feature_params(base)  # caches made before the option keep their key
-    assert dfr_config.feature_params(refl)["padding"] == "reflect"
-    assert dfr_config.feature_key(refl) != dfr_config.feature_key(base)
+    assert keys.feature_params(base)["padding"] == "zeros" and keys.feature_params(refl)["padding"] == "reflect"
+    assert keys.feature_key(refl) != keys.feature_key(base)
     with pytest.raises(DFRError, match="features.padding: 'same' is not one of"):
         dfr_config.validate({**base, "features": {**base["features"], "padding": "same"}})

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dfr import keys
 from dfr import cae, gaussian
 from dfr import config as dfr_config
 from dfr.features import FeatureCache
@@ -52,11 +53,12 @@ def test_channel_subset_is_seeded_and_checked(tmp_path):
 def test_config_keys_and_validation():
     base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
     g = dfr_config.validate({**base, "model": "gaussian", "gaussian": {"channels": 100}})
-    assert dfr_config.uses_pca(base) and not dfr_config.uses_pca(g)
-    assert dfr_config.cae_params(g) == {"kind": "gaussian", "channels": 100, "shrinkage": 0.01, "seed": 0}
-    assert dfr_config.model_key(g).startswith("gauss-c100-")
-    assert dfr_config.feature_key(g) == dfr_config.feature_key(base)  # the same cached features
-    assert "kind" not in dfr_config.cae_params(base)
+    assert keys.uses_pca(base) and not keys.uses_pca(g)
+    assert keys.model_params(g) == {"kind": "gaussian", "channels": 100, "shrinkage": 0.01, "seed": 0,
+                                    "code": keys.code_version("gaussian")}
+    assert keys.model_key(g).startswith("gauss-c100-")
+    assert keys.feature_key(g) == keys.feature_key(base)  # the same cached features
+    assert "kind" not in keys.model_params(base)
     with pytest.raises(DFRError, match="model: 'padim' is not one of"):
         dfr_config.validate({**base, "model": "padim"})
     with pytest.raises(DFRError, match="gaussian.channels: 0 is less than the minimum of 1"):

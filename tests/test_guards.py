@@ -267,7 +267,7 @@ def _maps_with_masks(d, empty_masks: bool, n_val=3):
 
 
 PARAMS = {"alpha": 3.0, "percentile": 99.0, "pixel_fpr": 0.01, "eval_size": None, "pixel": True,
-          "pro_fpr_limit": 0.3, "dataset": "d", "category": "c", "val_selected_model": False}
+          "pro_fpr_limit": 0.3, "dataset": "d", "category": "c", "val_selected": []}
 
 
 def test_all_empty_masks_keep_image_metrics_and_mark_pixel_metrics_not_applicable(tmp_path):
@@ -282,14 +282,14 @@ def test_all_empty_masks_keep_image_metrics_and_mark_pixel_metrics_not_applicabl
     assert "nan" not in md.lower()
 
 
-def test_percentile_on_too_few_images_and_val_selected_model_are_warned(tmp_path):
+def test_percentile_on_too_few_images_and_validation_choices_are_warned(tmp_path):
     _maps_with_masks(tmp_path, empty_masks=False, n_val=5)
     m = metrics.evaluate(tmp_path / "scores.csv", tmp_path / "maps.h5", tmp_path / "m.json", PARAMS)
     assert any("99th percentile threshold rests on 5 validation images; estimating it needs at least 100" in w
                for w in m["warnings"])
     assert not any("optimistic" in w for w in m["warnings"])
     m = metrics.evaluate(tmp_path / "scores.csv", tmp_path / "maps.h5", tmp_path / "m.json",
-                         {**PARAMS, "percentile": 80.0, "val_selected_model": True})
+                         {**PARAMS, "percentile": 80.0, "val_selected": ["the model: its checkpoint"]})
     assert not any("percentile" in w for w in m["warnings"]) and any("optimistic" in w for w in m["warnings"])
 
 

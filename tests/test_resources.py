@@ -5,6 +5,7 @@ import copy
 import pandas as pd
 import pytest
 
+from dfr import layout, plan, workload
 from dfr import config, data, rehearsal, resources, synthetic
 
 RULES = ["synthetic", "index", "features", "split", "pca", "train", "maps", "scores", "metrics", "plots"]
@@ -18,12 +19,12 @@ def _cfg(tmp_path, **synth):
 
 def test_workload_before_and_after_indexing_agree(tmp_path):
     cfg = _cfg(tmp_path, scale=0.05, size_scale=0.25)
-    before = resources.workload(cfg, "m", "screw")
-    root = config.dataset_root(cfg, "m")
+    before = workload.workload(cfg, "m", "screw")
+    root = layout.dataset_root(cfg, "m")
     synthetic.generate_category(root, "screw", shape="mvtec_ad", scale=0.05, size_scale=0.25)
-    idx = config.paths(cfg, "m", "screw")["index"]
+    idx = plan.paths(cfg, "m", "screw")["index"]
     data.write_index(data.index_category(root, "screw"), idx)
-    after = resources.workload(cfg, "m", "screw")
+    after = workload.workload(cfg, "m", "screw")
     assert before == after and after.n_test == 2 + 6 and after.max_image_pixels == 256 * 256
 
 
@@ -47,7 +48,7 @@ def test_every_rule_declares_memory_and_runtime_that_grow_with_the_data(tmp_path
 def test_real_benchmark_is_sized_from_its_known_shape(tmp_path):
     cfg = config.load("config/config.yaml")
     cfg["results"] = str(tmp_path)  # no index there: sized from dfr.shapes
-    screw = resources.workload(cfg, "mvtec_ad", "screw")
+    screw = workload.workload(cfg, "mvtec_ad", "screw")
     assert (screw.n_train, screw.n_test, screw.max_image_pixels) == (320, 160, 1024 * 1024)
     pcb1 = resources.estimate(cfg, "metrics", "visa", "pcb1")
     assert pcb1["mem_mb"] > resources.estimate(cfg, "metrics", "mvtec_ad", "toothbrush")["mem_mb"]
@@ -71,14 +72,12 @@ def test_report_flags_jobs_above_their_declaration():
 def test_rehearsal_collects_every_ensemble_members_jobs_once(tmp_path):
     """An ensemble's records: each member's model jobs, declared from the member's own config (a Gaussian's
     fit from its covariances, not the CAE's), jobs that members share counted once, and the fusion."""
-    from dfr import ensemble
-
     cfg = _cfg(tmp_path, scale=0.05, size_scale=0.25)
     cfg["ensemble"]["members"] = [{}, {"cae.seed": 1}, {"model": "gaussian"}]
-    ms = ensemble.members(cfg)
+    ms = plan.members(cfg)
 
     def record(c, rule, split=""):
-        tsv = tmp_path / config.benchmark_path(config.log_paths(c, "m", "screw", split)[rule])
+        tsv = tmp_path / layout.benchmark_path(plan.log_paths(c, "m", "screw", split)[rule])
         tsv.parent.mkdir(parents=True, exist_ok=True)
         tsv.write_text("s\th:m:s\tmax_rss\n1.5\t0:00:01\t321.0\n")
 

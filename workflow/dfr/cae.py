@@ -22,11 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backbones
+from . import backbones, gaussian
 from .features import FeatureCache
-from .io import FORMATS, DFRError, atomic_path, check_format, provenance, read_json, remake_hint
+from .io import FORMATS, DFRError, atomic_path, check_format, provenance, read_json, remake_hint, write_model_info
 
 log = logging.getLogger(__name__)
+
+# The code version of the CAE (its architecture, training and A(x)): dfr.keys reads it (without importing
+# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+CODE_VERSIONS = {"cae": 1}
 
 
 def _block(cin: int, cout: int, act: bool, bn: bool, kernel: int = 1, padding: str = "reflect",
@@ -181,13 +185,11 @@ def _fits_in_ram(cache: FeatureCache, n: int, limit_bytes: float = 2 * 2**30) ->
 
 
 def train(features: str | Path, split_json: str | Path, out_model: str | Path, out_history: str | Path,
-          params: dict, pca_json: str | Path | None = None) -> dict:
+          params: dict, pca_json: str | Path | None = None, out_info: str | Path | None = None) -> dict:
     """Train the CAE on the normal training images; keep the last epoch (``checkpoint: last``) or the one
     with the least validation loss (``best_val``). ``kind: gaussian`` fits the reference model instead."""
     if params.get("kind") == "gaussian":
-        from . import gaussian
-
-        return gaussian.fit(features, split_json, out_model, out_history, params)
+        return gaussian.fit(features, split_json, out_model, out_history, params, out_info)
     seed = int(params["seed"])
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -269,6 +271,8 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
         torch.save(ckpt, tmp)
     with atomic_path(out_history, suffix=".csv") as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
+    write_model_info(out_info, out_model, kind="cae", latent_dim=int(latent), epochs_run=len(history),
+               epoch_saved=int(saved_epoch), parameters=int(sum(p.numel() for p in model.parameters())))
     return {"best_epoch": best_epoch, "best_loss": best, "latent_dim": latent, "epoch": saved_epoch}
 
 
@@ -302,8 +306,6 @@ def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", source: str 
     reference model when the checkpoint is one."""
     try:
         if ckpt.get("kind") == "gaussian":
-            from . import gaussian
-
             return gaussian.from_checkpoint(ckpt).to(device)
         model = CAE(ckpt["in_channels"], ckpt["latent_dim"], batchnorm=ckpt.get("batchnorm", True),
                     normalize=ckpt["normalize"], **spatial_params(ckpt))

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--index", required=True)
     s.add_argument("--split", required=True, choices=["train", "test"])
     s.add_argument("--out", required=True)
+    s.add_argument("--weights-file", nargs="*", default=[],
+                   help="the local weights file whose identity (sha256) params.weights names; none for imagenet")
     s.add_argument("--params", type=_params, required=True)
 
     s = sub.add_parser("pca", help="select the latent dimension d by PCA")
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--pca", default=None)
     s.add_argument("--model", required=True)
     s.add_argument("--history", required=True)
+    s.add_argument("--info", default=None, help="the model's sidecar (model.json: size, parameters, epochs)")
     s.add_argument("--params", type=_params, required=True)
 
     s = sub.add_parser("maps", help="anomaly maps A(x) of validation and test images")
@@ -83,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("scores", help="top-k image scores s(x)")
     s.add_argument("--maps", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--top-k", type=int, required=True)
-    s.add_argument("--border", type=int, default=0, help="cells of A(x) at each edge left out (scoring.border)")
+    s.add_argument("--params", type=_params, required=True,
+                   help="JSON: top_k, and border (cells of A(x) at each edge left out, scoring.border)")
 
     s = sub.add_parser("metrics", help="per-category metrics")
     s.add_argument("--scores", required=True)
@@ -169,7 +172,7 @@ def _run(a: argparse.Namespace) -> int:
     if a.stage == "synthetic":
         from . import synthetic
 
-        synthetic.generate_category(a.root, a.category, **a.params)
+        synthetic.generate_category(a.root, a.category, **{k: v for k, v in a.params.items() if k != "code"})
     elif a.stage == "prepare-dataset":
         from . import datasets
 
@@ -188,7 +191,8 @@ def _run(a: argparse.Namespace) -> int:
     elif a.stage == "features":
         from . import features
 
-        features.extract(a.index, a.split, a.out, {**rt, **a.params})
+        features.extract(a.index, a.split, a.out, {**rt, **a.params},
+                         weights_file=a.weights_file[0] if a.weights_file else None)
     elif a.stage == "pca":
         from . import pca
 
@@ -198,7 +202,7 @@ def _run(a: argparse.Namespace) -> int:
 
         cae.train(a.features, a.split_json, a.model, a.history, {"device": rt.get("device", "auto"),
                                                             "in_memory": rt.get("train_in_memory", "auto"), **a.params},
-                  pca_json=a.pca)
+                  pca_json=a.pca, out_info=a.info)
     elif a.stage == "maps":
         from . import scoring
 
@@ -211,7 +215,7 @@ def _run(a: argparse.Namespace) -> int:
     elif a.stage == "scores":
         from . import scoring
 
-        scoring.image_scores(a.maps, a.out, a.top_k, a.border)
+        scoring.image_scores(a.maps, a.out, a.params["top_k"], a.params.get("border", 0))
     elif a.stage == "metrics":
         from . import metrics
 

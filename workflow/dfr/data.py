@@ -23,13 +23,17 @@ import pandas as pd
 from PIL import Image, ImageFile
 
 from .io import DFRError, atomic_path, write_json
+from .shapes import IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:  # torch is imported where images are preprocessed, not to index or split
     import torch
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+# The code version of the index and the validation split: dfr.keys reads it (without importing
+# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+CODE_VERSIONS = {"index": 1, "split": 1}
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INDEX_COLUMNS = ["image_id", "split", "label", "defect", "path", "mask_path", "width", "height"]

@@ -13,13 +13,12 @@ so members with different scales weigh alike; the z-maps are resized (bilinear) 
 and averaged. The fused maps then go through scoring, thresholds and metrics like a single model's.
 
 Members may differ in what makes the model (image size, backbone, layers, grid, PCA, CAE, model kind,
-seeds of the CAE) but not in the data split: their validation images must be the same.
+seeds of the CAE) but not in the data split: their validation images must be the same. The members are
+expanded by :mod:`dfr.plan`; this module fuses their maps.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 from pathlib import Path
 
@@ -28,83 +27,17 @@ import torch
 import torch.nn.functional as F
 
 from .io import DFRError
+from .scoring import Maps, write_maps
 
 log = logging.getLogger(__name__)
 
-# What a member may change: the model and what it is fed. Not the split (seed, data.val_fraction): the
-# members' validation maps must be of the same images.
-MEMBER_KEYS = ("data.image_size", "data.normalize", "features.", "pca.", "cae.", "model", "gaussian.")
-FUSION = {"normalise": "validation z-score", "combine": "mean", "grid": "finest"}
-
-
-def _allowed(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in MEMBER_KEYS)
-
-
-_MEMBERS: dict[str, list[dict]] = {}  # config (as JSON) -> its members: input functions ask for them often
-
-
-def members(cfg: dict, source: str = "config") -> list[dict]:
-    """The validated config of each member; [] when the config is a single model."""
-    listed = (cfg.get("ensemble") or {}).get("members") or []
-    if not listed:
-        return []
-    key = json.dumps(cfg, sort_keys=True, default=str)
-    if key not in _MEMBERS:
-        _MEMBERS[key] = _members(cfg, listed, source)
-    return _MEMBERS[key]
-
-
-def _members(cfg: dict, listed: list, source: str) -> list[dict]:
-    from . import config as dfr_config
-    from . import studies
-
-    where = f"{source}: ensemble.members"
-    if len(listed) < 2:
-        raise DFRError(f"{where}: an ensemble needs at least two members (leave the list empty for one model)")
-    base = {k: v for k, v in cfg.items() if k not in ("ensemble", "study", "study_variant")}
-    base["experiment"] = cfg["experiment"].split("/")[0]  # a study variant's is <study>/<variant>; unused
-    out, seen = [], {}
-    for i, over in enumerate(listed):
-        raw = copy.deepcopy(base)
-        for key, value in studies._flatten(over or {}).items():
-            if key in studies.RUNTIME_ONLY:
-                raise DFRError(f"{where}[{i}]: {key} changes only how fast artifacts are made; set it for the "
-                               "whole config")
-            if not _allowed(key):
-                raise DFRError(f"{where}[{i}]: {key}: a member may change only the model and its features "
-                               f"({', '.join(k.rstrip('.') for k in MEMBER_KEYS)}); the members share the data, "
-                               "the split and the scoring")
-            studies.set_key(raw, key, value, f"{where}[{i}]")
-        m = dfr_config.validate(raw, f"{where}[{i}]")
-        k = dfr_config.model_key(m)
-        if k in seen:
-            raise DFRError(f"{where}: members {seen[k]} and {i} make the same model ({k}); give them different "
-                           "settings, e.g. cae.seed")
-        seen[k] = i
-        out.append(m)
-    return out
-
-
-def key(cfg: dict) -> str:
-    """The fused maps' key (beside the models' keys): a hash of the members' model keys and the fusion."""
-    from .features import feature_params_key
-
-    p = fusion_params(cfg)
-    return f"ens{len(p['members'])}-{feature_params_key(p)}" if p["members"] else ""
-
-
-def fusion_params(cfg: dict) -> dict:
-    """What shapes the fused maps: the members' models, in order, and the fusion rule."""
-    from . import config as dfr_config
-
-    return {"members": [dfr_config.model_key(m) for m in members(cfg)], **FUSION}
+# The version of the fusion's numerics (dfr.keys reads it into the fused maps' key): bump it when a change
+# alters what fuse() writes.
+CODE_VERSIONS = {"ensemble": 1}
 
 
 def fuse(maps_paths: list[str | Path], out: str | Path, params: dict) -> np.ndarray:
     """Fused A(x) of the members' maps.h5 files, written to ``out`` (same rows, finest grid)."""
-    from .scoring import Maps, write_maps
-
     if len(maps_paths) < 2:
         raise DFRError(f"{out}: an ensemble needs at least two members' maps, got {len(maps_paths)}")
     ms = [Maps(p) for p in maps_paths]

@@ -27,6 +27,11 @@ from .io import FORMATS, DFRError, atomic_path, check_format, remake_hint, versi
 
 log = logging.getLogger(__name__)
 
+# The code version of the fused features f(x) (this module, and the backbones' construction and BN folding in
+# dfr.backbones): dfr.keys reads it (without importing
+# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+CODE_VERSIONS = {"features": 1}
+
 
 class _LastLayerReached(Exception):
     """Raised by the last hook: the rest of the backbone (layer4, pooling, fc) is never computed."""
@@ -111,11 +116,13 @@ def feature_params_key(params: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
-def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -> dict:
+def extract(index_path: str | Path, split: str, out: str | Path, params: dict,
+            weights_file: str | Path | None = None) -> dict:
     """Extract f(x) for every image of ``split`` ("train" or "test") of an index into one HDF5 file.
 
-    params: backbone, weights, layers, pool, image_size, normalize, dtype, batch_size, num_workers, device,
-    channels_last, amp.
+    params: backbone, weights (their identity, :func:`dfr.keys.weights_identity`, or a location), layers, pool,
+    grid, padding, image_size, normalize, dtype, amp; and the runtime-only batch_size, num_workers, device,
+    channels_last. ``weights_file``: the local file a ``sha256:`` identity names.
     """
     t_start = time.perf_counter()
     index = read_index(index_path)
@@ -123,7 +130,8 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict) -
     if rows.empty:
         raise DFRError(f"{index_path}: no images in split {split!r}")
     device = backbones.resolve_device(params.get("device", "auto"))
-    model = backbones.build(params["backbone"], params["weights"], params.get("padding", "zeros"))
+    weights = backbones.weights_location(params["weights"], weights_file)
+    model = backbones.build(params["backbone"], weights, params.get("padding") or "zeros")
     extractor = FeatureExtractor(model, params["layers"], pool=params["pool"], grid=params.get("grid")).to(device)
     if params.get("channels_last"):
         extractor = extractor.to(memory_format=torch.channels_last)

@@ -18,9 +18,13 @@ import torch
 from torch import nn
 
 from .features import FeatureCache
-from .io import FORMATS, DFRError, atomic_path, provenance, read_json
+from .io import FORMATS, DFRError, atomic_path, provenance, read_json, write_model_info
 
 log = logging.getLogger(__name__)
+
+# The code version of the Gaussian reference (its fit and A(x)): dfr.keys reads it (without importing
+# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+CODE_VERSIONS = {"gaussian": 1}
 
 
 class Gaussian(nn.Module):
@@ -44,7 +48,7 @@ class Gaussian(nn.Module):
 
 
 def fit(features: str | Path, split_json: str | Path, out_model: str | Path, out_history: str | Path,
-        params: dict) -> dict:
+        params: dict, out_info: str | Path | None = None) -> dict:
     """Fit the per-location Gaussians on the training images (streamed, float64 sums)."""
     t0 = time.perf_counter()
     split = read_json(split_json)
@@ -88,6 +92,8 @@ def fit(features: str | Path, split_json: str | Path, out_model: str | Path, out
                              "val_loss": losses.get("val", np.nan), "seconds": seconds, "best": True}])
     with atomic_path(out_history, suffix=".csv") as tmp:
         history.to_csv(tmp, index=False)
+    write_model_info(out_info, out_model, kind=Gaussian.kind, latent_dim=0, epochs_run=1, epoch_saved=1,
+               parameters=int(model.mean.numel() + model.precision.numel()))  # no trained weights: what it stores
     log.info("Gaussian per location: %d locations x %d of %d channels, %d training images, %.1f s",
              h * w, want, c, n, seconds)
     return {"channels": want, "seconds": seconds, **losses}

@@ -56,6 +56,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def write_model_info(out_info: str | os.PathLike | None, out_model: str | os.PathLike, **info: Any) -> None:
+    """A model's sidecar (``model.json``): its kind, size, parameters and epochs, what a study reads of a
+    model without loading it."""
+    if out_info is not None:
+        write_json(out_info, {**info, "bytes": Path(out_model).stat().st_size})
+
+
 def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(Path(path).read_text())

@@ -30,6 +30,10 @@ from .scoring import Maps, read_scores, upsample
 
 log = logging.getLogger(__name__)
 
+# The code version of the metrics and thresholds: dfr.keys reads it (without importing
+# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+CODE_VERSIONS = {"metrics": 1}
+
 
 def confusion_at(labels: np.ndarray, scores: np.ndarray, t: float) -> dict:
     """Counts and rates of §6.3–6.4 at threshold t (predict anomalous iff score ≥ t)."""
@@ -321,10 +325,10 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
             warnings.append(f"the {params['percentile']:g}th percentile threshold rests on {len(val)} validation "
                             f"images; estimating it needs at least {needed} (with fewer it is about their maximum): "
                             "raise data.val_fraction or prefer the mean + alpha*std threshold")
-        if params.get("val_selected_model"):
-            warnings.append("the validation images also selected the checkpoint or stopping epoch "
-                            "(cae.checkpoint: best_val or cae.early_stopping), so the validation thresholds are "
-                            "optimistic")
+        chosen = params.get("val_selected") or []
+        if chosen:
+            warnings.append("the validation images also chose " + "; ".join(chosen)
+                            + ", so the validation thresholds are optimistic")
     result["thresholds"] = thr
     curves: dict = {}
     if len(np.unique(y)) == 2:

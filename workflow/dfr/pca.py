@@ -14,6 +14,10 @@ from .io import DFRError, provenance, read_json, write_json
 
 log = logging.getLogger(__name__)
 
+# The code version of the PCA selection of d: dfr.keys reads it (without importing
+# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+CODE_VERSIONS = {"pca": 1}
+
 
 def location_vectors(cache: FeatureCache, ids: list[str], max_samples: int, seed: int,
                      batch: int = 32) -> np.ndarray:
@@ -52,7 +56,8 @@ def select_latent_dim(x: np.ndarray, variance: float) -> tuple[int, np.ndarray]:
 def run(features: str | Path, split_json: str | Path, out: str | Path, params: dict) -> dict:
     split = read_json(split_json)
     with FeatureCache(features) as cache:
-        x = location_vectors(cache, split["train"], params["max_samples"], params["seed"])
+        # no max_samples: the key says that every location vector fits (dfr.keys.pca_params)
+        x = location_vectors(cache, split["train"], params.get("max_samples") or 2**62, params.get("seed", 0))
     d, cum = select_latent_dim(x.astype(np.float64), params["variance"])
     result = {
         "latent_dim": d,

@@ -22,6 +22,10 @@ from .io import atomic_path, read_json  # noqa: E402
 from .scoring import Maps, read_scores, upsample  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+# The code version of the figures: dfr.keys reads it (without importing
+# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+CODE_VERSIONS = {"plots": 1}
 THRESHOLD_STYLE = {"f1_optimal": ("t* (F1-optimal, oracle)", "tab:red", "-"),
                    "val_mean_std": ("μ+ασ (validation)", "tab:purple", "--"),
                    "val_percentile": ("percentile (validation)", "tab:green", ":")}

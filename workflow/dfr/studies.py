@@ -1,33 +1,21 @@
-"""Studies: variants of one base config, run as one DAG, compared side by side (§8.2 of the specification).
+"""A study's comparison: every variant × category side by side, the cost of each, plots (§8.2).
 
-A config's ``study`` lists variants as grids of dotted keys with value lists (each grid is a full product;
-a list of grids is their union, e.g. one-at-a-time sweeps around the base config) and/or as named variants.
-Each variant is the base config with its overrides, validated like any config; its name lists the settings
-where it differs from the base (``base`` when it differs nowhere). A variant's results go to
-``<results>/<experiment>/<variant>/``; everything its settings do not change is shared through the keyed
-paths of :mod:`dfr.config` (feature cache, split, PCA, model and maps), so nothing is computed twice.
+The variants are expanded by :mod:`dfr.plan`, whose manifest lists, per variant and category, the files this
+module reads (each declared as an input of the ``study`` rule): the metrics, the models' sidecars
+(``model.json``: parameters, size), the index (image counts) and the jobs' benchmark records (wall time).
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-import itertools
-import json
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .io import DFRError, atomic_path, read_json, write_json, write_text
-
-# Keys a variant may not change: what names and places the run, the data, and how fast it runs.
-FIXED = {"experiment", "results", "datasets", "resources", "device", "study"}
-RUNTIME_ONLY = {"features.batch_size", "features.num_workers", "features.channels_last", "features.amp",
-                "cae.in_memory"}
-COMPARISON = "comparison"  # the study's own folder beside its variants
+from . import plots
+from .io import atomic_path, read_json, write_json, write_text
+from .plan import show
 
 # The comparison's metrics: column -> (label, how to read it from metrics.json)
 METRICS = {
@@ -41,175 +29,6 @@ METRICS = {
 }
 
 
-def get(cfg: dict, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(key)
-        node = node[part]
-    return node
-
-
-def set_key(cfg: dict, key: str, value: Any, where: str) -> None:
-    """cfg[a][b][c] = value for the dotted key a.b.c (sections created as needed)."""
-    node = cfg
-    *parents, leaf = key.split(".")
-    for i, p in enumerate(parents):
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise DFRError(f"{where}: {key}: {'.'.join(parents[:i + 1])} is not a section of the config")
-    node[leaf] = copy.deepcopy(value)
-
-
-def _flatten(overrides: dict, prefix: str = "") -> dict:
-    """{'cae': {'latent_dim': 8}} and {'cae.latent_dim': 8} alike -> {'cae.latent_dim': 8}."""
-    out = {}
-    for k, v in overrides.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and key.split(".")[0] != "datasets":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _check_key(key: str, where: str) -> None:
-    top = key.split(".")[0]
-    if top in FIXED:
-        raise DFRError(f"{where}: {key}: a study cannot vary '{top}' (the variants share it)")
-    if key in RUNTIME_ONLY:
-        raise DFRError(f"{where}: {key} changes only how fast artifacts are made, not what they are; "
-                       "vary it across runs, not as a study variant")
-
-
-def slug(value: Any) -> str:
-    """A value as a path-safe name part: layer2[-1] -> layer2-1, [a, b] -> a+b, True -> true."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, (list, tuple)):
-        return "+".join(slug(v) for v in value) or "none"
-    if isinstance(value, dict):  # e.g. an ensemble member: its overrides; {} is the config itself
-        return "-".join(f"{slug(k)}-{slug(v)}" for k, v in _flatten(value).items()) or "base"
-    if isinstance(value, float):
-        value = f"{value:g}"
-    s = re.sub(r"[\[\]]", "", str(value))
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", s).strip("-") or "x"
-
-
-def _labels(keys: list[str]) -> dict[str, str]:
-    """Each dotted key's shortest suffix that no other key ends with: cae.latent_dim -> latent_dim; but
-    cae.normalize and data.normalize stay whole."""
-    out = {}
-    for k in keys:
-        parts = k.split(".")
-        for n in range(1, len(parts) + 1):
-            label = ".".join(parts[-n:])
-            if not any(o != k and (o == label or o.endswith("." + label)) for o in keys):
-                break
-        out[k] = label
-    return out
-
-
-def _grids(study: dict) -> list[dict]:
-    g = study.get("grid") or []
-    return [g] if isinstance(g, dict) else list(g)
-
-
-def variants(cfg: dict, source: str = "config") -> dict[str, dict]:
-    """Experiment name -> validated config: the config itself without a study, else one per variant
-    (experiment ``<experiment>/<variant>``)."""
-    from . import config as dfr_config
-
-    study = cfg.get("study")
-    if not study:
-        return {cfg["experiment"]: cfg}
-    base = {k: v for k, v in cfg.items() if k != "study"}
-    where = f"{source}: study"
-    points: list[tuple[str | None, dict]] = []
-    for grid in _grids(study):
-        flat = _flatten(grid)
-        for k, vals in flat.items():
-            _check_key(k, f"{where}.grid")
-            if not isinstance(vals, list) or not vals:
-                raise DFRError(f"{where}.grid: {k}: give a list of values (got {vals!r})")
-        for combo in itertools.product(*flat.values()):
-            points.append((None, dict(zip(flat, combo))))
-    for name, over in (study.get("variants") or {}).items():
-        flat = _flatten(over or {})
-        for k in flat:
-            _check_key(k, f"{where}.variants.{name}")
-        points.append((name, flat))
-    if not points:
-        raise DFRError(f"{where}: lists no variants (give study.grid or study.variants)")
-
-    built: list[tuple[str | None, dict, str]] = []
-    for name, over in points:
-        raw = copy.deepcopy(base)
-        label = f"variants.{name}" if name else "grid " + ", ".join(f"{k}={v!r}" for k, v in over.items())
-        for k, v in over.items():
-            set_key(raw, k, v, f"{where} ({label})")
-        vcfg = dfr_config.validate(raw, f"{where} ({label})")
-        built.append((name, vcfg, label))
-    # the settings that differ anywhere in the study name the variants
-    swept = [k for k in dict.fromkeys(k for _, over in points for k in over)
-             if len({json.dumps(_get_or_none(v, k), sort_keys=True) for _, v, _ in built}) > 1]
-    labels = _labels(swept)
-    out: dict[str, dict] = {}
-    for name, vcfg, label in built:
-        if name is None:
-            parts = [f"{labels[k]}-{slug(get(vcfg, k))}" for k in swept if get(vcfg, k) != _get_or_none(base, k)]
-            name = "__".join(parts) or "base"
-        if name == COMPARISON:
-            raise DFRError(f"{where}: '{COMPARISON}' is reserved for the study's comparison; rename the variant")
-        exp = f"{cfg['experiment']}/{name}"
-        vcfg["experiment"] = exp
-        vcfg["study_variant"] = {"study": cfg["experiment"], "name": name,
-                                 "settings": {k: get(vcfg, k) for k in swept}}
-        if exp in out and out[exp] != vcfg:
-            raise DFRError(f"{where}: two variants are named '{name}' but differ ({label}); rename one")
-        out[exp] = vcfg
-    return out
-
-
-def _get_or_none(cfg: dict, key: str) -> Any:
-    try:
-        return get(cfg, key)
-    except KeyError:
-        return None
-
-
-def swept_settings(vcfgs: dict[str, dict]) -> list[str]:
-    first = next(iter(vcfgs.values()))
-    return list(first.get("study_variant", {}).get("settings", {}))
-
-
-def manifest(cfg: dict, vcfgs: dict[str, dict]) -> dict:
-    """What the comparison needs to know of each variant (small: names, settings, keys)."""
-    from . import config as dfr_config
-    from . import ensemble
-
-    base = {k: _show(_get_or_none(cfg, k)) for k in swept_settings(vcfgs)}
-    def models(v: dict) -> list[dict]:  # what a variant trains: its model, or its ensemble's members
-        return [{"fkey": dfr_config.feature_key(m), "mkey": dfr_config.model_key(m),
-                 "pkey": dfr_config.pca_key(m) if dfr_config.uses_pca(m) else ""}
-                for m in ensemble.members(v) or [v]]
-
-    return {"study": cfg["experiment"], "results": cfg["results"], "base": base,
-            # a list: the variants' order in the study (a JSON object's keys would be sorted by the rule's params)
-            "variants": [{"name": v["study_variant"]["name"], "experiment": e,
-                          "settings": v["study_variant"]["settings"], "mkey": dfr_config.model_key(v),
-                          "models": models(v), "ekey": ensemble.key(v)}
-                         for e, v in vcfgs.items()],
-            "datasets": {d: ds["categories"] for d, ds in cfg["datasets"].items()}}
-
-
-def comparison_paths(results: str, study: str) -> dict[str, str]:
-    c = f"{results.rstrip('/')}/{study}/{COMPARISON}"
-    return {"csv": f"{c}/study.csv", "md": f"{c}/study.md", "best": f"{c}/best.json", "plots": f"{c}/plots"}
-
-
 # ---- the comparison: a table of every variant x category, plots against each setting, the cost ----
 
 def _bench_seconds(path: Path) -> float:
@@ -219,58 +38,32 @@ def _bench_seconds(path: Path) -> float:
     return float(b["s"].iloc[-1]) if len(b) else np.nan
 
 
-@functools.lru_cache(maxsize=None)  # variants that share a model (top-k, thresholds) read it once
-def _model_size(path: Path) -> tuple[float, float]:
-    """(latent d, trainable parameters) of a model.pt."""
-    if not path.is_file():
-        return np.nan, np.nan
-    from . import cae
-
-    model = cae.load(path)
-    if getattr(model, "kind", "cae") == "gaussian":  # no trained weights: count what it stores
-        return 0.0, float(model.mean.numel() + model.precision.numel())
-    return float(model.latent_dim), float(sum(p.numel() for p in model.parameters()))
+def _model_info(path: Path) -> dict:
+    """A model's sidecar (model.json): its latent d and parameters (a Gaussian's: what it stores)."""
+    return read_json(path) if path.is_file() else {}
 
 
 def collect(man: dict, workdir: str | Path = ".") -> pd.DataFrame:
     """One row per variant x dataset x category: the settings, the metrics and the cost.
 
-    Cost, from the jobs' benchmark records: ``fit_s`` the seconds to fit the model (features of the training
-    images, PCA, training), ``score_s`` to score (features of the test images, maps, the ensemble's fusion),
-    summed over an ensemble's members; a job shared by several variants is counted for each."""
-    from . import config as dfr_config
-
-    wd = Path(workdir)
-    pat, rows = dfr_config.patterns(man["results"]), []
-
-    def record(rule: str, values: dict) -> str:
-        return dfr_config.benchmark_path(dfr_config._fill(dfr_config.LOG_PATTERNS[rule], values))
-
+    Cost, from the jobs' benchmark records that the manifest lists: ``fit_s`` the seconds to fit the model
+    (features of the training images, PCA, training), ``score_s`` to score (features of the test images,
+    maps, the ensemble's fusion), summed over an ensemble's members; a job shared by several variants is
+    counted for each."""
+    wd, rows = Path(workdir), []
     for v in man["variants"]:
-        name = v["name"]
-        for d, cats in man["datasets"].items():
-            for c in cats:
-                values = {"experiment": v["experiment"], "mkey": v["mkey"], "dataset": d, "category": c}
-                m = read_json(wd / dfr_config._fill(pat["metrics"], values))
-                sizes, fit_jobs, score_jobs = [], {}, {}  # records by path: members sharing a job count it once
-                for mod in v["models"]:
-                    mv = {**values, **mod}
-                    sizes.append(_model_size(wd / dfr_config._fill(pat["model"], mv)))
-                    jobs = [record("features", {**mv, "split": "train"}), record("train", mv)]
-                    fit_jobs |= dict.fromkeys(jobs + ([record("pca", mv)] if mod["pkey"] else []))
-                    score_jobs |= dict.fromkeys([record("features", {**mv, "split": "test"}), record("maps", mv)])
-                if v["ekey"]:
-                    score_jobs[record("ensemble", {**values, "ekey": v["ekey"]})] = None
-                fit = [_bench_seconds(wd / r) for r in fit_jobs]
-                score = [_bench_seconds(wd / r) for r in score_jobs]
-                n_fit, n_score = _images(wd / dfr_config._fill(pat["index"], values))
-                rows.append({"variant": name, **{k: _show(x) for k, x in v["settings"].items()},
-                             "dataset": d, "category": c,
-                             **{col: float(f(m)) for col, (_, f) in METRICS.items()},
-                             "latent_d": float(np.mean([s[0] for s in sizes])),
-                             "cae_params": float(np.sum([s[1] for s in sizes])),
-                             "fit_s": float(np.sum(fit)), "score_s": float(np.sum(score)),
-                             "n_fit": n_fit, "n_score": n_score})
+        for c in v["categories"]:
+            m = read_json(wd / c["metrics"])
+            infos = [_model_info(wd / p) for p in c["model_info"]]
+            n_fit, n_score = _images(wd / c["index"])
+            rows.append({"variant": v["name"], **{k: show(x) for k, x in v["settings"].items()},
+                         "dataset": c["dataset"], "category": c["category"],
+                         **{col: float(f(m)) for col, (_, f) in METRICS.items()},
+                         "latent_d": float(np.mean([i.get("latent_dim", np.nan) for i in infos])),
+                         "cae_params": float(np.sum([i.get("parameters", np.nan) for i in infos])),
+                         "fit_s": float(np.sum([_bench_seconds(wd / r) for r in c["fit"]])),
+                         "score_s": float(np.sum([_bench_seconds(wd / r) for r in c["score"]])),
+                         "n_fit": n_fit, "n_score": n_score})
     return pd.DataFrame(rows)
 
 
@@ -280,10 +73,6 @@ def _images(index_csv: Path) -> tuple[float, float]:
         return np.nan, np.nan
     split = pd.read_csv(index_csv, usecols=["split"]).split
     return float((split == "train").sum()), float((split == "test").sum())
-
-
-def _show(v: Any) -> Any:
-    return slug(v) if isinstance(v, (list, tuple, dict)) else v
 
 
 COST = {"fit_ips": "fit img/s", "score_ips": "score img/s", "fit_rel": "fit speed", "score_rel": "score speed"}
@@ -314,7 +103,7 @@ def summarise(rows: pd.DataFrame, settings: list[str], reference: str | None = N
 def reference_variant(man: dict) -> str:
     """The variant the costs are relative to: the one that is the base config, else the first."""
     for v in man["variants"]:
-        if all(_show(v["settings"].get(k)) == b for k, b in man["base"].items()):
+        if all(show(v["settings"].get(k)) == b for k, b in man["base"].items()):
             return v["name"]
     return man["variants"][0]["name"]
 
@@ -370,7 +159,7 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
     labels = {col: lab for col, (lab, _) in METRICS.items()}
     md = [f"### Study {man['study']}: {len(summary)} variants, means over {len(rows) // len(summary)} categories",
           "", f"Swept settings: {', '.join(settings) or '(none)'}; base config: "
-          + ", ".join(f"{k}={_fmt(_show(v), k)}" for k, v in man["base"].items()), ""]
+          + ", ".join(f"{k}={_fmt(show(v), k)}" for k, v in man["base"].items()), ""]
     headers = {**labels, "latent_d": "mean d", "cae_params": "model params", **COST,
                "fit_rel": f"fit speed vs {ref}", "score_rel": f"score speed vs {ref}"}
     md += _md_table(summary, headers, bold={int(summary.index[summary.variant == best["variant"]][0])})
@@ -379,15 +168,13 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
            f"Cost: images per second from the jobs' benchmark records (wall time), summed over categories, and "
            f"relative to {ref}: fit = training images / (their features + PCA + training), score = test images / "
            "(their features + maps + an ensemble's fusion); an ensemble counts each of its members' jobs once; a "
-           "job shared by several variants is counted for each (Snakemake's records include each job's start-up, "
-           "python -m dfr.run's do not); n/a where a record is missing.",
+           "job shared by several variants is counted for each (a record includes the job's start-up); n/a where a "
+           "record is missing.",
            "",
            "### Per category", ""]
     md += _md_table(rows.drop(columns=["latent_d", "cae_params", "fit_s", "score_s", "n_fit", "n_score"]), headers)
     write_text(out_md, "\n".join(md) + "\n")
     write_json(out_best, best)
-    from . import plots
-
     plots.study_figures(rows, summary, settings, man["base"], plots_dir, labels)
     return rows
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import shutil
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,57 +33,13 @@ from PIL import Image
 from scipy import ndimage
 
 from .io import DFRError, write_json
-from .shapes import BENCHMARKS
+from .shapes import BENCHMARKS, CATEGORIES, DEFECTS, CategorySpec, shaped_counts, shaped_spec  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-DEFECTS = ("scratch", "stain", "missing", "colour")
-
-
-@dataclass(frozen=True)
-class CategorySpec:
-    name: str
-    kind: str  # texture | object
-    width: int
-    height: int
-    grey: bool = False
-    style: str = ""  # weave | grain | disc: how normal images look (default: the name)
-    ext: str = ".png"
-
-    @property
-    def look(self) -> str:
-        return self.style or self.name
-
-
-CATEGORIES = {
-    "weave": CategorySpec("weave", "texture", 256, 256),
-    "grain": CategorySpec("grain", "texture", 200, 200, grey=True),
-    "disc": CategorySpec("disc", "object", 240, 192),
-}
-
-
-def shaped_spec(category: str, shape: str, size_scale: float = 1.0) -> CategorySpec:
-    """A category named and sized like the real benchmark's (``shape``: mvtec_ad | visa)."""
-    table = BENCHMARKS.get(shape)
-    if table is None:
-        raise DFRError(f"unknown synthetic shape {shape!r}; choose from {', '.join(BENCHMARKS)}")
-    if category not in table:
-        raise DFRError(f"{category!r} is not a category of {shape} (its categories: {', '.join(table)})")
-    s = table[category]
-    w, h = max(32, round(s.width * size_scale)), max(32, round(s.height * size_scale))
-    style = ("grain" if s.grey else "weave") if s.texture else "disc"
-    return CategorySpec(category, "texture" if s.texture else "object", w, h, s.grey, style, s.ext)
-
-
-def shaped_counts(category: str, shape: str, scale: float = 1.0, n_kinds: int = len(DEFECTS)
-                  ) -> tuple[int, int, list[int]]:
-    """(train, test good, anomalous test images per defect kind) of a shaped category at ``scale``."""
-    s = BENCHMARKS[shape][category]
-    n_bad = max(1, round(s.n_test_anomalous * scale))
-    kinds = min(n_kinds, n_bad)
-    per_kind = [n_bad // kinds + (1 if i < n_bad % kinds else 0) for i in range(kinds)]
-    return max(2, round(s.n_train * scale)), max(1, round(s.n_test_good * scale)), per_kind
-
+# The code version of the generator: dfr.keys reads it (without importing this module) into the params of
+# the synthetic rule. Bump it when a change alters the images or masks it draws.
+CODE_VERSIONS = {"synthetic": 1}
 
 def _rng(seed: int, category: str, split: str, i: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(category.encode()), zlib.crc32(split.encode()), i])

@@ -9,6 +9,11 @@ import pandas as pd
 
 from .io import atomic_path, read_json, write_text
 
+# The code version of the tables: dfr.keys reads it (without importing
+# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+CODE_VERSIONS = {"tables": 1}
+
+
 COLUMNS = ["Category", "AUROC", "BestThr", "Precision", "Recall", "F1", "Specificity", "Bal. Acc.", "Error%",
            "Pixel AUROC", "AU-PRO"]
 VAL_COLUMNS = ["Category", "Threshold", "T", "Precision", "Recall", "F1", "Specificity", "Bal. Acc.",
@@ -86,13 +91,24 @@ def paper_markdown(df: pd.DataFrame, dataset: str, benchmark: str) -> str:
     return md
 
 
+def _counts(df: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """Per numeric column: (categories with a value, categories) of the rows above the Mean rows."""
+    rows = df[df.Category != "Mean"]
+    return {c: (int(rows[c].notna().sum()), len(rows)) for c in df.columns
+            if c not in ("Category", "Threshold") and pd.api.types.is_numeric_dtype(df[c])}
+
+
 def to_markdown(df: pd.DataFrame, title: str) -> str:
+    """A table; a Mean cell taken over fewer categories than the table has says over how many."""
+    counts = _counts(df) if "Threshold" not in df.columns else {}
+
     def fmt(col: str, v) -> str:
+        theirs = col.endswith(" (paper)") or col.startswith("Δ") or col in ("BestThr", "T")
         col = col.removesuffix(" (paper)")
         if isinstance(v, str):
             return v
         if v is None or (isinstance(v, float) and np.isnan(v)):
-            return "n/a" if col in ("Pixel AUROC", "AU-PRO") else "—"
+            return "—" if theirs else "n/a"  # no figure to compare with / a metric undefined here
         if col == "Error%":
             return f"{v:.2f}%"
         if col in ("BestThr", "T"):
@@ -106,7 +122,9 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     for _, r in df.iterrows():
         cells = [fmt(c, r[c]) for c in df.columns]
         if r["Category"] == "Mean":
-            cells = [f"**{x}**" for x in cells]
+            cells = [f"**{x}**" + (f" (over {counts[c][0]} of {counts[c][1]})"
+                                   if c in counts and 0 < counts[c][0] < counts[c][1] else "")
+                     for x, c in zip(cells, df.columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -119,6 +137,11 @@ def write(metrics_files: list[str | Path], dataset: str, out_csv: str | Path, ou
         main_df = with_paper(main_df, reference)
     notes = [f"- {m['category']}: {w}" for m in sorted((read_json(f) for f in metrics_files),
                                                        key=lambda m: m["category"]) for w in m.get("warnings", [])]
+    body = main_df.iloc[:-1]
+    for col in ("AUROC", "Precision", "Recall", "F1", "Specificity", "Bal. Acc.", "Error%"):
+        for cat in body.Category[body[col].isna()]:  # an undefined metric (e.g. a test set of one class)
+            notes.append(f"- {cat}: {col} is n/a (undefined for this category's test set); the Mean is taken over "
+                         f"the other {int(body[col].notna().sum())} of {len(body)} categories")
     with atomic_path(out_csv, suffix=".csv") as tmp:
         main_df.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(out_val_csv, suffix=".csv") as tmp:

@@ -7,6 +7,7 @@ rule train:
     output:
         model=PATHS["model"],
         history=PATHS["history"],
+        info=PATHS["model_info"],
     log:
         LOGS["train"],
     benchmark:
@@ -19,8 +20,9 @@ rule train:
         mem_mb=mem_mb("train"),
         runtime=runtime("train"),
     params:
-        cae=stage_params(dfr_config.cae_params),
+        cae=stage_params(dfr_keys.model_params),
         pca=lambda wc, input: f"--pca {input.pca}" if "pca" in input.keys() else "",
     shell:
         "python -m dfr --threads {threads} train --features {input.features} --split-json {input.split} {params.pca}"
-        " --model {output.model} --history {output.history} --params {params.cae:q} > {log} 2>&1"
+        " --model {output.model} --history {output.history} --info {output.info}"
+        " --params {params.cae:q} > {log} 2>&1"

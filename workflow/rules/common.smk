@@ -1,4 +1,5 @@
-# Shared set-up: config validation, paths, and the params of every stage (from the dfr package).
+# Shared set-up: the config validated, the plan of what to compute (experiments x study variants x ensemble
+# members), paths, and the params of every stage (from the dfr package's planning layer: no torch here).
 import json
 import re
 import shlex
@@ -10,42 +11,26 @@ sys.path.insert(0, str(WORKFLOW_DIR))
 
 from dfr import config as dfr_config  # noqa: E402
 from dfr import data as dfr_data  # noqa: E402
-from dfr import ensemble as dfr_ensemble  # noqa: E402
+from dfr import keys as dfr_keys  # noqa: E402
+from dfr import layout as dfr_layout  # noqa: E402
+from dfr import plan as dfr_plan  # noqa: E402
 from dfr import resources as dfr_resources  # noqa: E402
-from dfr import studies as dfr_studies  # noqa: E402
 from dfr.io import DFRError  # noqa: E402
 
 try:
     config = dfr_config.validate(config, "config")
-    # experiment -> its config: this one, or one per variant of its study
-    CFGS = dfr_studies.variants(config)
+    PLAN = dfr_plan.Plan(config)
 except DFRError as e:
     raise WorkflowError(str(e)) from None
+CFGS = PLAN.experiments  # experiment -> its config: this one, or one per variant of its study
 
 R = config["results"].rstrip("/")
 E = config["experiment"]
 STUDY = bool(config["study"])
 DATASETS = config["datasets"]
 
-# The configs behind each key of a shared artifact (feature cache, split, PCA, model): the variants of a
-# study that agree on what shapes an artifact have the same key, so it is made once and shared.
-# An ensemble's members are configs of their own, each with its keys; the fused maps have the ensemble's.
-BY_KEY = {k: {} for k in ("fkey", "skey", "pkey", "mkey", "ekey")}
-for _c in CFGS.values():
-    for _m in [_c, *dfr_ensemble.members(_c)]:
-        for _k, _v in dfr_config.keys(_m).items():
-            if _k in BY_KEY and _v:
-                BY_KEY[_k].setdefault(_v, _m)
-
-
-def cfg_of(wildcards):
-    """The config that a job's wildcards name: by experiment, else by the key of its shared artifact."""
-    if wildcards.get("experiment"):
-        return CFGS[wildcards.experiment]
-    for k in ("ekey", "mkey", "pkey", "fkey", "skey"):
-        if wildcards.get(k):
-            return BY_KEY[k][wildcards.get(k)]
-    return config
+BY_KEY = PLAN.by_key  # each shared artifact's key -> a config that makes it
+cfg_of = PLAN.cfg_of  # the config that a job's wildcards name
 
 
 # Every rule runs `python -m dfr <stage>` from this checkout (also inside conda envs made by --sdm conda
@@ -56,7 +41,7 @@ _CONDA = "conda" in str(getattr(workflow.deployment_settings, "deployment_method
 _PREFIX = (
     "set -euo pipefail; "
     f"export PYTHONPATH={shlex.quote(str(WORKFLOW_DIR))}${{PYTHONPATH:+:$PYTHONPATH}}; "
-    f"export DFR_RUNTIME={shlex.quote(json.dumps(dfr_config.feature_runtime(config)))}; "
+    f"export DFR_RUNTIME={shlex.quote(json.dumps(dfr_keys.feature_runtime(config)))}; "
     + ("" if _CONDA else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")
 )
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # the prefix is formatted like a command
@@ -87,7 +72,7 @@ def P(params):
 
 def paths_of(wildcards):
     """Every artifact path of the job's category under the job's config."""
-    return dfr_config.paths(cfg_of(wildcards), wildcards.dataset, wildcards.category)
+    return dfr_plan.paths(cfg_of(wildcards), wildcards.dataset, wildcards.category)
 
 
 def inputs(*names):
@@ -109,7 +94,7 @@ def cae_inputs(wildcards):
     """The CAE's inputs: cached training features, the split, and pca.json when d is chosen by PCA."""
     p, cfg = paths_of(wildcards), cfg_of(wildcards)
     out = {"features": p["features_train"], "split": p["split"]}
-    if dfr_config.uses_pca(cfg):
+    if dfr_keys.uses_pca(cfg):
         out["pca"] = p["pca"]
     return out
 
@@ -117,43 +102,38 @@ def cae_inputs(wildcards):
 def ensemble_inputs(wildcards):
     """The maps of each member of the job's ensemble, in the members' order."""
     cfg = cfg_of(wildcards)
-    return [dfr_config.paths(m, wildcards.dataset, wildcards.category)["maps"] for m in dfr_ensemble.members(cfg)]
+    return [dfr_plan.paths(m, wildcards.dataset, wildcards.category)["maps"] for m in dfr_plan.members(cfg)]
 
 
 def dataset_root(dataset):
-    return dfr_config.dataset_root(config, dataset)
+    return dfr_layout.dataset_root(config, dataset)
 
 
 def category_ready(wildcards):
     """What must exist before a category can be indexed: generated, downloaded, or already there."""
     ds = DATASETS[wildcards.dataset]
     if ds["kind"] == "synthetic":
-        return dfr_config.paths(config, wildcards.dataset, wildcards.category)["synthetic"]
+        return dfr_plan.paths(config, wildcards.dataset, wildcards.category)["synthetic"]
     if ds["kind"] in ("mvtec", "visa"):
         if not (Path(dataset_root(wildcards.dataset)) / wildcards.category / "train").is_dir():
             return f"{dataset_root(wildcards.dataset)}/.dfr-ready"
     return []
 
 
-PATHS = dfr_config.patterns(R)  # wildcard patterns of every per-category artifact
-TABLES = dfr_config.table_patterns(R)  # wildcard patterns of a dataset's tables
-COMPARISON = dfr_studies.comparison_paths(R, E)  # a study's comparison
+PATHS = dfr_layout.patterns(R)  # wildcard patterns of every per-category artifact
+TABLES = dfr_layout.table_patterns(R)  # wildcard patterns of a dataset's tables
+COMPARISON = PLAN.comparison_paths()  # a study's comparison
 
 
 def all_targets():
-    out = []
-    for e, c in CFGS.items():
-        for d, ds in DATASETS.items():
-            t = dfr_config.table_paths(c, d)
-            out += [t["csv"], t["md"]]
-            for cat in ds["categories"]:
-                p = dfr_config.paths(c, d, cat)
-                # a study compares; the model bundles to deploy come from a run of the chosen variant
-                # (dfr predict takes single models: an ensemble has none)
-                out += [p["plots"]] if STUDY or dfr_ensemble.members(c) else [p["plots"], p["bundle"]]
-    if STUDY:
-        out += list(COMPARISON.values())
-    return out
+    return PLAN.targets()
+
+
+def weights_input(wildcards):
+    """A local weights file is an input of the features jobs: [] or [the file] (its content hash is in their
+    key; ancient: a touched file with the same content reruns nothing)."""
+    w = dfr_keys.weights_file(cfg_of(wildcards))
+    return [ancient(w)] if w else []
 
 
 # ---- resources: what a job asks a scheduler for, derived from what it processes (dfr.resources) ----
@@ -191,12 +171,12 @@ def runtime(rule):
     return _estimate(rule, "runtime")
 
 
-LOGS = dfr_config.LOG_PATTERNS  # wildcard patterns of every rule's log
+LOGS = dfr_layout.LOG_PATTERNS  # wildcard patterns of every rule's log
 
 
 def bench(rule):
     """The benchmark record (wall time, peak RSS) of a job: its log's path under benchmarks/, as .tsv."""
-    return dfr_config.benchmark_path(LOGS[rule])
+    return dfr_layout.benchmark_path(LOGS[rule])
 
 
 # Seconds-long bookkeeping runs on the submitting node under a cluster executor; downloads too, since

@@ -20,6 +20,7 @@ rule index:
         # the category's files (names, sizes, modification times): an image or mask added, removed, replaced
         # or edited on disk re-indexes the category and reruns what depends on it, and nothing else
         files=lambda wc: dfr_data.fingerprint(dataset_root(wc.dataset), wc.category),
+        code=dfr_keys.code_version("index"),
     shell:
         "python -m dfr index --root {params.root} --category {wildcards.category} --out {output} > {log} 2>&1"
 
@@ -39,6 +40,6 @@ rule split:
         mem_mb=mem_mb("split"),
         runtime=runtime("split"),
     params:
-        split=stage_params(dfr_config.split_params),
+        split=stage_params(dfr_keys.split_params),
     shell:
         "python -m dfr split --index {input} --out {output} --params {params.split:q} > {log} 2>&1"

@@ -1,11 +1,12 @@
 # Feature extraction and fusion f(x), cached to HDF5 per category and split. The cache path is keyed by
-# what shapes it (backbone, weights, layers, pooling, image size, normalisation, dtype), so experiments that
-# differ only downstream share it.
+# what shapes it (backbone, the weights' identity, layers, pooling, grid, padding, image size, normalisation,
+# dtype, autocast, the features code version), so experiments that differ only downstream share it.
 
 
 rule features:
     input:
-        PATHS["index"],
+        index=PATHS["index"],
+        weights=weights_input,
     output:
         PATHS["features"],
     log:
@@ -20,7 +21,7 @@ rule features:
         mem_mb=mem_mb("features"),
         runtime=runtime("features"),
     params:
-        features=stage_params(dfr_config.feature_params),
+        features=stage_params(dfr_keys.feature_params),
     shell:
-        "python -m dfr --threads {threads} features --index {input} --split {wildcards.split} --out {output}"
-        " --params {params.features:q} > {log} 2>&1"
+        "python -m dfr --threads {threads} features --index {input.index} --split {wildcards.split} --out {output}"
+        " --weights-file {input.weights} --params {params.features:q} > {log} 2>&1"

@@ -17,7 +17,11 @@ rule metrics:
         runtime=runtime("metrics"),
     params:
         metrics=lambda wc: P(
-            {**dfr_config.metrics_params(cfg_of(wc), wc.dataset), "dataset": wc.dataset, "category": wc.category}
+            {
+                **dfr_keys.metrics_params(cfg_of(wc), wc.dataset, dfr_plan.members(cfg_of(wc))),
+                "dataset": wc.dataset,
+                "category": wc.category,
+            }
         ),
     shell:
         "python -m dfr metrics --scores {input.scores} --maps {input.maps} --out {output}"
@@ -46,7 +50,7 @@ rule plots:
         mem_mb=mem_mb("plots"),
         runtime=runtime("plots"),
     params:
-        plots=lambda wc: P({"n_examples": 3, **dfr_config.border_params(cfg_of(wc))}),
+        plots=stage_params(dfr_keys.plots_params),
     shell:
         "python -m dfr plots --scores {input.scores} --maps {input.maps} --metrics {input.metrics}"
         " --history {input.history} --outdir {output} --params {params.plots:q} > {log} 2>&1"

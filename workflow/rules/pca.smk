@@ -17,7 +17,7 @@ rule pca:
         mem_mb=mem_mb("pca"),
         runtime=runtime("pca"),
     params:
-        pca=stage_params(dfr_config.pca_params),
+        pca=lambda wc: P(dfr_plan.pca_params(cfg_of(wc), wc.dataset, wc.category)),
     shell:
         "python -m dfr --threads {threads} pca --features {input.features_train} --split-json {input.split} --out {output}"
         " --params {params.pca:q} > {log} 2>&1"

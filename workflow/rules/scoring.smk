@@ -17,9 +17,12 @@ rule maps:
         gpu=GPU,
         mem_mb=mem_mb("maps"),
         runtime=runtime("maps"),
+    params:
+        maps=stage_params(dfr_keys.maps_params),
     shell:
         "python -m dfr --threads {threads} maps --model {input.model} --train-features {input.features_train}"
-        " --test-features {input.features_test} --split-json {input.split} --out {output} > {log} 2>&1"
+        " --test-features {input.features_test} --split-json {input.split} --out {output}"
+        " --params {params.maps:q} > {log} 2>&1"
 
 
 rule ensemble:
@@ -37,7 +40,7 @@ rule ensemble:
         mem_mb=mem_mb("ensemble"),
         runtime=runtime("ensemble"),
     params:
-        fusion=stage_params(dfr_ensemble.fusion_params),
+        fusion=lambda wc: P(dfr_plan.fusion_params(cfg_of(wc), wc.dataset, wc.category)),
     shell:
         "python -m dfr ensemble --maps {input} --out {output} --params {params.fusion:q} > {log} 2>&1"
 
@@ -57,10 +60,9 @@ rule scores:
         mem_mb=mem_mb("scores"),
         runtime=runtime("scores"),
     params:
-        top_k=lambda wc: cfg_of(wc)["scoring"]["top_k"],
-        border=lambda wc: dfr_config.border_params(cfg_of(wc)).get("border", 0),
+        scores=stage_params(dfr_keys.scores_params),
     shell:
-        "python -m dfr scores --maps {input.maps} --out {output} --top-k {params.top_k} --border {params.border} > {log} 2>&1"
+        "python -m dfr scores --maps {input.maps} --out {output} --params {params.scores:q} > {log} 2>&1"
 
 
 rule bundle:
@@ -78,7 +80,8 @@ rule bundle:
         mem_mb=mem_mb("bundle"),
         runtime=runtime("bundle"),
     params:
-        bundle=stage_params(dfr_config.bundle_params),
+        # where a local weights file lies travels with the bundle (its identity is in the features' params)
+        bundle=lambda wc: P({**dfr_keys.bundle_params(cfg_of(wc)), "weights_file": dfr_keys.weights_file(cfg_of(wc))}),
     shell:
         "python -m dfr bundle --model {input.model} --metrics {input.metrics} --out {output} --params {params.bundle:q}"
         " > {log} 2>&1"

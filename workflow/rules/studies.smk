@@ -4,18 +4,7 @@
 
 rule study:
     input:
-        metrics=[
-            dfr_config.paths(c, d, cat)["metrics"]
-            for c in CFGS.values()
-            for d, ds in DATASETS.items()
-            for cat in ds["categories"]
-        ],
-        models=[
-            dfr_config.paths(c, d, cat)["model"]
-            for c in CFGS.values()
-            for d, ds in DATASETS.items()
-            for cat in ds["categories"]
-        ],
+        unpack(lambda wc: PLAN.comparison_inputs() if STUDY else {}),
     output:
         csv=report(COMPARISON["csv"], caption=f"{REPORT}/study_table.rst", category="Study", labels={"figure": "table"}),
         md=COMPARISON["md"],
@@ -30,14 +19,14 @@ rule study:
     log:
         f"logs/{E}/study.log",
     benchmark:
-        dfr_config.benchmark_path(f"logs/{E}/study.log")
+        dfr_layout.benchmark_path(f"logs/{E}/study.log")
     conda:
         ENV
     resources:
         mem_mb=mem_mb("study"),
         runtime=runtime("study"),
     params:
-        manifest=P(dfr_studies.manifest(config, CFGS)) if STUDY else "{}",
+        manifest=P(PLAN.manifest()) if STUDY else "{}",
     shell:
         "python -m dfr study --manifest {params.manifest:q} --csv {output.csv} --md {output.md} --best {output.best}"
         " --plots {output.plots} > {log} 2>&1"

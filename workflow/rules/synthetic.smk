@@ -14,7 +14,7 @@ rule synthetic:
         mem_mb=mem_mb("synthetic"),
         runtime=runtime("synthetic"),
     params:
-        gen=lambda wc: P({**DATASETS[wc.dataset]["synthetic"], "seed": config["seed"]}),
+        gen=lambda wc: P(dfr_keys.synthetic_params(config, wc.dataset)),
         root=lambda wc: dataset_root(wc.dataset),
     shell:
         "python -m dfr synthetic --root {params.root} --category {wildcards.category} --params {params.gen:q} > {log} 2>&1"

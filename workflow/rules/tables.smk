@@ -3,7 +3,7 @@
 
 rule tables:
     input:
-        lambda wc: [dfr_config.paths(cfg_of(wc), wc.dataset, c)["metrics"] for c in DATASETS[wc.dataset]["categories"]],
+        lambda wc: [dfr_plan.paths(cfg_of(wc), wc.dataset, c)["metrics"] for c in DATASETS[wc.dataset]["categories"]],
     output:
         csv=report(
             TABLES["csv"],
@@ -30,7 +30,8 @@ rule tables:
         mem_mb=mem_mb("tables"),
         runtime=runtime("tables"),
     params:
-        reference=lambda wc: dfr_config.reference(config, wc.dataset) or "",
+        reference=lambda wc: dfr_layout.reference(config, wc.dataset) or "",
+        code=dfr_keys.code_version("tables"),
     shell:
         "python -m dfr tables --metrics {input} --dataset {wildcards.dataset} --csv {output.csv} --md {output.md}"
         " --val-csv {output.val} --reference '{params.reference}' > {log} 2>&1"

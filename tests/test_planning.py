@@ -1,0 +1,85 @@
+"""The planning layer: one direction of imports (overrides → config → keys → layout → workload → plan), no torch or h5py
+at planning time, and no import circle anywhere in the package."""
+
+import ast
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "workflow" / "dfr"
+LAYERS = ["overrides", "config", "keys", "layout", "workload", "plan"]
+# modules below the planning layer that it may use: the error type and the benchmarks' static facts
+LEAVES = {"io", "shapes"}
+
+
+def _imports(module: str) -> dict[str, set[str]]:
+    """The package modules a module imports: {"top": at module level, "local": inside functions}."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    out = {"top": set(), "local": set()}
+
+    def names(node):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                yield node.module.split(".")[0]
+            else:
+                yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dfr"):
+            parts = node.module.split(".")
+            yield from ([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
+
+    for node in tree.body:
+        for n in ast.walk(node):
+            if isinstance(n, ast.ImportFrom):
+                kind = "top" if n in tree.body else "local"
+                if isinstance(node, (ast.If, ast.Try)) and n in getattr(node, "body", []):
+                    kind = "top"
+                out[kind] |= {m for m in names(n) if (PACKAGE / f"{m}.py").is_file()}
+    return out
+
+
+def _modules() -> list[str]:
+    return sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+
+
+def test_planning_modules_import_only_the_layers_before_them():
+    for i, m in enumerate(LAYERS):
+        imp = _imports(m)
+        allowed = set(LAYERS[:i]) | LEAVES
+        assert imp["top"] <= allowed, f"dfr.{m} imports {sorted(imp['top'] - allowed)}: not before it"
+        assert not imp["local"], f"dfr.{m} imports {sorted(imp['local'])} inside a function"
+    for leaf in LEAVES:
+        assert not (_imports(leaf)["top"] - LEAVES), f"dfr.{leaf} is a leaf: it imports no other module"
+
+
+def test_the_package_has_no_import_circle():
+    """Every import counts, module-level or inside a function: then no function-local import can be dodging
+    a circle (it could as well be at the top)."""
+    graph = {m: (lambda i: i["top"] | i["local"])(_imports(m)) - {m} for m in _modules()}
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                pytest.fail("import circle: " + " -> ".join([*path[path.index(n):], n]))
+            if n not in state:
+                visit(n, [*path, n])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+
+
+def test_planning_imports_neither_torch_nor_h5py():
+    """What the Snakefile and every job's start-up import: the planning layer and the resource estimates."""
+    code = ("import sys; sys.path.insert(0, %r); import dfr.plan, dfr.resources, dfr.data; "
+            "print(__import__('json').dumps(sorted(m for m in ('torch', 'h5py', 'torchvision', 'timm') "
+            "if m in sys.modules)))") % str(ROOT / "workflow")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == []

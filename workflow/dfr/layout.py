@@ -1,0 +1,89 @@
+"""Where every artifact, log and benchmark record lives: one definition for the rules and the comparison.
+
+The fourth module of the planning layer (overrides → config → keys → layout → workload → plan). What several
+experiments (or a study's variants) can share lives under a key made of exactly what shapes it
+(:mod:`dfr.keys`): the feature cache under the feature key, the split under its own, PCA and the model
+(with its history, sidecar and error maps) under theirs, an ensemble's fused maps under the ensemble's key.
+What depends on top-k or thresholds (scores, metrics, plots, bundle, tables) is the experiment's own, and
+its rule's params hold what shapes it.
+"""
+
+from __future__ import annotations
+
+
+def patterns(results: str) -> dict[str, str]:
+    """Every per-category artifact as a Snakemake wildcard pattern."""
+    r = results.rstrip("/")
+    prep, feats = f"{r}/prepared/{{dataset}}/{{category}}", f"{r}/features/{{dataset}}/{{category}}/{{fkey}}"
+    models, exp = f"{r}/models/{{dataset}}/{{category}}", f"{r}/{{experiment}}/{{dataset}}/{{category}}"
+    return {
+        "synthetic": f"{r}/datasets/{{dataset}}/{{category}}/synthetic.json",
+        "index": f"{prep}/index.csv", "split": f"{prep}/split-{{skey}}.json",
+        "features": feats + "/{split}.h5", "features_train": f"{feats}/train.h5",
+        "features_test": f"{feats}/test.h5",
+        "pca": f"{models}/{{pkey}}/pca.json", "model": f"{models}/{{mkey}}/model.pt",
+        "history": f"{models}/{{mkey}}/history.csv", "model_info": f"{models}/{{mkey}}/model.json",
+        "maps": f"{models}/{{mkey}}/maps.h5", "ensemble_maps": f"{models}/{{ekey}}/maps.h5",
+        "scores": f"{exp}/scores.csv", "metrics": f"{exp}/metrics.json", "plots": f"{exp}/plots",
+        "bundle": f"{exp}/bundle.pt",
+    }
+
+
+def fill(pattern: str, values: dict) -> str:
+    for k, v in values.items():
+        pattern = pattern.replace("{" + k + "}", str(v))
+    return pattern
+
+
+LOG_PATTERNS = {
+    "prepare_dataset": "logs/datasets/{root}.log", "synthetic": "logs/synthetic/{dataset}/{category}.log",
+    "index": "logs/index/{dataset}/{category}.log", "split": "logs/split/{dataset}/{category}/{skey}.log",
+    "features": "logs/features/{dataset}/{category}/{fkey}/{split}.log",
+    "pca": "logs/pca/{dataset}/{category}/{pkey}.log", "train": "logs/train/{dataset}/{category}/{mkey}.log",
+    "maps": "logs/maps/{dataset}/{category}/{mkey}.log",
+    "ensemble": "logs/ensemble/{dataset}/{category}/{ekey}.log", "tables": "logs/{experiment}/tables/{dataset}.log",
+    **{rule: f"logs/{{experiment}}/{rule}/{{dataset}}/{{category}}.log"
+       for rule in ("scores", "metrics", "plots", "bundle")},
+    "study": "logs/{experiment}/study.log",
+}
+
+
+def benchmark_path(log: str) -> str:
+    """A job's benchmark record (wall time, peak RSS): its log's path under benchmarks/, as .tsv."""
+    return "benchmarks/" + log.removeprefix("logs/").removesuffix(".log") + ".tsv"
+
+
+def record(rule: str, values: dict) -> str:
+    """The benchmark record of one job of ``rule``, from its wildcard values."""
+    return benchmark_path(fill(LOG_PATTERNS[rule], values))
+
+
+def table_patterns(results: str) -> dict[str, str]:
+    t = f"{results.rstrip('/')}/{{experiment}}/tables"
+    return {"csv": f"{t}/{{dataset}}.csv", "md": f"{t}/{{dataset}}.md", "val": f"{t}/{{dataset}}_val_thresholds.csv"}
+
+
+def table_paths(cfg: dict, dataset: str) -> dict[str, str]:
+    return {k: fill(v, {"experiment": cfg["experiment"], "dataset": dataset})
+            for k, v in table_patterns(cfg["results"]).items()}
+
+
+COMPARISON = "comparison"  # a study's own folder beside its variants
+
+
+def comparison_paths(results: str, study: str) -> dict[str, str]:
+    c = f"{results.rstrip('/')}/{study}/{COMPARISON}"
+    return {"csv": f"{c}/study.csv", "md": f"{c}/study.md", "best": f"{c}/best.json", "plots": f"{c}/plots"}
+
+
+def reference(cfg: dict, dataset: str) -> str | None:
+    """The paper's table to show beside a dataset's: set in the config, else by the dataset's kind."""
+    ds = cfg["datasets"][dataset]
+    return ds.get("reference") or {"mvtec": "mvtec_ad", "visa": "visa"}.get(ds["kind"])
+
+
+def dataset_root(cfg: dict, dataset: str) -> str:
+    ds = cfg["datasets"][dataset]
+    if ds["kind"] == "synthetic":
+        return f"{cfg['results'].rstrip('/')}/datasets/{dataset}"
+    return (ds["root"] or f"data/{dataset}").rstrip("/")

@@ -1,0 +1,108 @@
+"""What a category holds before any job has run: its images and pixels, and the images a model is fitted on.
+
+A planning module (overrides → config → keys → layout → workload → plan): from the category's index once it
+exists; before, from the known shape of the dataset (MVTec AD, VisA, a synthetic category) or the files on
+disk. The resource estimates size jobs from it, and the plan decides from it whether PCA subsamples.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+from . import layout, shapes
+
+
+class Workload(NamedTuple):
+    """Images and pixels of one category (train includes the held-out validation images)."""
+    n_train: int
+    n_test: int
+    train_pixels: int
+    test_pixels: int
+    max_image_pixels: int
+    exact: bool = True  # False for a guess (nothing on disk, no known shape)
+
+
+_INDEX_CACHE: dict[tuple[str, int], Workload] = {}
+
+
+def from_index(path: Path) -> Workload:
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _INDEX_CACHE:
+        import csv
+
+        n_train = n_test = train_px = test_px = max_px = 0
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                px = int(row["width"]) * int(row["height"])
+                max_px = max(max_px, px)
+                if row["split"] == "train":
+                    n_train, train_px = n_train + 1, train_px + px
+                else:
+                    n_test, test_px = n_test + 1, test_px + px
+        _INDEX_CACHE[key] = Workload(n_train, n_test, train_px, test_px, max_px)
+    return _INDEX_CACHE[key]
+
+
+def from_shape(n_train: int, n_test: int, width: int, height: int, exact: bool = True) -> Workload:
+    px = width * height
+    return Workload(n_train, n_test, n_train * px, n_test * px, px, exact)
+
+
+def _images(d: Path) -> list[Path]:
+    """The images of a folder as the index counts them (no hidden files)."""
+    if not d.is_dir():
+        return []
+    return [Path(r) / n for r, _, files in os.walk(d) for n in sorted(files)
+            if not n.startswith(".") and os.path.splitext(n)[1].lower() in shapes.IMAGE_EXTENSIONS]
+
+
+def from_folder(folder: Path) -> Workload | None:
+    """Counted from the files on disk (image headers only), for a folder dataset not yet indexed."""
+    train, test = _images(folder / "train"), _images(folder / "test")
+    if not train and not test:
+        return None
+    from PIL import Image  # one image header, for the size
+
+    try:
+        with Image.open((train or test)[0]) as im:
+            w, h = im.size
+    except OSError:
+        w, h = 1024, 1024
+    return from_shape(len(train), len(test), w, h)
+
+
+def workload(cfg: dict, dataset: str, category: str) -> Workload:
+    """A category's images and pixels; a generous guess (``exact`` False) when nothing tells."""
+    idx = Path(layout.fill(layout.patterns(cfg["results"])["index"], {"dataset": dataset, "category": category}))
+    if idx.is_file():
+        return from_index(idx)
+    ds = cfg["datasets"][dataset]
+    if ds["kind"] == "synthetic":
+        g = ds.get("synthetic", {})
+        defects = len(g.get("defects", shapes.DEFECTS))
+        if g.get("shape"):
+            spec = shapes.shaped_spec(category, g["shape"], g.get("size_scale", 1.0))
+            n_train, n_good, per_kind = shapes.shaped_counts(category, g["shape"], g.get("scale", 1.0), defects)
+            return from_shape(n_train, n_good + sum(per_kind), spec.width, spec.height)
+        spec = shapes.CATEGORIES[category]
+        n_test = g.get("n_test_good", 10) + g.get("n_test_defect", 5) * defects
+        return from_shape(g.get("n_train", 40), n_test, spec.width, spec.height)
+    table = {"mvtec": shapes.MVTEC_AD, "visa": shapes.VISA}.get(ds["kind"], {})
+    if category in table:
+        s = table[category]
+        return from_shape(s.n_train, s.n_test_good + s.n_test_anomalous, s.width, s.height)
+    found = from_folder(Path(layout.dataset_root(cfg, dataset)) / category)
+    return found or from_shape(1000, 250, 1500, 1000, exact=False)
+
+
+def n_fit_images(cfg: dict, dataset: str, category: str) -> int | None:
+    """The training images a model is fitted on (train minus the held-out ones, as dfr.data.holdout_split
+    takes them); None when the category's count is a guess."""
+    wl = workload(cfg, dataset, category)
+    if not wl.exact:
+        return None
+    f = cfg["data"]["val_fraction"]
+    n_val = max(1, int(round(f * wl.n_train))) if f > 0 else 0
+    return max(0, wl.n_train - n_val)
