@@ -8,7 +8,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: setup demo bottle study report rehearsal test test-fast bench dry-run clean
+.PHONY: setup demo bottle study report rehearsal test test-fast bench dry-run config-readme clean
 
 setup: $(VENV)/.installed
 
@@ -40,13 +40,17 @@ rehearsal: setup
 	$(BIN)/python -m dfr.rehearsal --configfile config/rehearsal.yaml --run --cores $(CORES)
 
 test: setup
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=30
 
 test-fast: setup
 	$(BIN)/python -m pytest -ra -m "not slow"
 
 bench: setup
 	$(BIN)/python -m dfr.bench
+
+# config/README.md's table of every key, from the schema (tests/test_config.py checks that it is current)
+config-readme: setup
+	$(BIN)/python -m dfr.config
 
 dry-run: setup
 	$(BIN)/snakemake -n --quiet rules

@@ -1,8 +1,10 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "workflow"))
@@ -23,21 +25,12 @@ def synth_root(tmp_path_factory):
     return root
 
 
-# The tiny config of the end-to-end tests: two synthetic categories at 128², Lite0 with its ImageNet weights
-# as a local file (weights/lite0.pth in the working directory: a key by content, a file that can be replaced).
-TINY = {
-    "experiment": "tiny",
-    "results": "results",
-    "seed": 0,
-    "device": "cpu",
-    "datasets": {"synth": {"kind": "synthetic", "categories": ["disc", "grain"],
-                           "synthetic": {"n_train": 10, "n_test_good": 4, "n_test_defect": 2}}},
-    "data": {"image_size": 128, "val_fraction": 0.2},
-    "features": {"backbone": "tf_efficientnet_lite0", "weights": "weights/lite0.pth",
-                 "layers": ["blocks[2]", "blocks[4]"], "batch_size": 8, "num_workers": 0},
-    "cae": {"latent_dim": "auto", "epochs": 3},
-    "scoring": {"top_k": 5},
-}
+# The tiny config of the end-to-end tests: the catalog's .test/config/config.yaml (two generated categories at
+# 128², Lite0), with its ImageNet weights as a local file (weights/lite0.pth in the working directory: a key by
+# content, a file that can be replaced).
+TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
+TINY = yaml.safe_load(TEST_CONFIG.read_text())
+TINY["features"]["weights"] = "weights/lite0.pth"
 
 
 def lite0_weights() -> Path:
@@ -71,3 +64,59 @@ def tiny_paths(workdir: Path, cfg: dict, dataset: str, category: str) -> dict[st
         return {k: Path(workdir) / v for k, v in plan.paths(dfr_config.validate(cfg), dataset, category).items()}
     finally:
         os.chdir(here)
+
+
+# ---- Snakemake runs: one tiny run per session, shared by every test that reads a finished run ----
+
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def snakemake(workdir: Path, cfg: dict, *args: str, snakefile: Path | None = None) -> subprocess.CompletedProcess:
+    """Snakemake on ``cfg`` (written to workdir/config.yaml) in ``workdir``, with TINY's weights file there."""
+
+    cfg_path = Path(workdir) / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    place_weights(workdir)
+    cmd = [SNAKEMAKE, "--snakefile", str(snakefile or ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(cfg_path), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def planned_jobs(out: str) -> dict[str, int]:
+    """Job counts per rule from a dry run's 'Job stats' table ({} when nothing is to be done); the target
+    rules (all, default) are left out: they make no artifact."""
+    import re
+
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)
+            if m.group(1) not in ("total", "all", "default")}
+
+
+RUNS: dict = {}  # what the session's runs measured (seconds), for the tests that print comparisons
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """TINY run once for the whole session through Snakemake. Tests read it or dry-run against it; a test that
+    changes a file or reruns works on ``tiny_copy``."""
+    import time
+
+    wd = tmp_path_factory.mktemp("tiny")
+    t0 = time.perf_counter()
+    r = snakemake(wd, TINY)
+    assert r.returncode == 0, r.stderr[-4000:]
+    RUNS["tiny"] = time.perf_counter() - t0
+    return wd
+
+
+@pytest.fixture
+def tiny_copy(tiny_run, tmp_path):
+    """A copy of the session's tiny run (its results, logs, benchmark records and Snakemake's metadata, with
+    their modification times) that a test may change."""
+    import shutil
+
+    dest = tmp_path / "run"
+    shutil.copytree(tiny_run, dest, symlinks=True)
+    return dest

@@ -83,9 +83,10 @@ def test_runs_end_to_end_with_random_weights(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = plan.paths(cfg, "synth", "disc")
     m = json.loads(Path(p["metrics"]).read_text())
-    assert 0 <= m["image_auroc"] <= 1 and 0 <= m["pixel"]["au_pro"] <= 1
     s = pd.read_csv(p["scores"])
     assert len(s) > 6 and np.isfinite(s.score).all()
+    assert m["n_test"] == int((s.split == "test").sum()) and np.isfinite(m["image_auroc"])
+    assert m["pixel"]["applicable"] and np.isfinite(m["pixel"]["au_pro"]) and m["pixel"]["n_regions"] > 0
     grids = []
     for mcfg in plan.members(cfg):
         with h5py.File(plan.paths(mcfg, "synth", "disc")["maps"], "r") as f:

@@ -72,8 +72,8 @@ def test_training_is_deterministic_and_keeps_best(tmp_path):
     np.testing.assert_allclose(h1.train_loss, h2.train_loss, rtol=1e-6)
     assert r1["best_epoch"] == r2["best_epoch"] == int(h1.val_loss.idxmin()) + 1
     assert h1.train_loss.iloc[-1] < h1.train_loss.iloc[0]
-    a = torch.load(tmp_path / "a.pt", weights_only=False)
-    b = torch.load(tmp_path / "b.pt", weights_only=False)
+    a = torch.load(tmp_path / "a.pt", weights_only=True)
+    b = torch.load(tmp_path / "b.pt", weights_only=True)
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])
     assert a["params"]["seed"] == 5 and "torch" in a["versions"]
@@ -132,7 +132,7 @@ def test_spatial_cae_normalisation_and_checkpoint(tmp_path):
     m = cae.load(tmp_path / "s.pt")
     assert (m.kernel, m.padding, m.depthwise) == (3, "zeros", True)
     # the 1x1 CAE of an older checkpoint (no kernel recorded) still loads as the paper's CAE
-    ck = torch.load(tmp_path / "s.pt", weights_only=False)
+    ck = torch.load(tmp_path / "s.pt", weights_only=True)
     plain = cae.CAE(16, 3, normalize=True)
     old = {**{k: v for k, v in ck.items() if k not in ("kernel", "padding", "depthwise")},
            "state_dict": plain.state_dict()}

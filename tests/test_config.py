@@ -1,4 +1,5 @@
 import copy
+import re
 
 import pytest
 import yaml
@@ -75,3 +76,19 @@ def test_best_config_is_the_study_variant_it_was_chosen_as():
     assert plan.key_values(best)["ekey"] == plan.key_values(chosen)["ekey"] != ""
     assert best["scoring"] == chosen["scoring"] and best["thresholds"] == chosen["thresholds"]
     assert best["datasets"] == chosen["datasets"]
+
+
+def test_config_readme_documents_every_schema_key():
+    """config/README.md's table is the schema's, and every key has a description."""
+    from test_keys import schema_keys
+
+    text = (ROOT / "config" / "README.md").read_text()
+    assert dfr_config.README_MARK in text
+    assert text.split(dfr_config.README_MARK)[1].strip() == dfr_config.readme_table().strip(), (
+        "config/README.md is not the schema's: run make config-readme")
+    cells = [re.split(r"(?<!\\)\|", line) for line in dfr_config.readme_table().splitlines()[2:]]
+    assert all(len(c) == 6 for c in cells)  # | key | type | default | what it does |
+    rows = {c[1].strip().strip("`"): c[4].strip() for c in cells}
+    for key in schema_keys():
+        key = key.replace("datasets.*.", "datasets.<name>.")
+        assert rows.get(key), f"{key}: no description in the schema (config/README.md says nothing of it)"

@@ -17,6 +17,6 @@ def test_snakemake_lint_reports_nothing():
 
 
 def test_snakefmt_check_passes():
-    r = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:] + "\n(run: snakefmt Snakefile workflow/rules)"
+    r = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/Snakefile", "workflow/rules"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:] + "\n(run: snakefmt Snakefile workflow)"

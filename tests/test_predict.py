@@ -100,8 +100,38 @@ def test_inputs_files_folders_globs_and_unreadable_images(trained, synth_root, t
 def test_bundle_errors(trained, tmp_path):
     with pytest.raises(DFRError, match="no threshold 'val_percentile'"):
         predict.predict(trained / "bundle.pt", [str(tmp_path)], tmp_path, threshold="val_percentile")
-    b = torch.load(trained / "bundle.pt", weights_only=False)
+    b = torch.load(trained / "bundle.pt", weights_only=True)
     assert b["features"] == FPARAMS and b["scoring"] == {"top_k": 5, "border": 0} and b["t_pixel"] == 0.5
     (tmp_path / "cut.pt").write_bytes((trained / "bundle.pt").read_bytes()[:1000])
     with pytest.raises(DFRError, match=r"cut\.pt: not a readable bundle, truncated or corrupt"):
         predict.load_bundle(tmp_path / "cut.pt")
+
+
+class _Payload:
+    """A pickle that runs code when loaded: it would write the file it names."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_model_files_that_would_run_code_are_refused(trained, tmp_path):
+    """Bundles and models are loaded with weights_only: a pickle that would call os.system is refused (its
+    payload never runs) with a message that names the file."""
+    ran = tmp_path / "payload-ran"
+    good = torch.load(trained / "bundle.pt", weights_only=True)  # what the workflow writes loads safely
+    torch.save({**good, "evil": _Payload(ran)}, tmp_path / "bundle.pt")
+    with pytest.raises(DFRError, match=r"bundle\.pt: refused: it holds objects other than tensors and plain data"):
+        predict.load_bundle(tmp_path / "bundle.pt")
+    ckpt = torch.load(trained / "model.pt", weights_only=True)
+    torch.save({**ckpt, "evil": _Payload(ran)}, tmp_path / "model.pt")
+    with pytest.raises(DFRError, match=r"model\.pt: refused: it holds objects other than tensors and plain data"):
+        cae.load(tmp_path / "model.pt")
+    with pytest.raises(DFRError, match="refused"):
+        predict.write_bundle(tmp_path / "model.pt", trained / "metrics.json", tmp_path / "b2.pt",
+                             {"features": FPARAMS, "top_k": 5})
+    assert not ran.exists()

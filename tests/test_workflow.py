@@ -14,40 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, place_weights, tiny_paths
+from conftest import RUNS, ROOT, SNAKEMAKE, TINY, planned_jobs, snakemake, tiny_paths  # noqa: F401 (re-exported)
 
 pytestmark = pytest.mark.slow
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-FIRST_RUN: dict = {}
-
-def snakemake(workdir: Path, cfg: dict, *args: str) -> subprocess.CompletedProcess:
-    cfg_path = workdir / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    place_weights(workdir)
-    cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(cfg_path), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-
-
-def planned_jobs(out: str) -> dict[str, int]:
-    """Job counts from a dry run's 'Job stats' table ({} when nothing is to be done)."""
-    if "Nothing to be done" in out:
-        return {}
-    table = out.split("Job stats:", 1)[1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)
-            if m.group(1) != "total"}
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("wf")
-    t0 = time.perf_counter()
-    r = snakemake(wd, TINY)
-    assert r.returncode == 0, r.stderr[-4000:]
-    FIRST_RUN["seconds"] = time.perf_counter() - t0
-    return wd
-
-
 def test_every_artifact(tiny_run):
     wd = tiny_run
     exp = wd / "results" / "tiny" / "synth"
@@ -108,11 +77,12 @@ def test_rerun_plans_touch_only_what_changed(tiny_run):
                 groups.setdefault(frozenset(shaped), (key, value))
             else:
                 noop = with_key(noop, key, value)
+    groups[frozenset({"features"})] = ("features.amp", "bf16")  # bf16 features are not fp32 features
     assert planned_jobs(snakemake(wd, noop, "-n").stdout) == {}
     for shaped, (key, value) in groups.items():
         r = snakemake(wd, with_key(TINY, key, value), "-n")
         assert r.returncode == 0, r.stderr[-3000:]
-        assert set(planned_jobs(r.stdout)) - {"all"} == closure(set(shaped)), f"{key}: {value!r}"
+        assert set(planned_jobs(r.stdout)) == closure(set(shaped)), f"{key}: {value!r}"
 
     # an ensemble of the config itself and a second CAE seed: only the new member is trained, then fused
     ens_edit = {**TINY, "ensemble": {"members": [{}, {"cae.seed": 1}]}}
@@ -121,14 +91,14 @@ def test_rerun_plans_touch_only_what_changed(tiny_run):
     assert not {"features", "pca", "split", "bundle"} & set(jobs)  # shared cache and split; no bundle
 
 
-def test_weights_and_code_versions_plan_their_stage_and_what_follows(tiny_run, tmp_path):
+def test_weights_and_code_versions_plan_their_stage_and_what_follows(tiny_copy, tmp_path):
     """The weights file replaced at the same path, and one stage's code version bumped: that stage and everything
     after it are planned, nothing before it. A touched file with the same content plans nothing."""
     import shutil
 
     from test_keys import closure
 
-    wd = tiny_run
+    wd = tiny_copy
     weights = wd / "weights" / "lite0.pth"
     os.utime(weights)  # touched: newer than every feature cache, the same content
     assert planned_jobs(snakemake(wd, TINY, "-n").stdout) == {}
@@ -137,7 +107,7 @@ def test_weights_and_code_versions_plan_their_stage_and_what_follows(tiny_run, t
     try:
         with open(weights, "ab") as f:  # replaced in place by another file
             f.write(b"\0" * 16)
-        assert set(planned_jobs(snakemake(wd, TINY, "-n").stdout)) - {"all"} == closure({"features"})
+        assert set(planned_jobs(snakemake(wd, TINY, "-n").stdout)) == closure({"features"})
     finally:
         shutil.copyfile(copy, weights)
     assert planned_jobs(snakemake(wd, TINY, "-n").stdout) == {}
@@ -157,7 +127,7 @@ def test_weights_and_code_versions_plan_their_stage_and_what_follows(tiny_run, t
                            timeout=300)
         src.write_text(text)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert set(planned_jobs(r.stdout)) - {"all"} == closure({artifact}), f"{module}.py's {stage} bumped"
+        assert set(planned_jobs(r.stdout)) == closure({artifact}), f"{module}.py's {stage} bumped"
 
 
 def test_bad_config_fails_with_readable_message(tmp_path):
@@ -178,9 +148,9 @@ def test_bad_dataset_fails_naming_the_file(tmp_path):
     assert not (tmp_path / "results" / "prepared" / "mine" / "thing" / "index.csv").exists()
 
 
-def test_incremental_reruns_execute_only_what_changed(tiny_run):
+def test_incremental_reruns_execute_only_what_changed(tiny_copy):
     """Measured for real: a CAE-only edit runs no feature job, a top-k edit no training job."""
-    wd = tiny_run
+    wd = tiny_copy
     t0 = time.perf_counter()
     r = snakemake(wd, {**TINY, "cae": {**TINY["cae"], "epochs": 2}})
     t_cae = time.perf_counter() - t0
@@ -193,26 +163,17 @@ def test_incremental_reruns_execute_only_what_changed(tiny_run):
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = planned_jobs(r.stdout + r.stderr)
     assert jobs.get("scores") == 2 and "train" not in jobs and "maps" not in jobs and "features" not in jobs
-    first = FIRST_RUN.get("seconds", float("nan"))
+    first = RUNS.get("tiny", float("nan"))
     print(f"first run {first:.0f} s; rerun after a CAE edit {t_cae:.0f} s ({t_cae / first:.2f}x); "
-          f"after a top-k edit {t_topk:.0f} s ({t_topk / first:.2f}x)")
-    assert t_topk < t_cae < first
+          f"after a top-k edit {t_topk:.0f} s ({t_topk / first:.2f}x)")  # printed: wall time is no assertion
 
 
 # ---- data changes on disk rerun exactly what they touch ----
 
-@pytest.fixture(scope="module")
-def folder_run(tmp_path_factory):
-    """The tiny DAG on a folder dataset (two categories in MVTec layout), run once."""
-    from dfr import synthetic
-
-    wd = tmp_path_factory.mktemp("folder")
-    for cat in ("disc", "grain"):
-        synthetic.generate_category(wd / "data", cat, n_train=10, n_test_good=4, n_test_defect=2, seed=0)
-    cfg = {**TINY, "datasets": {"mine": {"kind": "folder", "root": str(wd / "data"), "categories": ["disc", "grain"]}}}
-    r = snakemake(wd, cfg)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return wd, cfg
+@pytest.fixture
+def data_run(tiny_copy):
+    """A copy of the tiny run: its generated categories are MVTec-layout folders under results/datasets/."""
+    return tiny_copy, TINY
 
 
 def _plan(wd, cfg):
@@ -222,16 +183,17 @@ def _plan(wd, cfg):
     jobs = planned_jobs(out)
     if jobs:  # which categories: the index jobs' outputs
         r = snakemake(wd, cfg, "-n")
-        jobs["categories"] = sorted(set(re.findall(r"output: results/prepared/mine/(\w+)/index\.csv", r.stdout)))
+        jobs["categories"] = sorted(set(re.findall(r"output: results/prepared/synth/(\w+)/index\.csv", r.stdout)))
     return jobs
 
 
-def test_data_changes_rerun_their_category_only(folder_run):
+def test_data_changes_rerun_their_category_only(data_run):
     import shutil
 
-    wd, cfg = folder_run
+    wd, cfg = data_run
+    data = wd / "results" / "datasets" / "synth"
     assert _plan(wd, cfg) == {}  # nothing changed: nothing to do
-    train = wd / "data" / "disc" / "train" / "good"
+    train = data / "disc" / "train" / "good"
     keep = wd / "keep.png"
     shutil.copy2(train / "003.png", keep)
     downstream = {"index", "features", "split", "pca", "train", "maps", "scores", "metrics", "plots", "tables"}
@@ -249,7 +211,7 @@ def test_data_changes_rerun_their_category_only(folder_run):
     shutil.copy2(keep, train / "003.png")
     assert _plan(wd, cfg) == {}
 
-    grain = wd / "data" / "grain" / "test" / "good" / "001.png"  # replaced: other pixels, same name
+    grain = data / "grain" / "test" / "good" / "001.png"  # replaced: other pixels, same name
     saved = wd / "grain.png"
     shutil.copy2(grain, saved)
     Image = __import__("PIL.Image", fromlist=["Image"])
@@ -259,7 +221,7 @@ def test_data_changes_rerun_their_category_only(folder_run):
     shutil.copy2(saved, grain)
     assert _plan(wd, cfg) == {}
 
-    mask = sorted((wd / "data" / "disc" / "ground_truth").rglob("*_mask.png"))[0]  # a mask edited
+    mask = sorted((data / "disc" / "ground_truth").rglob("*_mask.png"))[0]  # a mask edited
     st = mask.stat()
     os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     jobs = _plan(wd, cfg)

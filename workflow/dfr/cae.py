@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 import time
 from pathlib import Path
 
@@ -287,14 +288,26 @@ def evaluate(model: CAE, batches: FeatureBatches, device: torch.device) -> float
     return tot / max(n, 1)
 
 
-def load(path: str | Path, device: torch.device | str = "cpu") -> CAE:
+def load_safely(path: str | Path, what: str, device: torch.device | str = "cpu") -> object:
+    """A ``torch.save`` file of tensors and plain data (numbers, strings, lists, dicts), loaded with
+    ``weights_only``: a file that would build other objects, and so could run code, is refused unread."""
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise DFRError(f"{path}: model checkpoint not found") from None
+        raise DFRError(f"{path}: {what} not found") from None
+    except pickle.UnpicklingError as e:  # what weights_only refuses: a global that is not a tensor's
+        why = next((ln.split("error:", 1)[1].strip() for ln in str(e).splitlines() if "Unpickler error:" in ln),
+                   type(e).__name__)
+        raise DFRError(f"{path}: refused: it holds objects other than tensors and plain data, and loading it "
+                       f"could run code ({why[:300]}); this version of DFR writes none such (earlier ones did): "
+                       f"remake it with the workflow ({remake_hint(path)})") from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a truncated or foreign file
-        raise DFRError(f"{path}: not a readable model checkpoint, truncated or corrupt ({type(e).__name__}: "
-                       f"{e}); " + remake_hint(path)) from None
+        raise DFRError(f"{path}: not a readable {what}, truncated or corrupt ({type(e).__name__}: {e}); "
+                       + remake_hint(path)) from None
+
+
+def load(path: str | Path, device: torch.device | str = "cpu") -> CAE:
+    ckpt = load_safely(path, "model checkpoint", device)
     if not isinstance(ckpt, dict):
         raise DFRError(f"{path}: not a DFR model checkpoint; " + remake_hint(path))
     check_format(path, "model", ckpt.get("format"))

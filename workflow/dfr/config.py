@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,52 @@ def load(path: str | Path) -> dict:
     return validate(cfg, str(path))
 
 
+
+
+# ---- config/README.md: every key of the schema, with its type, default and what it does ----
+
+def _type(node: dict) -> str:
+    if "enum" in node:
+        return " \\| ".join("null" if v is None else f"`{v}`" for v in node["enum"])
+    if "oneOf" in node:
+        return " or ".join(f"`{o['const']}`" if "const" in o else _type(o) for o in node["oneOf"])
+    t = node.get("type", "mapping")
+    return " or ".join(t) if isinstance(t, list) else t
+
+
+def _keys(node: dict, prefix: str = "") -> list[tuple[str, dict]]:
+    out = []
+    for k, sub in node.get("properties", {}).items():
+        key = f"{prefix}{k}"
+        if k == "datasets" and not prefix:
+            out += [(key, sub)] + _keys(sub["additionalProperties"], "datasets.<name>.")
+        elif sub.get("properties") and k not in ("study",):
+            out += _keys(sub, key + ".")
+        else:
+            out.append((key, sub))
+            if k == "study":
+                out += [(f"study.{s}", n) for s, n in sub["properties"].items()]
+    return out
+
+
+def readme_table() -> str:
+    """The keys table of config/README.md, generated from the schema (tests/test_config.py checks the file)."""
+    lines = ["| key | type | default | what it does |", "|---|---|---|---|"]
+    for key, node in _keys(schema()):
+        default = "(required)" if "default" not in node else f"`{json.dumps(node['default'])}`"
+        text = " ".join(str(node.get("description", "")).split()).replace("|", "\\|")
+        lines.append(f"| `{key}` | {_type(node)} | {default} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+README_MARK = "<!-- the keys: generated from workflow/schemas/config.schema.yaml by `make config-readme` -->"
+
+
+if __name__ == "__main__":  # python -m dfr.config: rewrite config/README.md's table from the schema
+    import sys
+
+    readme = Path(__file__).resolve().parents[2] / "config" / "README.md"
+    text = readme.read_text()
+    if README_MARK not in text:
+        sys.exit(f"{readme}: no line {README_MARK!r} to put the table after")
+    readme.write_text(text.split(README_MARK)[0] + README_MARK + "\n\n" + readme_table())

@@ -18,7 +18,8 @@ class DFRError(RuntimeError):
 
 # Versions of the artifacts' formats: an artifact records the version that wrote it, and a reader refuses
 # another one with a message that says to delete the file (Snakemake then remakes it).
-FORMATS = {"features": 1, "model": 1, "maps": 1, "bundle": 1}
+# model 2 / bundle 2: tensors and plain data only, read with torch.load(weights_only=True)
+FORMATS = {"features": 1, "model": 2, "maps": 1, "bundle": 2}
 
 
 def remake_hint(path: str | os.PathLike) -> str:
@@ -104,7 +105,7 @@ def versions() -> dict[str, str]:
                       ("PIL", "pillow")):
         m = sys.modules.get(mod)  # the version actually loaded; else the installed one, without importing it
         if m is not None:
-            out[mod] = getattr(m, "__version__", "unknown")
+            out[mod] = str(getattr(m, "__version__", "unknown"))  # torch's is a TorchVersion: plain data only
         else:
             try:
                 out[mod] = metadata.version(dist)

@@ -51,7 +51,9 @@ CODE_VERSIONS = {"bundle": 1}
 
 def write_bundle(model_pt: str | Path, metrics_json: str | Path, out: str | Path, params: dict) -> dict:
     """The bundle of one category: its CAE, thresholds and the feature settings (``params["features"]``)."""
-    ckpt = torch.load(model_pt, map_location="cpu", weights_only=False)
+    ckpt = cae.load_safely(model_pt, "model checkpoint")
+    if not isinstance(ckpt, dict):
+        raise DFRError(f"{model_pt}: not a DFR model checkpoint; " + remake_hint(model_pt))
     check_format(model_pt, "model", ckpt.get("format"))
     m = read_json(metrics_json)
     thr = {k: {"threshold": v["threshold"], "oracle": bool(v.get("oracle"))} for k, v in m["thresholds"].items()}
@@ -72,13 +74,7 @@ def write_bundle(model_pt: str | Path, metrics_json: str | Path, out: str | Path
 
 
 def load_bundle(path: str | Path) -> dict:
-    try:
-        b = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise DFRError(f"{path}: bundle not found") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a truncated or foreign file
-        raise DFRError(f"{path}: not a readable bundle, truncated or corrupt ({type(e).__name__}: {e}); "
-                       + remake_hint(path)) from None
+    b = cae.load_safely(path, "bundle")
     if not isinstance(b, dict) or "features" not in b:
         raise DFRError(f"{path}: not a DFR model bundle")
     check_format(path, "bundle", b.get("format"))

@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-WORKFLOW_DIR = Path(workflow.basedir) / "workflow"
+WORKFLOW_DIR = Path(workflow.current_basedir).parent  # workflow/, whichever Snakefile was run
 sys.path.insert(0, str(WORKFLOW_DIR))
 
 from dfr import config as dfr_config  # noqa: E402
@@ -183,6 +183,7 @@ def bench(rule):
 # compute nodes often have no internet access.
 localrules:
     all,
+    default,
     bundle,
     prepare_dataset,
     synthetic,
