@@ -129,7 +129,7 @@ def test_non_finite_values_in_a_cache_are_refused_when_read(tmp_path):
     with h5py.File(feats, "a") as f:
         f["features"][3, 0, 0, 0] = np.inf
     with features.FeatureCache(feats) as c, pytest.raises(DFRError, match=r"train\.h5: non-finite features "
-                                                                          r"\(NaN/inf\) for train/good/003; delete"):
+                                                                          r"\(NaN/inf\) for train/good/003; remake it"):
         c.read([2, 3])
 
 
@@ -189,14 +189,14 @@ def test_truncated_or_foreign_model_is_named_with_advice(tmp_path):
     ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
     torch.save({**ckpt, "format": 99}, tmp_path / "future.pt")
     with pytest.raises(DFRError, match=r"future\.pt: model file with format 99, this version of DFR reads format 2; "
-                                       r"delete .*future\.pt and rerun"):
+                                       r"remake it: add --forcerun .*future\.pt to your snakemake command"):
         cae.load(tmp_path / "future.pt")
     del ckpt["format"]
     torch.save(ckpt, tmp_path / "old.pt")
     with pytest.raises(DFRError, match=r"old\.pt: model file with no format version"):
         cae.load(tmp_path / "old.pt")
     _truncate(tmp_path / "m.pt")
-    with pytest.raises(DFRError, match=r"m\.pt: not a readable model checkpoint, truncated or corrupt .*delete"):
+    with pytest.raises(DFRError, match=r"m\.pt: not a readable model checkpoint, truncated or corrupt .*--forcerun"):
         cae.load(tmp_path / "m.pt")
 
 
@@ -204,7 +204,7 @@ def test_truncated_corrupt_or_foreign_feature_cache(tmp_path):
     feats, _ = _cache(tmp_path / "train.h5")
     shutil.copy(feats, tmp_path / "t.h5")
     _truncate(tmp_path / "t.h5", 0.6)
-    with pytest.raises(DFRError, match=r"t\.h5: not a readable HDF5 feature cache, truncated or corrupt .*delete"):
+    with pytest.raises(DFRError, match=r"t\.h5: not a readable HDF5 feature cache, truncated or corrupt .*--forcerun"):
         features.FeatureCache(tmp_path / "t.h5")
     shutil.copy(feats, tmp_path / "v.h5")
     with h5py.File(tmp_path / "v.h5", "a") as f:
@@ -233,7 +233,7 @@ def test_a_corrupt_chunk_is_named_when_read(tmp_path):
     with features.FeatureCache(path) as c:
         c.read([0, 1])
         with pytest.raises(DFRError, match=r"c\.h5: the features of i2 cannot be read \(corrupt or truncated "
-                                           r"file: .*\); delete"):
+                                           r"file: .*\); remake it"):
             c.read([2])
 
 
@@ -245,10 +245,10 @@ def test_truncated_or_foreign_maps(tmp_path):
     shutil.copy(tmp_path / "maps.h5", tmp_path / "old.h5")
     with h5py.File(tmp_path / "old.h5", "a") as f:
         del f.attrs["format"]
-    with pytest.raises(DFRError, match=r"old\.h5: maps file with no format version .* delete"):
+    with pytest.raises(DFRError, match=r"old\.h5: maps file with no format version .* remake it"):
         scoring.Maps(tmp_path / "old.h5")
     _truncate(tmp_path / "maps.h5", 0.5)
-    with pytest.raises(DFRError, match=r"maps\.h5: not a readable maps file, truncated or corrupt .*delete"):
+    with pytest.raises(DFRError, match=r"maps\.h5: not a readable maps file, truncated or corrupt .*--forcerun"):
         scoring.Maps(tmp_path / "maps.h5")
 
 
@@ -326,3 +326,69 @@ def test_checkpoint_last_or_best_val(tmp_path):
     with torch.no_grad():
         loss = cae.reconstruction_loss(v, cae.load(tmp_path / "l.pt")(v)).item()
     assert loss == pytest.approx(h.val_loss.iloc[-1], rel=1e-4)
+
+
+def test_a_cut_or_garbled_scores_table_is_named_not_blamed_on_the_model(tmp_path):
+    """scores.csv cut at a row boundary, cut mid-row, or garbled: metrics names the file and the fault, with the
+    command that remakes it, instead of computing metrics from what is left or blaming the model."""
+    _maps_with_masks(tmp_path, empty_masks=False)
+    text = (tmp_path / "scores.csv").read_text()
+    lines = text.splitlines(keepends=True)
+    fields = lines[3].split(",")
+    garbled = ",".join([*fields[:2], "??", *fields[3:]])  # the label of the third image
+    cases = {"".join(lines[:7]): r"scores\.csv: 6 rows where its maps hold \d+ images",
+             "".join(lines[:7]) + lines[7][:12]: r"scores\.csv: row 8 is incomplete or garbled",
+             "".join([*lines[:3], garbled, *lines[4:]]): r"scores\.csv: row 4 is incomplete or garbled"}
+    for damaged, message in cases.items():
+        (tmp_path / "scores.csv").write_text(damaged)
+        with pytest.raises(DFRError, match=message + r".*remake it: add --forcerun .*scores\.csv"):
+            metrics.evaluate(tmp_path / "scores.csv", tmp_path / "maps.h5", tmp_path / "m.json", PARAMS)
+        assert not (tmp_path / "m.json").exists()
+
+
+def test_artifacts_honour_the_umask_and_a_killed_writers_temporary_is_cleaned(tmp_path):
+    from dfr.io import atomic_path, write_json
+
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640  # group-readable, as the umask says
+        os.umask(0o022)
+        write_json(tmp_path / "b.json", {"x": 1})
+        assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+    orphan = tmp_path / ".train.h5.k1ll3d.h5"  # what a kill -9 during a features job leaves
+    orphan.write_bytes(b"half")
+    other = tmp_path / ".train.h5x.abc.h5"  # another artifact's: left alone
+    other.write_bytes(b"x")
+    with atomic_path(tmp_path / "train.h5", suffix=".h5") as tmp:
+        tmp.write_bytes(b"whole")
+    assert not orphan.exists() and other.exists() and (tmp_path / "train.h5").read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".train.h5x.abc.h5", "a.json", "b.json", "train.h5"]
+
+
+def test_a_full_disk_ends_in_one_line_naming_the_file(synth_root, tmp_path):
+    """Under a file-size limit (ulimit -f, as a full disk) the features job ends with exit 2 and one line naming
+    the file and the free space: no traceback, no segmentation fault, nothing half-written left."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    idx = tmp_path / "index.csv"
+    data.write_index(data.index_category(synth_root, "disc"), idx)
+    params = json.dumps({"backbone": "resnet18", "weights": "none", "layers": ["layer2[-1]", "layer3[-1]"],
+                         "pool": 3, "image_size": 64, "normalize": True, "dtype": "float32", "batch_size": 2,
+                         "device": "cpu"})
+    out = tmp_path / "out" / "train.h5"
+    cmd = (f"ulimit -f 64; exec {sys.executable} -m dfr features --index {idx} --split train --out {out} "
+           f"--params '{params}'")
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "workflow")})
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    line = next(x for x in err if x.startswith("dfr features: error:"))
+    assert "could not be written: the file would exceed the size limit" in line and "GB free on" in line, line
+    assert not out.exists() and not list(out.parent.glob(".train.h5.*"))

@@ -83,3 +83,56 @@ def test_planning_imports_neither_torch_nor_h5py():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == []
+
+
+def test_what_can_be_known_before_a_job_runs_is_checked_when_planning(tmp_path):
+    """top_k and the border against the size of A(x), and a folder dataset's categories, refused at the dry run
+    (they used to fail in the scores or index job, after features and training)."""
+    from conftest import TINY
+    from dfr import config as dfr_config
+    from dfr import plan
+    from dfr.io import DFRError
+
+    base = {**TINY, "features": {**TINY["features"], "weights": "none"}}  # A(x) is 16x16 at 128 px
+    plan.Plan(dfr_config.validate({**base, "scoring": {"top_k": 256}}))
+    with pytest.raises(DFRError, match=r"scoring.top_k: 100000 is more than the 256 cells of the map: A\(x\) is "
+                                       r"16x16 at data.image_size 128 \(tf_efficientnet_lite0, blocks\[2\]\); "
+                                       r"choose at most 256"):
+        plan.Plan(dfr_config.validate({**base, "scoring": {"top_k": 100000}}))
+    with pytest.raises(DFRError, match=r"scoring.top_k: 200 is more than the 196 cells .* without a border of 1"):
+        plan.Plan(dfr_config.validate({**base, "scoring": {"top_k": 200, "border": 1}}))
+    with pytest.raises(DFRError, match=r"scoring.border: 8 leaves nothing of the map.*choose at most 7"):
+        plan.Plan(dfr_config.validate({**base, "scoring": {"top_k": 1, "border": 8}}))
+    # an ensemble's fused maps are at its finest member's grid
+    ens = {**base, "ensemble": {"members": [{}, {"data.image_size": 256}]}, "scoring": {"top_k": 1000}}
+    plan.Plan(dfr_config.validate(ens))
+    (tmp_path / "a").mkdir()
+    folder = {**base, "datasets": {"mine": {"kind": "folder", "root": str(tmp_path), "categories": ["a", "b"]}}}
+    with pytest.raises(DFRError, match=rf"datasets.mine: no folder {tmp_path / 'b'} \(datasets.mine.root is"):
+        plan.Plan(dfr_config.validate(folder))
+
+
+def test_one_run_per_results_folder(tmp_path):
+    import os
+    import socket
+
+    from dfr import runlock
+    from dfr.io import DFRError
+
+    lock = runlock.acquire(tmp_path / "results")
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert runlock.acquire(tmp_path / "results") == lock  # the holder may take it again
+    other = os.getppid()  # a live process: another run
+    with pytest.raises(DFRError, match=rf"another run writes these results \(pid {os.getpid()} on "
+                                       rf"{socket.gethostname()}, started .* in .*\); wait for it to end, or, if it "
+                                       rf"is gone, delete .*\.dfr-run\.lock"):
+        runlock.acquire(tmp_path / "results", pid=other)
+    runlock.release(tmp_path / "results", pid=other)  # not its lock: kept
+    assert lock.exists()
+    runlock.release(tmp_path / "results")
+    assert not lock.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead), "cwd": "/x", "started": "then"}))
+    assert runlock.acquire(tmp_path / "results") == lock  # its holder died: taken over
+    assert json.loads(lock.read_text())["pid"] == os.getpid()

@@ -93,8 +93,40 @@ def test_inputs_files_folders_globs_and_unreadable_images(trained, synth_root, t
                          heatmaps=False)
     assert len(df) == 6 and df.error.iloc[-1].startswith(str(bad)) and np.isnan(df.score.iloc[-1])
     assert (df.error.iloc[:-1] == "").all() and not (tmp_path / "o" / "heatmaps").exists()
-    with pytest.raises(DFRError, match="no images found"):
+    with pytest.raises(DFRError, match=r"none/\*\.png: the pattern matches no file"):
         predict.image_paths([str(tmp_path / "none" / "*.png")])
+    with pytest.raises(DFRError, match=r"nonexistent\.png: no such file or folder"):
+        predict.image_paths([str(d / "good" / "000.png"), str(tmp_path / "nonexistent.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DFRError, match="empty: a folder with no images"):
+        predict.image_paths([str(tmp_path / "empty")])
+
+
+def test_predict_exit_codes(trained, synth_root, tmp_path):
+    """0 every image scored, 1 some could not be read (the rest scored), 2 nothing scored (documented in
+    dfr predict --help)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    good = str(synth_root / "disc" / "test" / "good" / "000.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+
+    def run(*images):
+        r = subprocess.run([sys.executable, "-m", "dfr", "predict", str(trained / "bundle.pt"), *images, "--out",
+                            str(tmp_path / "o"), "--device", "cpu", "--no-images"], capture_output=True, text=True,
+                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "workflow")}, timeout=300)
+        return r.returncode, r.stdout + r.stderr
+
+    assert run(good)[0] == 0
+    code, out = run(good, str(bad))
+    assert code == 1 and "1 images scored" in out and "1 skipped" in out
+    code, out = run(str(tmp_path / "nonexistent.png"))
+    assert code == 2 and "nonexistent.png: no such file or folder" in out and "Traceback" not in out
+    code, out = run(str(bad))
+    assert code == 2 and "nothing was scored" in out and "Traceback" not in out
 
 
 def test_bundle_errors(trained, tmp_path):

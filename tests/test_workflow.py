@@ -255,7 +255,7 @@ def test_predict_with_the_bundle_gives_the_pipelines_scores_and_maps(tiny_run, t
                         str(Path(paths[3]).parent.parent / "*" / "*.png"), str(broken), "--out", str(out)],
                        capture_output=True, text=True, timeout=600, cwd=tiny_run,
                        env={**os.environ, "PYTHONPATH": str(ROOT / "workflow")})
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 1, r.stderr[-3000:]  # one image could not be read: the others are scored
     print(f"dfr predict: {r.stdout.strip()} ({time.perf_counter() - t0:.1f} s with start-up)")
     pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert "unreadable or truncated image" in pred.set_index("path").loc[str(broken), "error"]
@@ -281,5 +281,44 @@ def test_predict_with_the_bundle_gives_the_pipelines_scores_and_maps(tiny_run, t
     torch.save({**b, "format": 7}, tmp_path / "future.pt")
     from dfr.io import DFRError
 
-    with pytest.raises(DFRError, match=r"future\.pt: bundle file with format 7, this version of DFR reads format 1"):
+    with pytest.raises(DFRError, match=r"future\.pt: bundle file with format 7, this version of DFR reads format 2; remake it"):
         predict.load_bundle(tmp_path / "future.pt")
+
+
+def test_a_cut_scores_table_is_refused_and_the_printed_hint_remakes_it(tiny_copy):
+    """scores.csv cut at a row boundary after a finished run: the rerun's metrics job refuses it (it used to
+    rebuild the metrics from what was left) and prints a command; that command remakes it and what follows."""
+    wd = tiny_copy
+    scores = wd / "results" / "tiny" / "synth" / "disc" / "scores.csv"
+    lines = scores.read_text().splitlines(keepends=True)
+    scores.write_text("".join(lines[:7]))
+    r = snakemake(wd, TINY)
+    assert r.returncode != 0
+    log = (wd / "logs" / "tiny" / "metrics" / "synth" / "disc.log").read_text()
+    hint = re.search(r"remake it: add (--forcerun \S+) to your snakemake command", log)
+    assert hint and "6 rows where its maps hold" in log and "Traceback" not in log, log[-2000:]
+    r = snakemake(wd, TINY, *hint.group(1).split())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(pd.read_csv(scores)) == len(lines) - 1
+    m = json.loads((wd / "results" / "tiny" / "synth" / "disc" / "metrics.json").read_text())
+    assert m["n_test"] + m["n_val"] == len(lines) - 1
+
+
+def test_a_second_run_on_the_same_results_is_refused_naming_the_holder(tiny_copy):
+    """Another working directory's run holding results/ (its lock names a live process): this run is refused
+    before any job starts; once that run is over, the run goes through."""
+    import socket
+
+    wd = tiny_copy
+    lock = wd / "results" / ".dfr-run.lock"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "cwd": "/elsewhere",
+                                "started": "2026-12-03 10:00:00"}))
+    edit = {**TINY, "scoring": {"top_k": 3}}
+    r = snakemake(wd, edit)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "another run writes these results" in out and "/elsewhere" in out, out[-3000:]
+    assert "Traceback" not in out
+    lock.unlink()
+    r = snakemake(wd, edit)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not lock.exists()

@@ -7,9 +7,12 @@ are the same thing.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import shutil
+import signal
 import sys
 import time
 
@@ -51,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--index", required=True)
     s.add_argument("--split", required=True, choices=["train", "test"])
     s.add_argument("--out", required=True)
-    s.add_argument("--weights-file", nargs="*", default=[],
-                   help="the local weights file whose identity (sha256) params.weights names; none for imagenet")
     s.add_argument("--params", type=_params, required=True)
 
     s = sub.add_parser("pca", help="select the latent dimension d by PCA")
@@ -112,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("predict", help="score new images with a model bundle (see dfr.predict)",
                        description="Score images with a bundle written by the workflow "
                                    "(results/<experiment>/<dataset>/<category>/bundle.pt): a CSV/JSON of score and "
-                                   "decision per image, heatmap overlays and binary masks at T_pixel.")
+                                   "decision per image, heatmap overlays and binary masks at T_pixel. "
+                                   "Exit status: 0 every image scored; 1 some images could not be read (the others "
+                                   "are scored; predictions.csv names them); 2 nothing was scored: a bundle that "
+                                   "cannot be used, an input that does not exist or holds no image, or no image "
+                                   "that could be read.")
     s.add_argument("bundle", help="bundle.pt of a category")
     s.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
     s.add_argument("--out", required=True, help="output folder")
@@ -143,16 +148,48 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     t0 = time.perf_counter()
+    if hasattr(signal, "SIGXFSZ"):  # over a file-size limit, let write() fail with EFBIG instead of a kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return _run(args)
     except DFRError as e:
         print(f"dfr {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        full = disk_full(e, args)
+        if full is None:
+            raise
+        print(f"dfr {args.stage}: error: {full}", file=sys.stderr)
         return 2
     finally:  # exact figures beside Snakemake's sampled benchmark record
         from . import resources
 
         logging.info("dfr %s: wall %.1f s, CPU %.1f s, peak RSS %.0f MB", args.stage, time.perf_counter() - t0,
                      resources.cpu_seconds(), resources.peak_rss_mb())
+
+
+_FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file would exceed the size limit",
+         errno.EDQUOT: "the disk quota is exceeded"}
+
+
+def disk_full(e: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a write that failed for want of space (errno, or the text h5py wraps it in), naming the
+    file and the free space; None for any other error."""
+    code = getattr(e, "errno", None)
+    text = str(e)
+    if code not in _FULL:
+        code = next((c for c, m in ((errno.ENOSPC, "No space left"), (errno.EFBIG, "File too large"),
+                                     (errno.EDQUOT, "quota exceeded")) if m in text), None)
+    if code is None:
+        return None
+    target = getattr(e, "filename", None) or next(
+        (getattr(args, k) for k in ("out", "model", "outdir", "csv") if getattr(args, k, None)), ".")
+    where = os.path.dirname(os.path.abspath(target)) or "."
+    while not os.path.isdir(where):
+        where = os.path.dirname(where)
+    free = shutil.disk_usage(where).free / 2**30
+    return (f"{target}: could not be written: {_FULL[code]} ({free:.2f} GB free on the filesystem of {where}); "
+            "free some space (or raise the limit) and rerun: nothing half-written is kept")
 
 
 def runtime() -> dict:
@@ -191,8 +228,9 @@ def _run(a: argparse.Namespace) -> int:
     elif a.stage == "features":
         from . import features
 
+        # where the local weights file that params.weights names (by its sha256) lies: runtime-only
         features.extract(a.index, a.split, a.out, {**rt, **a.params},
-                         weights_file=a.weights_file[0] if a.weights_file else None)
+                         weights_file=rt.get("weights_files", {}).get(a.params["weights"]))
     elif a.stage == "pca":
         from . import pca
 
@@ -227,7 +265,9 @@ def _run(a: argparse.Namespace) -> int:
     elif a.stage == "bundle":
         from . import predict
 
-        predict.write_bundle(a.model, a.metrics, a.out, a.params)
+        # where a local weights file lies travels with the bundle (runtime-only: its identity is in the params)
+        wf = rt.get("weights_files", {}).get(a.params["features"]["weights"])
+        predict.write_bundle(a.model, a.metrics, a.out, {**a.params, "weights_file": wf})
     elif a.stage == "predict":
         from . import predict
 
@@ -236,6 +276,8 @@ def _run(a: argparse.Namespace) -> int:
         ok = df[df.error == ""]
         print(f"{len(ok)} images scored ({int(ok.anomalous.sum())} anomalous at {a.threshold}), "
               f"{len(df) - len(ok)} skipped: {a.out}/predictions.csv")
+        if len(ok) < len(df):
+            return 1  # some images could not be read: the others are scored, predictions.csv says which
     elif a.stage == "tables":
         from . import tables
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import backbones
 from .data import ImageDataset, Preprocess, read_index
-from .io import FORMATS, DFRError, atomic_path, check_format, remake_hint, versions
+from .io import FORMATS, DFRError, atomic_path, check_format, check_space, remake_hint, versions
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict,
     c, h, w = probe.shape[1:]
     log.info("%s: %d images -> f(x) of shape %dx%dx%d (%s, %s)", split, len(rows), c, h, w,
              params["backbone"], ",".join(params["layers"]))
+    check_space(out, len(rows) * c * h * w * dtype.itemsize)
     with atomic_path(out, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
             feats = f.create_dataset("features", shape=(len(rows), c, h, w), dtype=dtype,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .features import FeatureCache
-from .io import FORMATS, DFRError, atomic_path, provenance, read_json, write_model_info
+from .io import FORMATS, DFRError, atomic_path, check_space, provenance, read_json, write_model_info
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def fit(features: str | Path, split_json: str | Path, out_model: str | Path, out
     split = read_json(split_json)
     rng = np.random.default_rng(int(params["seed"]))
     with FeatureCache(features) as cache:
-        n_img, c, h, w = cache.shape[0], *cache.shape[1:]
+        c, h, w = cache.shape[1:]
         want = params.get("channels") or c
         if want > c:
             raise DFRError(f"gaussian.channels is {want} but f(x) has {c} channels")
@@ -84,6 +84,7 @@ def fit(features: str | Path, split_json: str | Path, out_model: str | Path, out
                 losses[name] = float(torch.cat(d2).mean())
     ckpt = {"kind": Gaussian.kind, "state_dict": model.state_dict(), "in_channels": c, "grid": [h, w],
             "latent_dim": 0, "format": FORMATS["model"], **provenance(params)}
+    check_space(out_model, sum(t.numel() * t.element_size() for t in model.state_dict().values()))
     with atomic_path(out_model, suffix=".pt") as tmp:
         torch.save(ckpt, tmp)
     seconds = time.perf_counter() - t0

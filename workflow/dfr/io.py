@@ -6,8 +6,10 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,13 +19,15 @@ class DFRError(RuntimeError):
 
 
 # Versions of the artifacts' formats: an artifact records the version that wrote it, and a reader refuses
-# another one with a message that says to delete the file (Snakemake then remakes it).
+# another one with the command that remakes it (remake_hint).
 # model 2 / bundle 2: tensors and plain data only, read with torch.load(weights_only=True)
 FORMATS = {"features": 1, "model": 2, "maps": 1, "bundle": 2}
 
 
 def remake_hint(path: str | os.PathLike) -> str:
-    return f"delete {path} and rerun: Snakemake remakes it"
+    """The command that remakes a damaged artifact and what follows from it. (Deleting it is not enough: a missing
+    intermediate file is not remade while the files made from it are up to date.)"""
+    return f"remake it: add --forcerun {path} to your snakemake command"
 
 
 def check_format(path: str | os.PathLike, kind: str, found: object) -> None:
@@ -35,13 +39,27 @@ def check_format(path: str | os.PathLike, kind: str, found: object) -> None:
                        + remake_hint(path))
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary is ``.<name>.<random><suffix>``: what a killed writer of the same artifact left behind is
+    removed first (one job writes an artifact at a time), and the file gets the permissions the umask gives a
+    new file (mkstemp's are 600: unreadable by the group on a shared filesystem)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -50,6 +68,27 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def check_space(path: str | os.PathLike, nbytes: int) -> None:
+    """Refuse, before writing, a file of ``nbytes`` that the filesystem's free space or the process's file-size
+    limit (ulimit -f) cannot hold: HDF5 does not survive a write that fails half-way."""
+    import resource
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path.parent).free
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    need = int(nbytes * 1.02) + (1 << 20)  # and the file's metadata
+    if need > free:
+        why = "no space left on the device"
+    elif limit != resource.RLIM_INFINITY and need > limit:
+        why = f"the file would exceed the size limit ({limit / 2**30:.2f} GB)"
+    else:
+        return
+    raise DFRError(f"{path}: could not be written: {why} ({need / 2**30:.2f} GB needed, {free / 2**30:.2f} GB free "
+                   f"on the filesystem of {path.parent}); free some space (or raise the limit) and rerun: nothing "
+                   "half-written is kept")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

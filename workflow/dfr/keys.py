@@ -132,9 +132,21 @@ def weights_identity(backbone: str, weights: str) -> str:
 
 
 def weights_file(cfg: dict) -> str | None:
-    """The absolute path of a local weights file (an input of the features jobs), else None."""
+    """The absolute path of a local weights file, else None."""
     w = cfg["features"]["weights"]
     return None if w in ("none", "imagenet") else str(Path(w).resolve())
+
+
+def weights_files(cfgs: list[dict]) -> dict[str, str]:
+    """identity -> where the file lies, for every local weights file of these configs. Where a file lies is
+    runtime-only (it travels in DFR_RUNTIME, like the batch size): a moved file, or a relative and an absolute
+    path to it, reruns nothing; a replaced one is another identity, so another feature cache."""
+    out = {}
+    for c in cfgs:
+        path = weights_file(c)
+        if path:
+            out["sha256:" + file_sha256(path)] = path
+    return out
 
 
 # ---- the params of each stage: exactly what shapes its artifact ----

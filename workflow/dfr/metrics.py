@@ -25,7 +25,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .data import load_mask
-from .io import DFRError, provenance, write_json
+from .io import DFRError, provenance, remake_hint, write_json
 from .scoring import Maps, read_scores, upsample
 
 log = logging.getLogger(__name__)
@@ -301,11 +301,11 @@ def pixel_threshold(maps: Maps, eval_size: int | None, fpr: float) -> float | No
 
 def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, params: dict) -> dict:
     """Per-category metrics, and the curves the plots draw, into metrics.json."""
-    scores = read_scores(scores_csv)
+    scores = read_scores(scores_csv, Maps(maps_h5).meta)
     if not np.isfinite(scores.score.to_numpy(float)).all():
         bad = scores.image_id[~np.isfinite(scores.score.to_numpy(float))].tolist()
-        raise DFRError(f"{scores_csv}: non-finite image scores for {bad[:5]} in stage metrics: the model or its "
-                       "features diverged; delete the category's model.pt and maps.h5 and rerun, or lower cae.lr")
+        raise DFRError(f"{scores_csv}: non-finite image scores for {bad[:5]} in stage metrics, from finite maps: "
+                       + remake_hint(scores_csv))
     test = scores[scores.split == "test"]
     val = scores[scores.split == "val"]
     y, s = test.label.to_numpy(), test.score.to_numpy()

@@ -19,10 +19,11 @@ import copy
 import itertools
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from . import config as dfr_config
-from . import keys, layout, overrides, workload
+from . import keys, layout, overrides, shapes, workload
 from .io import DFRError
 
 KINDS = ("fkey", "skey", "pkey", "mkey", "ekey")  # the wildcards of the shared artifacts
@@ -248,6 +249,36 @@ def cost_records(cfg: dict, dataset: str, category: str) -> dict[str, list[str]]
 
 # ---- the plan of one run ----
 
+def check(cfg: dict, source: str = "config") -> None:
+    """What can be known before any job runs: top-k and the border against the size of A(x) (the finest
+    member's for an ensemble), and that a folder dataset's categories are there."""
+    where = f"{source}" + (f" ({cfg['study_variant']['name']})" if cfg.get("study_variant") else "")
+    models = members(cfg) or [cfg]
+    sides = [keys.grid_side(m) for m in models]
+    if all(sides):
+        side, m = max(zip(sides, range(len(sides))))
+        m = models[m]
+        border, k = cfg["scoring"]["border"], cfg["scoring"]["top_k"]
+        layer = (m["features"]["layers"] or shapes.DEFAULT_LAYERS.get(m["features"]["backbone"], ["?"]))[0]
+        grid = (f"A(x) is {side}x{side} at data.image_size {m['data']['image_size']} "
+                f"({m['features']['backbone']}, {layer})")
+        if 2 * border >= side:
+            raise DFRError(f"{where}: scoring.border: {border} leaves nothing of the map: {grid}; choose at most "
+                           f"{(side - 1) // 2}")
+        cells = (side - 2 * border) ** 2
+        if k > cells:
+            raise DFRError(f"{where}: scoring.top_k: {k} is more than the {cells} cells of the map: {grid}"
+                           + (f", without a border of {border}" if border else "") + f"; choose at most {cells}")
+    for name, ds in cfg["datasets"].items():
+        if ds["kind"] == "folder":
+            root = Path(layout.dataset_root(cfg, name))
+            absent = [c for c in ds["categories"] if not (root / c).is_dir()]
+            if absent:
+                raise DFRError(f"{source}: datasets.{name}: no folder {', '.join(str(root / c) for c in absent)} "
+                               f"(datasets.{name}.root is {ds['root']!r}; a category is a folder with train/ "
+                               "and test/)")
+
+
 class Plan:
     """A config's experiments (one, or a study's variants), their members, and every shared key's config."""
 
@@ -256,6 +287,8 @@ class Plan:
         self.study = bool(cfg.get("study"))
         self.experiments = variants(cfg, source)
         self.members = {e: members(c, source) for e, c in self.experiments.items()}
+        for c in self.experiments.values():
+            check(c, source)
         # the configs behind each key of a shared artifact: the variants that agree on what shapes an artifact
         # have the same key, so it is made once and shared; an ensemble's members are configs of their own
         self.by_key: dict[str, dict[str, dict]] = {k: {} for k in KINDS}

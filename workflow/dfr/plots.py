@@ -163,10 +163,10 @@ def heatmaps(scores: pd.DataFrame, maps: Maps, metrics: dict, outdir: Path, n: i
 def category_figures(scores_csv, maps_h5, metrics_json, history_csv, outdir, params: dict) -> list[Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    scores = read_scores(scores_csv)
+    maps = Maps(maps_h5, int(params.get("border", 0)))
+    scores = read_scores(scores_csv, maps.meta)
     metrics = read_json(metrics_json)
     history = pd.read_csv(history_csv)
-    maps = Maps(maps_h5, int(params.get("border", 0)))
     title = f"{metrics.get('dataset')}/{metrics.get('category')}"
     loss_curve(history, outdir / "loss.png", title)
     score_histogram(scores, metrics, outdir / "score_histogram.png", title)

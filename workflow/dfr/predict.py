@@ -121,13 +121,18 @@ def image_paths(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file())
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file())
+            if not found:
+                raise DFRError(f"{item}: a folder with no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         elif glob.has_magic(item):
-            out += sorted(Path(q) for q in glob.glob(item, recursive=True) if Path(q).is_file())
+            found = sorted(Path(q) for q in glob.glob(item, recursive=True) if Path(q).is_file())
+            if not found:
+                raise DFRError(f"{item}: the pattern matches no file")
+        elif p.is_file():
+            found = [p]
         else:
-            out.append(p)
-    if not out:
-        raise DFRError(f"no images found in {' '.join(inputs)}")
+            raise DFRError(f"{item}: no such file or folder")
+        out += found
     return out
 
 
@@ -186,6 +191,8 @@ def predict(bundle_path: str | Path, inputs: list[str], out_dir: str | Path, thr
                 row.update(_write_images(paths[i], f"{i:05d}_{paths[i].stem}", ai, hw, t_pixel, out_dir, Image))
             rows.append(row)
     df = pd.DataFrame(rows).sort_values("i").drop(columns="i").reset_index(drop=True)  # in the order given
+    if (df.error != "").all():
+        raise DFRError(f"none of the {len(df)} images could be read, nothing was scored (first: {df.error.iloc[0]})")
     df.insert(2, "threshold", t)
     seconds = time.perf_counter() - t0
     with atomic_path(out_dir / "predictions.csv", suffix=".csv") as tmp:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from . import backbones, cae
 from .features import FeatureCache
-from .io import FORMATS, DFRError, atomic_path, check_format, read_json, remake_hint, versions
+from .io import FORMATS, DFRError, atomic_path, check_format, check_space, read_json, remake_hint, versions
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def _maps(model: torch.nn.Module, cache: FeatureCache, positions: np.ndarray, de
             ok = np.isfinite(a).reshape(len(a), -1).all(axis=1)
             bad = cache.ids[positions[start + int(np.nonzero(~ok)[0][0])]]
             raise DFRError(f"{cache.path}: stage maps gave non-finite anomaly maps (e.g. for {bad}): the model "
-                           "diverged or the features overflow; retrain with a lower cae.lr, or delete the cache")
+                           "diverged or the features overflow: retrain with a lower cae.lr (a new model key), or "
+                           + remake_hint(cache.path))
         out.append(a)
     if not out:
         return np.zeros((0, *cache.shape[2:]), np.float32)
@@ -119,6 +120,7 @@ def write_maps(out: str | Path, A: np.ndarray, meta: pd.DataFrame, params: dict)
     if len(A) != len(meta):
         raise DFRError(f"{out}: {len(A)} maps but {len(meta)} rows of metadata")
     s = h5py.string_dtype()
+    check_space(out, np.asarray(A).size * 4)  # gzip makes it smaller: an upper bound
     with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("A", data=np.asarray(A, np.float32), compression="gzip")
         for k in ("image_id", "split", "defect", "path", "mask_path"):
@@ -166,10 +168,31 @@ def image_scores(maps_path: str | Path, out: str | Path, top_k: int, border: int
     return df
 
 
-def read_scores(path: str | Path) -> pd.DataFrame:
+def read_scores(path: str | Path, maps_meta: pd.DataFrame | None = None) -> pd.DataFrame:
+    """scores.csv, checked: every column, every row complete, and (with the maps it was made from) one row per
+    image of the maps, in their order. A cut or garbled file is named as such, with the command that remakes it."""
     try:
-        df = pd.read_csv(path, keep_default_na=False, dtype={"image_id": str, "mask_path": str, "defect": str})
+        df = pd.read_csv(path, keep_default_na=False, dtype=str)
     except FileNotFoundError:
         raise DFRError(f"{path}: scores not found") from None
-    df["score"] = pd.to_numeric(df.score, errors="coerce")  # an empty or non-numeric cell is NaN: refused later
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DFRError(f"{path}: not a readable scores table, cut or garbled ({str(e).strip()[:200]}); "
+                       + remake_hint(path)) from None
+    missing = [c for c in SCORE_COLUMNS if c not in df.columns]
+    if missing:
+        raise DFRError(f"{path}: not a scores table (no column {', '.join(missing)}); " + remake_hint(path))
+    required = ["image_id", "split", "label", "height", "width"]  # a cut row lacks its last cells
+    empty = (df[required] == "").any(axis=1).to_numpy()
+    numbers = {c: pd.to_numeric(df[c], errors="coerce") for c in ("label", "height", "width")}
+    garbled = empty | np.any([v.isna().to_numpy() for v in numbers.values()], axis=0)
+    if garbled.any():
+        row = int(np.nonzero(garbled)[0][0])
+        raise DFRError(f"{path}: row {row + 2} is incomplete or garbled ({df.image_id.iloc[row]!r}): the file was "
+                       "cut or damaged after it was written; " + remake_hint(path))
+    if maps_meta is not None and (len(df) != len(maps_meta) or list(df.image_id) != list(maps_meta.image_id)):
+        raise DFRError(f"{path}: {len(df)} rows where its maps hold {len(maps_meta)} images (or in another order): "
+                       "it was cut, or made from other maps; " + remake_hint(path))
+    for c, v in numbers.items():
+        df[c] = v.astype(int)
+    df["score"] = pd.to_numeric(df.score, errors="coerce")  # a non-numeric score is NaN: refused later
     return df

@@ -15,6 +15,7 @@ from dfr import keys as dfr_keys  # noqa: E402
 from dfr import layout as dfr_layout  # noqa: E402
 from dfr import plan as dfr_plan  # noqa: E402
 from dfr import resources as dfr_resources  # noqa: E402
+from dfr import runlock as dfr_runlock  # noqa: E402
 from dfr.io import DFRError  # noqa: E402
 
 try:
@@ -37,11 +38,16 @@ cfg_of = PLAN.cfg_of  # the config that a job's wildcards name
 # and on SLURM nodes): the shell prefix puts the package on PYTHONPATH and, outside conda, this
 # interpreter first on PATH. Runtime-only settings (batch size, workers, device, ...) change how fast an
 # artifact is made, not what it is: they travel in DFR_RUNTIME, not in params, so editing them reruns nothing.
+# So does where each local weights file lies (its content hash is in the feature key).
+RUNTIME = {
+    **dfr_keys.feature_runtime(config),
+    "weights_files": dfr_keys.weights_files([m for c in CFGS.values() for m in [c, *dfr_plan.members(c)]]),
+}
 _CONDA = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", "")).lower()
 _PREFIX = (
     "set -euo pipefail; "
     f"export PYTHONPATH={shlex.quote(str(WORKFLOW_DIR))}${{PYTHONPATH:+:$PYTHONPATH}}; "
-    f"export DFR_RUNTIME={shlex.quote(json.dumps(dfr_keys.feature_runtime(config)))}; "
+    f"export DFR_RUNTIME={shlex.quote(json.dumps(RUNTIME))}; "
     + ("" if _CONDA else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")
 )
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # the prefix is formatted like a command
@@ -129,13 +135,6 @@ def all_targets():
     return PLAN.targets()
 
 
-def weights_input(wildcards):
-    """A local weights file is an input of the features jobs: [] or [the file] (its content hash is in their
-    key; ancient: a touched file with the same content reruns nothing)."""
-    w = dfr_keys.weights_file(cfg_of(wildcards))
-    return [ancient(w)] if w else []
-
-
 # ---- resources: what a job asks a scheduler for, derived from what it processes (dfr.resources) ----
 RES = config["resources"]
 
@@ -192,3 +191,20 @@ localrules:
     scores,
     tables,
     study,
+
+
+# One run per results folder, whichever working directory it starts from (dfr.runlock): taken when jobs are
+# about to start, released when the run ends.
+onstart:
+    try:
+        dfr_runlock.acquire(R)
+    except DFRError as e:
+        raise WorkflowError(str(e)) from None
+
+
+onsuccess:
+    dfr_runlock.release(R)
+
+
+onerror:
+    dfr_runlock.release(R)

@@ -6,7 +6,6 @@
 rule features:
     input:
         index=PATHS["index"],
-        weights=weights_input,
     output:
         PATHS["features"],
     log:
@@ -24,4 +23,4 @@ rule features:
         features=stage_params(dfr_keys.feature_params),
     shell:
         "python -m dfr --threads {threads} features --index {input.index} --split {wildcards.split} --out {output}"
-        " --weights-file {input.weights} --params {params.features:q} > {log} 2>&1"
+        " --params {params.features:q} > {log} 2>&1"

@@ -80,8 +80,7 @@ rule bundle:
         mem_mb=mem_mb("bundle"),
         runtime=runtime("bundle"),
     params:
-        # where a local weights file lies travels with the bundle (its identity is in the features' params)
-        bundle=lambda wc: P({**dfr_keys.bundle_params(cfg_of(wc)), "weights_file": dfr_keys.weights_file(cfg_of(wc))}),
+        bundle=stage_params(dfr_keys.bundle_params),
     shell:
         "python -m dfr bundle --model {input.model} --metrics {input.metrics} --out {output} --params {params.bundle:q}"
         " > {log} 2>&1"
