@@ -162,10 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dfr {args.stage}: error: {full}", file=sys.stderr)
         return 2
     finally:  # exact figures beside Snakemake's sampled benchmark record
-        from . import resources
+        from . import measure
 
         logging.info("dfr %s: wall %.1f s, CPU %.1f s, peak RSS %.0f MB", args.stage, time.perf_counter() - t0,
-                     resources.cpu_seconds(), resources.peak_rss_mb())
+                     measure.cpu_seconds(), measure.peak_rss_mb())
 
 
 _FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file would exceed the size limit",
