@@ -102,23 +102,20 @@ def test_inputs_files_folders_globs_and_unreadable_images(trained, synth_root, t
         predict.image_paths([str(tmp_path / "empty")])
 
 
-def test_predict_exit_codes(trained, synth_root, tmp_path):
+def test_predict_exit_codes(trained, synth_root, tmp_path, capsys):
     """0 every image scored, 1 some could not be read (the rest scored), 2 nothing scored (documented in
-    dfr predict --help)."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT
+    dfr predict --help); no traceback."""
+    from dfr import cli
 
     good = str(synth_root / "disc" / "test" / "good" / "000.png")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
 
     def run(*images):
-        r = subprocess.run([sys.executable, "-m", "dfr", "predict", str(trained / "bundle.pt"), *images, "--out",
-                            str(tmp_path / "o"), "--device", "cpu", "--no-images"], capture_output=True, text=True,
-                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "workflow")}, timeout=300)
-        return r.returncode, r.stdout + r.stderr
+        code = cli.main(["predict", str(trained / "bundle.pt"), *images, "--out", str(tmp_path / "o"),
+                         "--device", "cpu", "--no-images"])
+        out = capsys.readouterr()
+        return code, out.out + out.err
 
     assert run(good)[0] == 0
     code, out = run(good, str(bad))
