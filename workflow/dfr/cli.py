@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 
-from .io import DFRError
+from .io import DFRError, no_space
 
 
 def _params(s: str) -> dict:
@@ -187,9 +187,7 @@ def disk_full(e: BaseException, args: argparse.Namespace) -> str | None:
     where = os.path.dirname(os.path.abspath(target)) or "."
     while not os.path.isdir(where):
         where = os.path.dirname(where)
-    free = shutil.disk_usage(where).free / 2**30
-    return (f"{target}: could not be written: {_FULL[code]} ({free:.2f} GB free on the filesystem of {where}); "
-            "free some space (or raise the limit) and rerun: nothing half-written is kept")
+    return no_space(target, _FULL[code], shutil.disk_usage(where).free, where)
 
 
 def runtime() -> dict:

@@ -86,9 +86,14 @@ def check_space(path: str | os.PathLike, nbytes: int) -> None:
         why = f"the file would exceed the size limit ({limit / 2**30:.2f} GB)"
     else:
         return
-    raise DFRError(f"{path}: could not be written: {why} ({need / 2**30:.2f} GB needed, {free / 2**30:.2f} GB free "
-                   f"on the filesystem of {path.parent}); free some space (or raise the limit) and rerun: nothing "
-                   "half-written is kept")
+    raise DFRError(no_space(path, why, free, path.parent, need))
+
+
+def no_space(path: str | os.PathLike, why: str, free: int, where: str | os.PathLike, need: int | None = None) -> str:
+    """The one line a write that the disk (or the file-size limit) cannot hold ends in."""
+    needed = f"{need / 2**30:.2f} GB needed, " if need is not None else ""
+    return (f"{path}: could not be written: {why} ({needed}{free / 2**30:.2f} GB free on the filesystem of {where}); "
+            "free some space (or raise the limit) and rerun: nothing half-written is kept")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

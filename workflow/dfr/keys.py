@@ -30,8 +30,8 @@ from .io import DFRError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # stage -> the module whose CODE_VERSIONS holds its version
-CODE_OWNERS = {"synthetic": "synthetic", "index": "data", "split": "data", "features": "features", "pca": "pca", "cae": "cae",
-               "gaussian": "gaussian", "maps": "scoring", "ensemble": "ensemble", "scores": "scoring",
+CODE_OWNERS = {"synthetic": "synthetic", "index": "data", "split": "data", "features": "features", "pca": "pca",
+               "cae": "cae", "gaussian": "gaussian", "maps": "scoring", "ensemble": "ensemble", "scores": "scoring",
                "metrics": "metrics", "plots": "plots", "tables": "tables", "bundle": "predict"}
 
 
@@ -75,10 +75,10 @@ def file_sha256(path: str | os.PathLike) -> str:
     except (FileNotFoundError, NotADirectoryError):
         raise DFRError(f"{path}: weights file not found (features.weights points at it)") from None
     stamp = [st.st_size, st.st_mtime_ns]
-    if (real, *stamp) in _SHA256:
-        return _SHA256[(real, *stamp)]
-    _SHA256[(real, *stamp)] = digest = _file_sha256(real, stamp)
-    return digest
+    key = (real, *stamp)
+    if key not in _SHA256:
+        _SHA256[key] = _file_sha256(real, stamp)
+    return _SHA256[key]
 
 
 _SHA256: dict[tuple, str] = {}  # (real path, size, mtime) -> sha256, in this process

@@ -256,8 +256,8 @@ def check(cfg: dict, source: str = "config") -> None:
     models = members(cfg) or [cfg]
     sides = [keys.grid_side(m) for m in models]
     if all(sides):
-        side, m = max(zip(sides, range(len(sides))))
-        m = models[m]
+        finest = max(range(len(models)), key=sides.__getitem__)
+        side, m = sides[finest], models[finest]
         border, k = cfg["scoring"]["border"], cfg["scoring"]["top_k"]
         layer = (m["features"]["layers"] or shapes.DEFAULT_LAYERS.get(m["features"]["backbone"], ["?"]))[0]
         grid = (f"A(x) is {side}x{side} at data.image_size {m['data']['image_size']} "
@@ -330,18 +330,14 @@ class Plan:
         return layout.comparison_paths(self.config["results"], self.config["experiment"])
 
     def comparison_inputs(self) -> dict[str, list[str]]:
-        """What the study's comparison reads, each declared: every variant's metrics and model sidecars, the
-        categories' indexes (image counts) and the benchmark records its costs come from."""
+        """What the study's comparison reads, each declared: the files its manifest lists (every variant's
+        metrics and model sidecars, the categories' indexes, the benchmark records its costs come from)."""
         out: dict[str, dict] = {"metrics": {}, "model_info": {}, "index": {}, "records": {}}
-        for c in self.experiments.values():
-            for d, cat in self.categories():
-                p = paths(c, d, cat)
-                out["metrics"][p["metrics"]] = None
-                out["index"][p["index"]] = None
-                for m in members(c) or [c]:
-                    out["model_info"][paths(m, d, cat)["model_info"]] = None
-                for recs in cost_records(c, d, cat).values():
-                    out["records"] |= dict.fromkeys(recs)
+        for v in self.manifest()["variants"]:
+            for c in v["categories"]:
+                out["metrics"][c["metrics"]] = out["index"][c["index"]] = None
+                out["model_info"] |= dict.fromkeys(c["model_info"])
+                out["records"] |= dict.fromkeys(c["fit"] + c["score"])
         return {k: list(v) for k, v in out.items()}
 
     def manifest(self) -> dict:
