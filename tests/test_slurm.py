@@ -117,7 +117,10 @@ def test_without_grouping_every_stage_is_its_own_job(tmp_path):
 
 @needs_slurm
 def test_failing_job_fails_the_run_with_its_log(cluster, tmp_path):
-    cfg = {**CFG, "features": {**CFG["features"], "weights": str(tmp_path / "missing.pth")}}
+    # a weights file that exists (so the plan hashes it) but is no state dict: the features job fails on it
+    bad = tmp_path / "garbled.pth"
+    bad.write_bytes(b"not a state dict" * 64)
+    cfg = {**CFG, "features": {**CFG["features"], "weights": str(bad)}}
     r = snakemake(tmp_path, cfg, *SLURM_ARGS, "--retries", "0")
     out = r.stdout + r.stderr
     assert r.returncode != 0
@@ -128,4 +131,4 @@ def test_failing_job_fails_the_run_with_its_log(cluster, tmp_path):
     logs = re.findall(r"rule features:\s+jobid: \d+\s+output: \S+\s+log: (logs/features/\S+\.log)", out)
     assert logs, out[-5000:]
     # the group's first features job (train or test split) failed and named the file; the other never ran
-    assert any("weights file not found" in (tmp_path / log).read_text() for log in logs if (tmp_path / log).exists())
+    assert any("not a readable PyTorch state dict" in (tmp_path / log).read_text() for log in logs if (tmp_path / log).exists())

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backbones, gaussian
+from .checkpoint import content_digest, save_sealed
 from .features import FeatureCache
 from .io import FORMATS, DFRError, atomic_path, check_format, provenance, read_json, remake_hint, write_model_info
 
@@ -269,7 +270,7 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
         **provenance(params),
     }
     with atomic_path(out_model, suffix=".pt") as tmp:
-        torch.save(ckpt, tmp)
+        save_sealed(ckpt, tmp)
     with atomic_path(out_history, suffix=".csv") as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
     write_model_info(out_info, out_model, kind="cae", latent_dim=int(latent), epochs_run=len(history),
@@ -292,7 +293,7 @@ def load_safely(path: str | Path, what: str, device: torch.device | str = "cpu")
     """A ``torch.save`` file of tensors and plain data (numbers, strings, lists, dicts), loaded with
     ``weights_only``: a file that would build other objects, and so could run code, is refused unread."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        obj = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise DFRError(f"{path}: {what} not found") from None
     except pickle.UnpicklingError as e:  # what weights_only refuses: a global that is not a tensor's
@@ -304,6 +305,10 @@ def load_safely(path: str | Path, what: str, device: torch.device | str = "cpu")
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a truncated or foreign file
         raise DFRError(f"{path}: not a readable {what}, truncated or corrupt ({type(e).__name__}: {e}); "
                        + remake_hint(path)) from None
+    if isinstance(obj, dict) and "sha256" in obj and content_digest(obj) != obj["sha256"]:
+        raise DFRError(f"{path}: {what} is corrupt: its contents do not match the checksum written with them; "
+                       + remake_hint(path))
+    return obj
 
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> CAE:

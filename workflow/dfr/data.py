@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile
 
-from .io import DFRError, atomic_path, write_json
+from .io import DFRError, atomic_path, remake_hint, write_json
 from .shapes import IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:  # torch is imported where images are preprocessed, not to index or split
@@ -240,9 +240,19 @@ def read_index(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path, keep_default_na=False, dtype={"mask_path": str, "defect": str})
     except FileNotFoundError:
         raise DFRError(f"{path}: index not found") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as e:
+        raise DFRError(f"{path}: not a readable index, truncated or corrupt ({str(e)[:200]}); "
+                       + remake_hint(path)) from None
     missing = set(INDEX_COLUMNS) - set(df.columns)
     if missing:
         raise DFRError(f"{path}: not a DFR index (missing columns {sorted(missing)})")
+    bad = (~df.split.isin(["train", "test"]) | ~df.label.astype(str).isin(["0", "1"])
+           | (df.image_id.astype(str) == "") | (df.path.astype(str) == "") | df.image_id.duplicated())
+    if bad.any():
+        row = int(np.argmax(bad.to_numpy())) + 2
+        raise DFRError(f"{path}: line {row} is not an index row (a split, a 0/1 label, an image id and a path): "
+                       f"the file is truncated or corrupt; " + remake_hint(path))
+    df["label"] = df.label.astype(int)
     return df
 
 

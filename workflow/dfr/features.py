@@ -152,8 +152,9 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict,
     check_space(out, len(rows) * c * h * w * dtype.itemsize)
     with atomic_path(out, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
+            # one chunk per image, each with a Fletcher-32 checksum: a garbled chunk fails when read
             feats = f.create_dataset("features", shape=(len(rows), c, h, w), dtype=dtype,
-                                     chunks=(1, c, h, w))
+                                     chunks=(1, c, h, w), fletcher32=True)
             write_cache_meta(f, rows, params, split=split, index=str(index_path))
             start = 0
             t_loop = time.perf_counter()

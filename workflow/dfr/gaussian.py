@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .features import FeatureCache
+from .checkpoint import save_sealed
 from .io import FORMATS, DFRError, atomic_path, check_space, provenance, read_json, write_model_info
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def fit(features: str | Path, split_json: str | Path, out_model: str | Path, out
             "latent_dim": 0, "format": FORMATS["model"], **provenance(params)}
     check_space(out_model, sum(t.numel() * t.element_size() for t in model.state_dict().values()))
     with atomic_path(out_model, suffix=".pt") as tmp:
-        torch.save(ckpt, tmp)
+        save_sealed(ckpt, tmp)
     seconds = time.perf_counter() - t0
     # one "epoch": the mean squared Mahalanobis distance of training and validation locations
     history = pd.DataFrame([{"epoch": 1, "train_loss": losses.get("train", np.nan),

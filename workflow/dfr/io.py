@@ -113,8 +113,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DFRError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise DFRError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DFRError(f"{path}: not valid JSON, truncated or corrupt ({e}); {remake_hint(path)}") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

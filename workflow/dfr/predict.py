@@ -39,6 +39,7 @@ import torch
 from . import backbones, cae
 from .data import IMAGE_EXTENSIONS, Preprocess, load_image
 from .features import FeatureExtractor
+from .checkpoint import save_sealed
 from .io import FORMATS, DFRError, atomic_path, check_format, read_json, remake_hint, versions, write_json
 from .scoring import top_k_score, upsample, without_border
 
@@ -69,7 +70,7 @@ def write_bundle(model_pt: str | Path, metrics_json: str | Path, out: str | Path
                        "experiment": params.get("experiment"), "params": params, "versions": versions()},
     }
     with atomic_path(out, suffix=".pt") as tmp:
-        torch.save(bundle, tmp)
+        save_sealed(bundle, tmp)
     return bundle
 
 
