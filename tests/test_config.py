@@ -36,6 +36,23 @@ def test_defaults_are_filled():
     assert cfg["thresholds"]["alpha"] == 3.0
 
 
+def test_defaults_are_those_snakemake_utils_validate_sets():
+    """dfr.config fills defaults with the jsonschema recipe that snakemake.utils.validate applies, compiled once
+    (snakemake's re-reads the schema on each call: 48 calls for study-beyond's variants and members): the two
+    give the same config for every shipped one and for its study variants' raw members."""
+    from snakemake.utils import validate as snakemake_validate
+
+    for path in sorted((ROOT / "config").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        theirs = copy.deepcopy(raw)
+        snakemake_validate(theirs, str(dfr_config.SCHEMA_PATH), set_default=True)
+        assert dfr_config.validate(raw, str(path)) == theirs, path.name
+    folder = {"datasets": {"d": {"kind": "folder", "root": "x", "categories": ["a"]}}}
+    a = dfr_config.validate(folder)
+    a["cae"]["epochs"] = 7  # the defaults are copies, not shared with the next config
+    assert dfr_config.validate(folder)["cae"]["epochs"] == 50
+
+
 @pytest.mark.parametrize("edit,message", [
     (lambda c: c["cae"].update(epochs=0), r"cae.epochs: 0 is less than the minimum of 1"),
     (lambda c: c["cae"].update(latent_dim="big"), r"cae.latent_dim: 'big' is not valid"),

@@ -289,9 +289,10 @@ def evaluate(model: CAE, batches: FeatureBatches, device: torch.device) -> float
     return tot / max(n, 1)
 
 
-def load_safely(path: str | Path, what: str, device: torch.device | str = "cpu") -> object:
-    """A ``torch.save`` file of tensors and plain data (numbers, strings, lists, dicts), loaded with
-    ``weights_only``: a file that would build other objects, and so could run code, is refused unread."""
+def load_safely(path: str | Path, what: str, device: torch.device | str = "cpu", kind: str | None = None) -> dict:
+    """A DFR checkpoint (``torch.save`` of a dict of tensors and plain data), loaded with ``weights_only``: a file
+    that would build other objects, and so could run code, is refused unread. Then, in this order: it must be a
+    dict, of ``kind``'s format version (``io.FORMATS``) when one is given, and match the checksum sealed in it."""
     try:
         obj = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
@@ -305,18 +306,18 @@ def load_safely(path: str | Path, what: str, device: torch.device | str = "cpu")
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a truncated or foreign file
         raise DFRError(f"{path}: not a readable {what}, truncated or corrupt ({type(e).__name__}: {e}); "
                        + remake_hint(path)) from None
-    if isinstance(obj, dict) and "sha256" in obj and content_digest(obj) != obj["sha256"]:
+    if not isinstance(obj, dict):
+        raise DFRError(f"{path}: not a DFR {what}; " + remake_hint(path))
+    if kind is not None:  # before the checksum: another version may seal (or not) in another way
+        check_format(path, kind, obj.get("format"))
+    if "sha256" in obj and content_digest(obj) != obj["sha256"]:
         raise DFRError(f"{path}: {what} is corrupt: its contents do not match the checksum written with them; "
                        + remake_hint(path))
     return obj
 
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> CAE:
-    ckpt = load_safely(path, "model checkpoint", device)
-    if not isinstance(ckpt, dict):
-        raise DFRError(f"{path}: not a DFR model checkpoint; " + remake_hint(path))
-    check_format(path, "model", ckpt.get("format"))
-    return from_checkpoint(ckpt, device, path)
+    return from_checkpoint(load_safely(path, "model checkpoint", device, kind="model"), device, path)
 
 
 def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", source: str | Path = "checkpoint") -> CAE:

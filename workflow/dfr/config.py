@@ -36,30 +36,27 @@ def schema() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _validator():
+    """The schema's validator, extended (jsonschema's recipe, the one ``snakemake.utils.validate`` applies) to
+    set each absent property's default as it validates; built once, so that a study's variants and members
+    cost no schema parse each."""
     import jsonschema  # only here: a machine without it still runs jobs, which never validate a config
 
-    return jsonschema.Draft202012Validator(schema())
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
 
+    def properties_with_defaults(validator, properties, instance, sch):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if key not in instance and "default" in sub:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, properties, instance, sch)
 
-def _fill_defaults(cfg: Any, sch: dict) -> Any:
-    if sch.get("type") == "object" and isinstance(cfg, dict):
-        for key, sub in sch.get("properties", {}).items():
-            if key not in cfg and "default" in sub:
-                cfg[key] = copy.deepcopy(sub["default"])
-            if key in cfg:
-                cfg[key] = _fill_defaults(cfg[key], sub)
-        extra = sch.get("additionalProperties")
-        if isinstance(extra, dict):
-            for key in cfg:
-                if key not in sch.get("properties", {}):
-                    cfg[key] = _fill_defaults(cfg[key], extra)
-    return cfg
+    return jsonschema.validators.extend(base, {"properties": properties_with_defaults})(schema())
 
 
 def validate(cfg: dict, source: str = "config") -> dict:
     """Fill defaults and validate; raise :class:`DFRError` listing every problem with its key path."""
-    sch = schema()
-    cfg = _fill_defaults(copy.deepcopy(cfg), sch)
+    cfg = copy.deepcopy(cfg)
     errors = sorted(_validator().iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []

@@ -40,7 +40,7 @@ from . import backbones, cae
 from .data import IMAGE_EXTENSIONS, Preprocess, load_image
 from .features import FeatureExtractor
 from .checkpoint import save_sealed
-from .io import FORMATS, DFRError, atomic_path, check_format, read_json, remake_hint, versions, write_json
+from .io import FORMATS, DFRError, atomic_path, read_json, versions, write_json
 from .scoring import top_k_score, upsample, without_border
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ CODE_VERSIONS = {"bundle": 1}
 
 def write_bundle(model_pt: str | Path, metrics_json: str | Path, out: str | Path, params: dict) -> dict:
     """The bundle of one category: its CAE, thresholds and the feature settings (``params["features"]``)."""
-    ckpt = cae.load_safely(model_pt, "model checkpoint")
-    if not isinstance(ckpt, dict):
-        raise DFRError(f"{model_pt}: not a DFR model checkpoint; " + remake_hint(model_pt))
-    check_format(model_pt, "model", ckpt.get("format"))
+    ckpt = cae.load_safely(model_pt, "model checkpoint", kind="model")
     m = read_json(metrics_json)
     thr = {k: {"threshold": v["threshold"], "oracle": bool(v.get("oracle"))} for k, v in m["thresholds"].items()}
     bundle = {
@@ -75,10 +72,9 @@ def write_bundle(model_pt: str | Path, metrics_json: str | Path, out: str | Path
 
 
 def load_bundle(path: str | Path) -> dict:
-    b = cae.load_safely(path, "bundle")
-    if not isinstance(b, dict) or "features" not in b:
+    b = cae.load_safely(path, "bundle", kind="bundle")
+    if "features" not in b:
         raise DFRError(f"{path}: not a DFR model bundle")
-    check_format(path, "bundle", b.get("format"))
     return b
 
 
