@@ -8,7 +8,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: setup demo bottle study report rehearsal test test-fast bench dry-run config-readme clean
+.PHONY: setup demo bottle bottle-best study report rehearsal test test-fast bench dry-run config-readme clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ demo: setup
 bottle: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/bottle.yaml
 	@echo; cat results/bottle/tables/mvtec_bottle.md
+
+# config/best.yaml's ensemble on the bottle alone: its bundle (all five members), then dfr predict serving it
+bottle-best: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config/best.yaml results/best/mvtec_bottle/bottle/bundle.pt
+	$(BIN)/dfr predict results/best/mvtec_bottle/bottle/bundle.pt ../shared/data/mvtec-bottle-256/bottle/test \
+		--out predictions/best-bottle
 
 study: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/study-demo.yaml

@@ -10,7 +10,7 @@ from dfr import keys, plan
 from dfr import config as dfr_config
 from dfr import ensemble
 from dfr.io import DFRError
-from dfr.scoring import MAP_COLUMNS, Maps, write_maps
+from dfr.scoring import MAP_COLUMNS, Maps, maps_params, write_maps
 
 BASE = {"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}},
         "features": {"backbone": "tf_efficientnet_lite0", "layers": ["blocks[2]", "blocks[4]"]}}
@@ -72,34 +72,38 @@ def _maps(path, A, splits, ids=None):
     return str(path)
 
 
-def test_fuse_z_scores_each_member_by_its_validation_maps_at_the_finest_grid(tmp_path):
+def test_fuse_z_scores_each_member_by_its_calibration_maps_at_the_finest_grid(tmp_path):
     rng = np.random.default_rng(0)
-    splits = ["val"] * 3 + ["test"] * 4
-    a = rng.normal(5, 2, (7, 4, 4)).astype(np.float32)  # a coarse member on one scale
-    b = rng.normal(100, 30, (7, 8, 8)).astype(np.float32)  # a fine member on another
+    splits = ["val"] * 5 + ["test"] * 4
+    a = rng.normal(5, 2, (9, 4, 4)).astype(np.float32)  # a coarse member on one scale
+    b = rng.normal(100, 30, (9, 8, 8)).astype(np.float32)  # a fine member on another
     pa, pb = _maps(tmp_path / "a.h5", a, splits), _maps(tmp_path / "b.h5", b, splits)
     out = tmp_path / "fused.h5"
     fused = ensemble.fuse([pa, pb], out, {"members": ["a", "b"]})
+    # the first 3 of the 5 held-out normal images calibrate; the other 2 are left to the thresholds
     za = (a - a[:3].mean()) / a[:3].std()
     zb = (b - b[:3].mean()) / b[:3].std()
     za8 = F.interpolate(torch.from_numpy(za)[:, None], size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
     np.testing.assert_allclose(fused, (za8.numpy() + zb) / 2, rtol=1e-5, atol=1e-5)
     m = Maps(out)  # an ordinary maps file: scoring and metrics read it like a single model's
-    assert m.A.shape == (7, 8, 8) and list(m.meta.image_id) == [f"img{i}" for i in range(7)]
-    # each member's validation maps now have mean 0 and std 1, so the fused validation maps are near 0
+    assert m.A.shape == (9, 8, 8) and list(m.meta.image_id) == [f"img{i}" for i in range(9)]
+    assert list(m.meta.split) == ["calib"] * 3 + ["val"] * 2 + ["test"] * 4  # no image both calibrates and sets T
+    assert maps_params(out)["calibration"] == ["img0", "img1", "img2"]
+    # each member's calibration maps now have mean 0 and std 1, so the fused ones are near 0
     assert abs(float(fused[:3].mean())) < 1e-5
 
 
 def test_fuse_refuses_members_of_other_images_or_without_validation(tmp_path):
-    A = np.ones((4, 4, 4), np.float32) + np.arange(4)[:, None, None]
+    A = np.random.default_rng(0).normal(size=(4, 4, 4)).astype(np.float32)
     pa = _maps(tmp_path / "a.h5", A, ["val", "val", "test", "test"])
     pb = _maps(tmp_path / "b.h5", A, ["val", "val", "test", "test"], ids=["img0", "img1", "img2", "other"])
     with pytest.raises(DFRError, match=r"b.h5: its images or their split differ from .*a.h5"):
         ensemble.fuse([pa, pb], tmp_path / "o.h5", {})
-    pc = _maps(tmp_path / "c.h5", A, ["test"] * 4)
-    with pytest.raises(DFRError, match="no validation maps to normalise the members by"):
+    pc = _maps(tmp_path / "c.h5", A, ["val", "test", "test", "test"])
+    with pytest.raises(DFRError, match=r"1 validation map\(s\); an ensemble needs at least two held-out normal "
+                                       r"images, half to normalise the members by and half to set the thresholds"):
         ensemble.fuse([pc, pc], tmp_path / "o.h5", {})
     pd_ = _maps(tmp_path / "d.h5", np.ones((4, 4, 4), np.float32), ["val", "val", "test", "test"])
-    with pytest.raises(DFRError, match=r"d.h5: its validation maps are constant"):
+    with pytest.raises(DFRError, match=r"d.h5: its maps of the calibration images are constant"):
         ensemble.fuse([pa, pd_], tmp_path / "o.h5", {})
     assert not (tmp_path / "o.h5").exists()  # nothing half-written

@@ -134,7 +134,7 @@ def signatures(raw: dict, dataset: str = "synth", category: str = "disc") -> dic
         "scores": [p["scores"], keys.scores_params(cfg)],
         "metrics": [p["metrics"], keys.metrics_params(cfg, dataset, ms)],
         "plots": [p["plots"], keys.plots_params(cfg)],
-        "bundle": [p["bundle"], keys.bundle_params(cfg)],
+        "bundle": [p["bundle"], keys.bundle_params(cfg, ms)],
         "tables": [layout.table_paths(cfg, dataset)["csv"], layout.reference(cfg, dataset), keys.code_version("tables")],
     }))
 

@@ -33,7 +33,7 @@ def trained(synth_root, tmp_path_factory):
         "dataset": "s", "category": "disc", "pixel": {"t_pixel": 0.5},
         "thresholds": {"f1_optimal": {"threshold": 1.0, "oracle": True},
                        "val_mean_std": {"threshold": 2.0, "oracle": False}}}))
-    predict.write_bundle(d / "model.pt", d / "metrics.json", d / "bundle.pt", {"features": FPARAMS, "top_k": 5})
+    predict.write_bundle([d / "model.pt"], d / "metrics.json", d / "bundle.pt", {"features": [FPARAMS], "top_k": 5})
     assert split["val"]
     return d
 
@@ -42,7 +42,7 @@ def test_predict_scores_equal_the_pipelines(trained, synth_root, tmp_path):
     sc = pd.read_csv(trained / "scores.csv")
     test = sc[sc.split == "test"]
     df = predict.predict(trained / "bundle.pt", [str(synth_root / "disc" / "test")], tmp_path / "out",
-                         threshold="f1_optimal", device="cpu", batch_size=3)
+                         threshold="f1_optimal", device="cpu", batch_size=3, num_workers=1)  # a loader worker
     got = df.set_index("path").score
     np.testing.assert_allclose(got[test.path].to_numpy(), test.score.to_numpy(), rtol=1e-5)
     assert (df.anomalous == (df.score >= 1.0)).all() and (df.threshold == 1.0).all()
@@ -55,8 +55,8 @@ def test_predict_scores_equal_the_pipelines(trained, synth_root, tmp_path):
 def test_predict_with_a_border_equals_the_pipelines(trained, synth_root, tmp_path):
     """scoring.border (beyond the paper): the bundle carries it, and dfr predict scores as the pipeline does."""
     scoring.image_scores(trained / "maps.h5", tmp_path / "s.csv", 5, border=1)
-    predict.write_bundle(trained / "model.pt", trained / "metrics.json", tmp_path / "b.pt",
-                         {"features": FPARAMS, "top_k": 5, "border": 1})
+    predict.write_bundle([trained / "model.pt"], trained / "metrics.json", tmp_path / "b.pt",
+                         {"features": [FPARAMS], "top_k": 5, "border": 1})
     sc = pd.read_csv(tmp_path / "s.csv")
     test = sc[sc.split == "test"]
     df = predict.predict(tmp_path / "b.pt", [str(synth_root / "disc" / "test")], tmp_path / "out",
@@ -76,7 +76,7 @@ def test_the_gaussian_reference_through_maps_scores_bundle_and_predict(trained, 
     sc = scoring.image_scores(tmp_path / "m.h5", tmp_path / "s.csv", 5)
     test = sc[sc.split == "test"]
     assert (test.score > 0).all()
-    predict.write_bundle(tmp_path / "g.pt", d / "metrics.json", tmp_path / "b.pt", {"features": FPARAMS, "top_k": 5})
+    predict.write_bundle([tmp_path / "g.pt"], d / "metrics.json", tmp_path / "b.pt", {"features": [FPARAMS], "top_k": 5})
     df = predict.predict(tmp_path / "b.pt", [str(synth_root / "disc" / "test")], tmp_path / "out",
                          threshold="f1_optimal", device="cpu", heatmaps=False)
     np.testing.assert_allclose(df.set_index("path").score[test.path].to_numpy(), test.score.to_numpy(), rtol=1e-4)
@@ -130,7 +130,8 @@ def test_bundle_errors(trained, tmp_path):
     with pytest.raises(DFRError, match="no threshold 'val_percentile'"):
         predict.predict(trained / "bundle.pt", [str(tmp_path)], tmp_path, threshold="val_percentile")
     b = torch.load(trained / "bundle.pt", weights_only=True)
-    assert b["features"] == FPARAMS and b["scoring"] == {"top_k": 5, "border": 0} and b["t_pixel"] == 0.5
+    assert b["feature_sets"] == [{"features": FPARAMS, "weights_file": None}] and b["fusion"] is None
+    assert len(b["members"]) == 1 and b["scoring"] == {"top_k": 5, "border": 0} and b["t_pixel"] == 0.5
     (tmp_path / "cut.pt").write_bytes((trained / "bundle.pt").read_bytes()[:1000])
     with pytest.raises(DFRError, match=r"cut\.pt: not a readable bundle, truncated or corrupt"):
         predict.load_bundle(tmp_path / "cut.pt")
@@ -161,6 +162,6 @@ def test_model_files_that_would_run_code_are_refused(trained, tmp_path):
     with pytest.raises(DFRError, match=r"model\.pt: refused: it holds objects other than tensors and plain data"):
         cae.load(tmp_path / "model.pt")
     with pytest.raises(DFRError, match="refused"):
-        predict.write_bundle(tmp_path / "model.pt", trained / "metrics.json", tmp_path / "b2.pt",
-                             {"features": FPARAMS, "top_k": 5})
+        predict.write_bundle([tmp_path / "model.pt"], trained / "metrics.json", tmp_path / "b2.pt",
+                             {"features": [FPARAMS], "top_k": 5})
     assert not ran.exists()

@@ -74,8 +74,8 @@ def test_border_config_shares_the_model_and_is_recorded_only_when_used():
 
     base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
     b2 = dfr_config.validate({**base, "scoring": {"top_k": 10, "border": 2}})
-    assert keys.metrics_params(base, "s", [])["border"] == 0 and keys.bundle_params(base)["border"] == 0
-    assert keys.metrics_params(b2, "s", [])["border"] == 2 and keys.bundle_params(b2)["border"] == 2
+    assert keys.metrics_params(base, "s", [])["border"] == 0 and keys.bundle_params(base, [])["border"] == 0
+    assert keys.metrics_params(b2, "s", [])["border"] == 2 and keys.bundle_params(b2, [])["border"] == 2
     assert keys.model_key(b2) == keys.model_key(base)  # a scoring setting: models and maps shared
     with pytest.raises(DFRError, match="scoring.border: -1 is less than the minimum of 0"):
         dfr_config.validate({**base, "scoring": {"border": -1}})

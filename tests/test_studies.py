@@ -115,10 +115,17 @@ def test_comparison_table_best_variant_and_figures(tmp_path):
     csv = pd.read_csv(out / "s.csv")
     assert csv[csv.variant == "latent_dim-8"].image_auroc.tolist() == pytest.approx([0.9, 0.8])
     best = json.loads((out / "best.json").read_text())
-    assert best["variant"] == "latent_dim-8" and best["image_auroc"] == pytest.approx(0.85)
-    assert "test labels" in best["chosen_on"]
+    assert best["reference"] == "base" and "qualifies" in best["rule"]
+    b = best["best"]
+    assert b["variant"] == "latent_dim-8" and b["test_chosen"]["means"]["image_auroc"] == pytest.approx(0.85)
+    # one data set: its categories are left out in turn; each fold chooses latent_dim-8 on the other category
+    assert b["nested"]["left_out"] == "category" and b["nested"]["chosen"] == {"disc": "latent_dim-8",
+                                                                             "grain": "latent_dim-8"}
+    assert b["nested"]["worst"]["au_pro"]["vs_reference"] == pytest.approx(0.1)
+    assert best["fast"]["among"] == [] and best["fast"]["variant"] == "base"  # no speeds recorded: the reference
     md = (out / "s.md").read_text()
-    assert "**latent_dim-8**" in md and "chosen on the test labels" in md and "| grain |" in md
+    assert "**latent_dim-8**" in md and "test-chosen" in md and "nested (leave one category out)" in md
+    assert "### Cost against quality" in md and "| grain |" in md
     pngs = sorted(x.name for x in (out / "plots").glob("*.png"))
     assert pngs == ["summary.png", "sweep_cae.latent_dim.png", "sweep_features.layers.png", "sweep_scoring.top_k.png"]
     assert man["base"]["features.layers"] == "blocks2+blocks4"  # as the table shows it

@@ -81,7 +81,10 @@ def test_study_outputs(study_run):
     md = (c / "study.md").read_text()
     assert "fit speed vs base" in md and "| 1.00× | 1.00× |" in md  # the costs relative to the base config
     best = json.loads((c / "best.json").read_text())
-    assert best["variant"] in set(rows.variant) and "test labels" in best["chosen_on"]
+    for name in ("best", "fast"):  # each with the test-chosen and the nested (label-free) figure
+        assert best[name]["variant"] in set(rows.variant) and "optimistic" in best[name]["test_chosen"]["chosen_on"]
+        assert set(best[name]["nested"]["chosen"]) == set(rows.category)  # one data set: categories left out
+    assert "### Recommendations: chosen without the test labels" in md and "### Cost against quality" in md
     assert {p.name for p in (c / "plots").glob("*.png")} == {"summary.png", "sweep_scoring.top_k.png",
                                                              "sweep_cae.latent_dim.png"}
     for v in ("base", "latent_dim-4", "top_k-3"):

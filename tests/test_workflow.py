@@ -18,6 +18,8 @@ from conftest import RUNS, ROOT, SNAKEMAKE, TINY, planned_jobs, snakemake, tiny_
 
 pytestmark = pytest.mark.slow
 def test_every_artifact(tiny_run):
+    from sklearn.metrics import roc_auc_score
+
     wd = tiny_run
     exp = wd / "results" / "tiny" / "synth"
     feats = list((wd / "results" / "features" / "synth" / "disc").glob("tf_efficientnet_lite0-128-*"))
@@ -42,10 +44,18 @@ def test_every_artifact(tiny_run):
         scores = pd.read_csv(d / "scores.csv")
         assert (scores.split == "val").sum() == 2 and (scores.split == "test").sum() == 12
         m = json.loads((d / "metrics.json").read_text())
-        assert 0 <= m["image_auroc"] <= 1
+        test = scores[scores.split == "test"]  # the metrics are those of the scores and curves they were made from
+        assert m["image_auroc"] == pytest.approx(roc_auc_score(test.label, test.score), abs=1e-9)
         assert set(m["thresholds"]) == {"f1_optimal", "val_mean_std", "val_percentile"}
         assert m["thresholds"]["f1_optimal"]["oracle"] is True
-        assert 0 <= m["pixel"]["auroc"] <= 1 and 0 <= m["pixel"]["au_pro"] <= 1
+        c = m["curves"]["pixel"]
+        fpr, tpr, pro = (np.asarray(c[k]) for k in ("fpr", "tpr", "pro"))
+        assert m["pixel"]["auroc"] == pytest.approx(np.trapezoid(tpr, fpr), abs=1e-4)
+        o = np.argsort(fpr, kind="stable")
+        lim = c["fpr_limit"]
+        fx = np.append(fpr[o][fpr[o] <= lim], lim)
+        px = np.append(pro[o][fpr[o] <= lim], np.interp(lim, fpr[o], pro[o]))
+        assert m["pixel"]["au_pro"] == pytest.approx(np.trapezoid(px, fx) / lim, abs=1e-3)
         assert m["params"]["alpha"] == 3.0 and "torch" in m["versions"]
         for png in ("loss", "score_histogram", "roc", "confusion_matrix", "pro_curve", "heatmaps_most",
                     "heatmaps_least"):
@@ -88,7 +98,7 @@ def test_rerun_plans_touch_only_what_changed(tiny_run):
     ens_edit = {**TINY, "ensemble": {"members": [{}, {"cae.seed": 1}]}}
     jobs = planned_jobs(snakemake(wd, ens_edit, "-n").stdout)
     assert jobs.get("train") == 2 and jobs.get("maps") == 2 and jobs.get("ensemble") == 2
-    assert not {"features", "pca", "split", "bundle"} & set(jobs)  # shared cache and split; no bundle
+    assert not {"features", "pca", "split"} & set(jobs) and jobs.get("bundle") == 2  # shared cache and split
 
 
 def test_weights_and_code_versions_plan_their_stage_and_what_follows(tiny_copy, tmp_path):
@@ -275,17 +285,62 @@ def test_predict_with_the_bundle_gives_the_pipelines_scores_and_maps(tiny_run, t
     m = scoring.Maps(tiny_paths(tiny_run, TINY, "synth", "disc")["maps"])
     b = predict.load_bundle(cat / "bundle.pt")
     pr = predict.Predictor(b, "cpu")
-    x = torch.stack([pr.preprocess(predict.load_image(p)) for p in paths[:4]])
+    (x,) = (torch.stack(t) for t in zip(*[pr.preprocess(predict.load_image(p)) for p in paths[:4]]))
     ids = list(m.meta.image_id)
     ref = np.stack([m.A[ids.index(i)] for i in test.image_id[:4]])
     # f(x) passes through the float16 cache in both; a value computed in another batch composition can round
     # to the neighbouring float16, so a few locations differ by ~1e-5 relative: the maps agree to 1e-4
-    np.testing.assert_allclose(pr.maps(x), ref, rtol=1e-4)
+    np.testing.assert_allclose(pr.maps((x,)), ref, rtol=1e-4)
     torch.save({**b, "format": 7}, tmp_path / "future.pt")
     from dfr.io import DFRError
 
-    with pytest.raises(DFRError, match=r"future\.pt: bundle file with format 7, this version of DFR reads format 2; remake it"):
+    with pytest.raises(DFRError, match=r"future\.pt: bundle file with format 7, this version of DFR reads format 3; remake it"):
         predict.load_bundle(tmp_path / "future.pt")
+
+
+def test_an_ensemble_bundle_serves_the_ensembles_scores_and_maps(tiny_copy, tmp_path):
+    """An ensemble of three members on two feature settings (TINY's CAE and a Gaussian on its 128 px features, a
+    Gaussian on 96 px features): its bundle holds every member, their calibration statistics, the fusion grid and
+    the thresholds; dfr predict runs each backbone once per image and gives the pipeline's s(x) and fused A(x)."""
+    import torch
+
+    from dfr import predict, scoring
+
+    wd = tiny_copy
+    ens = {**TINY, "experiment": "tinyens",
+           "ensemble": {"members": [{}, {"model": "gaussian"}, {"model": "gaussian", "data.image_size": 96}]}}
+    target = "results/tinyens/synth/disc/bundle.pt"
+    r = snakemake(wd, ens, target)
+    assert r.returncode == 0, r.stderr[-3000:]
+    p = tiny_paths(wd, ens, "synth", "disc")
+    b = predict.load_bundle(p["bundle"])
+    assert len(b["members"]) == 3 and [m["feature_set"] for m in b["members"]] == [0, 0, 1]
+    assert [fs["features"]["image_size"] for fs in b["feature_sets"]] == [128, 96]
+    assert b["fusion"] == {"grid": [16, 16]}
+    fused = scoring.maps_params(p["maps"])
+    assert [(m["calib_mean"], m["calib_std"]) for m in b["members"]] == \
+        [(st["calib_mean"], st["calib_std"]) for st in fused["normalisation"]]
+    metrics = json.loads(Path(p["metrics"]).read_text())
+    assert {k: v["threshold"] for k, v in b["thresholds"].items()} == \
+        {k: v["threshold"] for k, v in metrics["thresholds"].items()}
+    scores = pd.read_csv(p["scores"])
+    # calibration and thresholds on disjoint held-out normal images
+    calib, val = set(scores.image_id[scores.split == "calib"]), set(scores.image_id[scores.split == "val"])
+    assert calib and val and not calib & val and sorted(calib) == sorted(fused["calibration"])
+    test = scores[scores.split == "test"]
+    paths = [str(wd / q) if not os.path.isabs(q) else q for q in test.path]
+    # in the batches of the pipeline's features and maps jobs (features.batch_size, index order): the CAE's A(x)
+    # is a difference of near-equal values, and another batch shape sums it in another order
+    df = predict.predict(p["bundle"], paths, tmp_path / "pred", device="cpu", batch_size=8, heatmaps=False)
+    np.testing.assert_allclose(df.set_index("path").score[paths].to_numpy(), test.score.to_numpy(), rtol=1e-5)
+    pr = predict.Predictor(b, "cpu")
+    assert len(pr.sets) == 2 and len(pr.inputs) == 2  # one backbone pass per feature setting
+    xs = tuple(torch.stack(t) for t in zip(*[pr.preprocess(predict.load_image(q)) for q in paths[:5]]))
+    m = scoring.Maps(p["maps"])
+    ids = list(m.meta.image_id)
+    ref = np.stack([m.A[ids.index(i)] for i in test.image_id[:5]])
+    # the fused maps are z-scores of order 1, each member's made from the float16 cache as in the pipeline
+    np.testing.assert_allclose(pr.maps(xs), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_a_cut_scores_table_is_refused_and_the_printed_hint_remakes_it(tiny_copy):

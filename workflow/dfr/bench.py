@@ -225,7 +225,7 @@ def stage_predict(model: str, fparams: dict, paths: list[str], out: str, threads
     metrics = Path(out) / "metrics.json"
     write_json(metrics, {"thresholds": {"val_mean_std": {"threshold": 1.0}}, "pixel": {"t_pixel": 1.0}})
     bundle = Path(out) / "bundle.pt"
-    predict.write_bundle(model, metrics, bundle, {"features": fparams, "top_k": 10})
+    predict.write_bundle([model], metrics, bundle, {"features": [fparams], "top_k": 10})
     t = time.perf_counter()
     predict.predict(bundle, paths, Path(out) / "predict", device=device, batch_size=batch, num_workers=workers)
     return {"images_per_s": len(paths) / (time.perf_counter() - t)}

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--params", type=_params, default={})
 
     s = sub.add_parser("bundle", help="write a category's self-contained model bundle")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", nargs="+", required=True, help="the model.pt of each member, in order (or one)")
+    s.add_argument("--maps", help="an ensemble's fused maps.h5 (its members' z-score statistics)")
     s.add_argument("--metrics", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--params", type=_params, required=True)
@@ -264,8 +265,8 @@ def _run(a: argparse.Namespace) -> int:
         from . import predict
 
         # where a local weights file lies travels with the bundle (runtime-only: its identity is in the params)
-        wf = rt.get("weights_files", {}).get(a.params["features"]["weights"])
-        predict.write_bundle(a.model, a.metrics, a.out, {**a.params, "weights_file": wf})
+        wfs = [rt.get("weights_files", {}).get(fp["weights"]) for fp in a.params["features"]]
+        predict.write_bundle(a.model, a.metrics, a.out, {**a.params, "weights_files": wfs}, a.maps)
     elif a.stage == "predict":
         from . import predict
 

@@ -20,8 +20,9 @@ class DFRError(RuntimeError):
 
 # Versions of the artifacts' formats: an artifact records the version that wrote it, and a reader refuses
 # another one with the command that remakes it (remake_hint).
-# model 2 / bundle 2: tensors and plain data only, read with torch.load(weights_only=True)
-FORMATS = {"features": 1, "model": 2, "maps": 1, "bundle": 2}
+# model 2 / bundle 2: tensors and plain data only, read with torch.load(weights_only=True); bundle 3: single
+# models and ensembles alike (feature_sets, members, fusion: dfr.predict)
+FORMATS = {"features": 1, "model": 2, "maps": 1, "bundle": 3}
 
 
 def remake_hint(path: str | os.PathLike) -> str:

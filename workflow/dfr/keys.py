@@ -247,7 +247,7 @@ def maps_params(cfg: dict) -> dict:
     return {"code": code_version("maps")}
 
 
-FUSION = {"normalise": "validation z-score", "combine": "mean", "grid": "finest"}
+FUSION = {"normalise": "z-score on the first half of the validation images", "combine": "mean", "grid": "finest"}
 
 
 def fusion_params(members: list[dict], n_fit: int | None = None) -> dict:
@@ -278,7 +278,8 @@ def scores_params(cfg: dict) -> dict:
 
 def validation_choices(cfg: dict, members: list[dict]) -> list[str]:
     """What the held-out normal images chose besides the thresholds (then optimistic): a checkpoint or a
-    stopping epoch of any CAE, members included, and an ensemble's normalisation."""
+    stopping epoch of any CAE, members included. (An ensemble's normalisation is set by calibration images
+    that the thresholds do not see: :mod:`dfr.ensemble`.)"""
     out = []
     for i, m in enumerate(members or [cfg]):
         who = f"ensemble.members[{i}]" if members else "the model"
@@ -288,8 +289,6 @@ def validation_choices(cfg: dict, members: list[dict]) -> list[str]:
             out.append(f"{who}: its checkpoint (cae.checkpoint: best_val)")
         if m["cae"]["early_stopping"] > 0:
             out.append(f"{who}: its stopping epoch (cae.early_stopping)")
-    if members:
-        out.append("the ensemble: each member's z-score statistics")
     return out
 
 
@@ -305,7 +304,8 @@ def plots_params(cfg: dict) -> dict:
     return {"n_examples": 3, **border_params(cfg), "code": code_version("plots")}
 
 
-def bundle_params(cfg: dict) -> dict:
-    """What a model bundle carries besides the model and thresholds: how to make f(x), and top-k."""
-    return {"features": feature_params(cfg), "top_k": cfg["scoring"]["top_k"], "experiment": cfg["experiment"],
-            **border_params(cfg), "code": code_version("bundle")}
+def bundle_params(cfg: dict, members: list[dict]) -> dict:
+    """What a model bundle carries besides the models, their statistics and thresholds: how each member (or
+    the single model) makes f(x), in the members' order, and top-k."""
+    return {"features": [feature_params(m) for m in members or [cfg]], "top_k": cfg["scoring"]["top_k"],
+            "experiment": cfg["experiment"], **border_params(cfg), "code": code_version("bundle")}

@@ -313,7 +313,7 @@ class Plan:
 
     def targets(self) -> list[str]:
         """Every table and figure; the model bundles of a run that is not a study (a study compares, the
-        bundles to deploy come from a run of the chosen variant) and has no ensemble."""
+        bundles to deploy come from a run of the chosen variant), an ensemble's as a single model's."""
         out = []
         for c in self.experiments.values():
             for d in self.config["datasets"]:
@@ -321,7 +321,7 @@ class Plan:
                 out += [t["csv"], t["md"]]
             for d, cat in self.categories():
                 p = paths(c, d, cat)
-                out += [p["plots"]] if self.study or members(c) else [p["plots"], p["bundle"]]
+                out += [p["plots"]] if self.study else [p["plots"], p["bundle"]]
         if self.study:
             out += list(self.comparison_paths().values())
         return out

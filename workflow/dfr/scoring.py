@@ -158,6 +158,19 @@ class Maps:
         self.A = without_border(self.A, border)
 
 
+def maps_params(path: str | Path) -> dict:
+    """The params recorded in a maps.h5 (for an ensemble's fused maps: its members' z-score statistics)."""
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+            check_format(path, "maps", int(fmt) if fmt is not None else None)
+            return json.loads(f.attrs["params"])
+    except FileNotFoundError:
+        raise DFRError(f"{path}: anomaly maps not found") from None
+    except (OSError, KeyError, ValueError) as e:
+        raise DFRError(f"{path}: not a readable maps file, truncated or corrupt ({e}); " + remake_hint(path)) from None
+
+
 def image_scores(maps_path: str | Path, out: str | Path, top_k: int, border: int = 0) -> pd.DataFrame:
     m = Maps(maps_path)
     df = m.meta.copy()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import plots, selection
 from .io import atomic_path, read_json, write_json, write_text
 from .plan import show
 
@@ -108,13 +108,6 @@ def reference_variant(man: dict) -> str:
     return man["variants"][0]["name"]
 
 
-def best_variant(summary: pd.DataFrame) -> dict:
-    i = summary.image_auroc.idxmax()
-    return {"variant": summary.variant[i], "image_auroc": float(summary.image_auroc[i]),
-            "chosen_on": "test labels (mean image AUROC over categories): an optimistic pick, not a held-out "
-                         "estimate; confirm it on other data before adopting it"}
-
-
 def _fmt(v: Any, col: str) -> str:
     if isinstance(v, str):
         return v
@@ -147,13 +140,43 @@ def _md_table(df: pd.DataFrame, headers: dict[str, str], bold: set[int] = frozen
     return lines
 
 
+def _recommendations(picks: dict, ref: str, labels: dict) -> list[str]:
+    """The label-free recommendations: each one's test-chosen and nested figures, its folds and worst category."""
+    q = selection.QUALITY
+    out = ["### Recommendations: chosen without the test labels they are reported on", "",
+           "`best`: the selection rule (dfr.selection) among every variant; `fast`: among those that score at "
+           f"least {selection.FAST_SPEED:g}× as fast as {ref}. Test-chosen: the rule on every data set, reported on "
+           "the same labels (optimistic). Nested: left out in turn, the rule chooses on the rest, and the chosen "
+           "variant is reported on what was left out (the expected figure on unseen data).", "",
+           "| recommendation | figure | " + " | ".join(labels[m] for m in q) + " | chosen |", "|---|---|"
+           + "---:|" * len(q) + "---|"]
+    for name, p in picks.items():
+        if not isinstance(p, dict) or "nested" not in p:
+            continue
+        n = p["nested"]
+        out.append(f"| {name} | test-chosen | " + " | ".join(_fmt(p["test_chosen"]["means"][m], m) for m in q)
+                   + f" | {p['variant']} |")
+        out.append(f"| {name} | nested (leave one {n['left_out']} out) | "
+                   + " | ".join(_fmt(n["means"][m], m) for m in q) + " | "
+                   + ", ".join(f"{f}: {v}" for f, v in n["chosen"].items()) + " |")
+    for name, p in picks.items():
+        if isinstance(p, dict) and p.get("nested", {}).get("worst"):
+            w = p["nested"]["worst"]
+            out.append("")
+            out.append(f"Worst category of `{name}` (nested) against {ref}: "
+                       + "; ".join(f"{labels[m]} {w[m]['vs_reference']:+.3f} ({w[m]['dataset']}/{w[m]['category']})"
+                                   for m in q if m in w) + ".")
+    return out
+
+
 def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | Path, plots_dir: str | Path,
             workdir: str | Path = ".") -> pd.DataFrame:
     settings = list(man["variants"][0]["settings"])
     rows = collect(man, workdir)
     ref = reference_variant(man)
     summary = summarise(rows, settings, ref)
-    best = best_variant(summary)
+    picks = selection.recommend(rows, summary, ref)
+    summary["front"] = selection.pareto(summary, selection._key(rows))
     with atomic_path(out_csv, suffix=".csv") as tmp:
         rows.to_csv(tmp, index=False, float_format="%.6g")
     labels = {col: lab for col, (lab, _) in METRICS.items()}
@@ -162,19 +185,28 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
           + ", ".join(f"{k}={_fmt(show(v), k)}" for k, v in man["base"].items()), ""]
     headers = {**labels, "latent_d": "mean d", "cae_params": "model params", **COST,
                "fit_rel": f"fit speed vs {ref}", "score_rel": f"score speed vs {ref}"}
-    md += _md_table(summary, headers, bold={int(summary.index[summary.variant == best["variant"]][0])})
-    md += ["", f"Best by mean image AUROC: **{best['variant']}** ({best['image_auroc']:.3f}), chosen on the "
-               "test labels: an optimistic pick, not a held-out estimate.",
+    md += _md_table(summary.drop(columns="front"), headers,
+                    bold={int(summary.index[summary.variant == picks["best"]["variant"]][0])})
+    md += ["", f"Bold: the variant the selection rule chooses on every data set (`best`; the rule: dfr.selection). "
+               "Its figures above are test-chosen: the labels that score it also chose it.",
            f"Cost: images per second from the jobs' benchmark records (wall time), summed over categories, and "
            f"relative to {ref}: fit = training images / (their features + PCA + training), score = test images / "
            "(their features + maps + an ensemble's fusion); an ensemble counts each of its members' jobs once; a "
            "job shared by several variants is counted for each (a record includes the job's start-up); n/a where a "
            "record is missing.",
-           "",
-           "### Per category", ""]
+           "", *_recommendations(picks, ref, labels),
+           "", "### Cost against quality", "",
+           f"Every variant's means against its speeds relative to {ref}; on the front: no other variant is at least as "
+           f"good in mean {labels[selection._key(rows)]} and in score speed and better in one.", ""]
+    front = summary[["variant", *selection.QUALITY, "fit_rel", "score_rel", "front"]].sort_values(
+        "score_rel", ascending=False, na_position="last")
+    md += _md_table(front.assign(front=front.front.map({True: "yes", False: ""})),
+                    {**headers, "front": "on the front"})
+    md += ["", "### Per category", ""]
     md += _md_table(rows.drop(columns=["latent_d", "cae_params", "fit_s", "score_s", "n_fit", "n_score"]), headers)
     write_text(out_md, "\n".join(md) + "\n")
-    write_json(out_best, best)
+    write_json(out_best, {"rule": selection.__doc__.split("\n\n")[1].replace("\n", " "), "reference": ref,
+                          **picks})
     plots.study_figures(rows, summary, settings, man["base"], plots_dir, labels)
     return rows
 

@@ -111,6 +111,13 @@ def ensemble_inputs(wildcards):
     return [dfr_plan.paths(m, wildcards.dataset, wildcards.category)["maps"] for m in dfr_plan.members(cfg)]
 
 
+def bundle_inputs(wildcards):
+    """A bundle's inputs: each member's model (or the single model), the maps scored, the metrics."""
+    cfg, p = cfg_of(wildcards), paths_of(wildcards)
+    models = [dfr_plan.paths(m, wildcards.dataset, wildcards.category)["model"] for m in dfr_plan.members(cfg)]
+    return {"models": models or [p["model"]], "maps": p["maps"], "metrics": p["metrics"]}
+
+
 def dataset_root(dataset):
     return dfr_layout.dataset_root(config, dataset)
 

@@ -67,7 +67,7 @@ rule scores:
 
 rule bundle:
     input:
-        unpack(inputs("model", "metrics")),
+        unpack(bundle_inputs),
     output:
         PATHS["bundle"],
     log:
@@ -80,7 +80,8 @@ rule bundle:
         mem_mb=mem_mb("bundle"),
         runtime=runtime("bundle"),
     params:
-        bundle=stage_params(dfr_keys.bundle_params),
+        bundle=stage_params(lambda c: dfr_keys.bundle_params(c, dfr_plan.members(c))),
     shell:
-        "python -m dfr bundle --model {input.model} --metrics {input.metrics} --out {output} --params {params.bundle:q}"
+        "python -m dfr bundle --model {input.models} --maps {input.maps} --metrics {input.metrics} --out {output}"
+        " --params {params.bundle:q}"
         " > {log} 2>&1"
