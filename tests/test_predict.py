@@ -165,3 +165,24 @@ def test_model_files_that_would_run_code_are_refused(trained, tmp_path):
         predict.write_bundle([tmp_path / "model.pt"], trained / "metrics.json", tmp_path / "b2.pt",
                              {"features": [FPARAMS], "top_k": 5})
     assert not ran.exists()
+
+
+def test_an_exported_graph_gives_the_bundles_maps_and_scores(trained, synth_root, tmp_path):
+    """dfr export: the bundle as one TorchScript graph (backbone through A(x) and s(x)) with its dfr.json."""
+    from dfr import cli, export
+
+    assert cli.main(["export", str(trained / "bundle.pt"), "--out", str(tmp_path / "m.ts")]) == 0
+    graph, meta = export.load(tmp_path / "m.ts")
+    assert meta["inputs"] == [{"image_size": FPARAMS["image_size"], "normalize": FPARAMS["normalize"]}]
+    assert meta["thresholds"]["f1_optimal"]["oracle"] is True and meta["scoring"]["top_k"] == 5
+    pr = predict.Predictor(predict.load_bundle(trained / "bundle.pt"), "cpu")
+    paths = predict.image_paths([str(synth_root / "disc" / "test")])[:5]
+    (x,) = (torch.stack(t) for t in zip(*[pr.preprocess(predict.load_image(p)) for p in paths]))
+    want_a = pr.maps((x,))
+    with torch.no_grad():
+        a, s = graph(x)  # traced on one image, run on five
+    np.testing.assert_allclose(a.numpy(), want_a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s.numpy(), pr.scores(want_a), rtol=1e-5)
+    (tmp_path / "bad.ts").write_bytes(b"not an archive")
+    with pytest.raises(DFRError, match=r"bad\.ts: not a readable exported DFR graph"):
+        export.load(tmp_path / "bad.ts")

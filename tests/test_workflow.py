@@ -340,7 +340,18 @@ def test_an_ensemble_bundle_serves_the_ensembles_scores_and_maps(tiny_copy, tmp_
     ids = list(m.meta.image_id)
     ref = np.stack([m.A[ids.index(i)] for i in test.image_id[:5]])
     # the fused maps are z-scores of order 1, each member's made from the float16 cache as in the pipeline
-    np.testing.assert_allclose(pr.maps(xs), ref, rtol=1e-4, atol=1e-4)
+    got = pr.maps(xs)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    # dfr export: the ensemble as one TorchScript graph (traced on one image, run on five) gives the bundle's
+    from dfr import export
+
+    export.export(p["bundle"], tmp_path / "ens.ts")
+    graph, meta = export.load(tmp_path / "ens.ts")
+    assert [i["image_size"] for i in meta["inputs"]] == [128, 96]
+    with torch.no_grad():
+        a, s = graph(*xs)
+    np.testing.assert_allclose(a.numpy(), got, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s.numpy(), pr.scores(got), rtol=1e-5)
 
 
 def test_a_cut_scores_table_is_refused_and_the_printed_hint_remakes_it(tiny_copy):

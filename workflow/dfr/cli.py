@@ -129,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--workers", type=int, default=0, help="decoding worker processes")
     s.add_argument("--no-images", action="store_true", help="scores and decisions only, no heatmaps or masks")
 
+    s = sub.add_parser("export", help="a bundle as one TorchScript graph, backbone through A(x) and s(x) "
+                                      "(see dfr.export)")
+    s.add_argument("bundle", help="bundle.pt of a category")
+    s.add_argument("--out", required=True, help="the TorchScript file to write (e.g. model.ts)")
+
     s = sub.add_parser("tables", help="aggregate per-category metrics into a dataset's tables")
     s.add_argument("--metrics", nargs="+", required=True)
     s.add_argument("--dataset", required=True)
@@ -277,6 +282,11 @@ def _run(a: argparse.Namespace) -> int:
               f"{len(df) - len(ok)} skipped: {a.out}/predictions.csv")
         if len(ok) < len(df):
             return 1  # some images could not be read: the others are scored, predictions.csv says which
+    elif a.stage == "export":
+        from . import export
+
+        meta = export.export(a.bundle, a.out)
+        print(f"{a.out}: inputs {meta['inputs']}, outputs (A, s)")
     elif a.stage == "tables":
         from . import tables
 
