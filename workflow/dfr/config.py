@@ -11,7 +11,6 @@ import copy
 import functools
 import json
 from pathlib import Path
-from typing import Any
 
 import yaml
 

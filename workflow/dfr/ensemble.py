@@ -50,16 +50,17 @@ def calibration_rows(split: pd.Series) -> np.ndarray:
     return val[: (len(val) + 1) // 2]
 
 
-def zfuse(maps: list[np.ndarray], stats: list[tuple[float, float]], grid: tuple[int, int]) -> np.ndarray:
-    """The fused A(x) [N, *grid] (float32) of members' maps [N, h_i, w_i]: each z-scored by its (mean, std),
-    resized bilinearly to ``grid``, averaged in float64. The pipeline's fusion and ``dfr predict``'s."""
-    fused = np.zeros((len(maps[0]), *grid), np.float64)
+def zfuse(maps: list[torch.Tensor], stats: list[tuple[float, float]], grid: tuple[int, int]) -> torch.Tensor:
+    """The fused A(x) [N, *grid] (float32) of members' maps [N, h_i, w_i]: each z-scored by its (mean, std) in
+    float32, resized bilinearly to ``grid``, averaged in float64. The one fusion of the pipeline, ``dfr predict``
+    and the exported graph (plain tensor operations: it traces)."""
+    fused = None
     for a, (mu, sd) in zip(maps, stats):
-        z = torch.from_numpy((np.asarray(a, np.float32) - mu) / sd)[:, None]
+        z = ((a.float() - mu) / sd)[:, None]
         if tuple(z.shape[-2:]) != tuple(grid):
             z = F.interpolate(z, size=tuple(grid), mode="bilinear", align_corners=False)
-        fused += z[:, 0].numpy()
-    return (fused / len(maps)).astype(np.float32)
+        fused = z[:, 0].double() if fused is None else fused + z[:, 0].double()
+    return (fused / len(maps)).float()
 
 
 def fuse(maps_paths: list[str | Path], out: str | Path, params: dict) -> np.ndarray:
@@ -88,7 +89,8 @@ def fuse(maps_paths: list[str | Path], out: str | Path, params: dict) -> np.ndar
             raise DFRError(f"{p}: its maps of the calibration images are constant (std 0); it cannot be normalised")
         stats.append({"maps": str(p), "grid": list(m.A.shape[-2:]), "calib_mean": mu, "calib_std": sd})
         log.info("member %s: %dx%d, calibration mean %.4g, std %.4g", p, *m.A.shape[-2:], mu, sd)
-    fused = zfuse([m.A for m in ms], [(s["calib_mean"], s["calib_std"]) for s in stats], grid)
+    fused = zfuse([torch.from_numpy(m.A) for m in ms], [(s["calib_mean"], s["calib_std"]) for s in stats],
+                  grid).numpy()
     meta = first.copy()
     meta.loc[meta.index[calib], "split"] = CALIBRATION
     write_maps(out, fused, meta, {**params, "normalisation": stats, "grid": list(grid),

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .ensemble import zfuse
 from .io import DFRError, atomic_path
 from .predict import Predictor, load_bundle
 
@@ -47,13 +48,7 @@ class Graph(nn.Module):
             f = extractor(xs[i].contiguous(memory_format=torch.channels_last)).float()
             fx.append((f.half().float() if half else f).contiguous(memory_format=torch.channels_last))
         maps = [m.anomaly_map(fx[s]).float() for m, s in zip(self.models, self.member_set)]
-        if self.grid is None:
-            a = maps[0]
-        else:
-            z = [((m - mu) / sd)[:, None] for m, (mu, sd) in zip(maps, self.stats)]
-            z = [t if tuple(t.shape[-2:]) == self.grid else
-                 F.interpolate(t, size=self.grid, mode="bilinear", align_corners=False) for t in z]
-            a = torch.stack(z).mean(0)[:, 0]
+        a = maps[0] if self.grid is None else zfuse(maps, self.stats, self.grid)
         if self.border:
             b = self.border
             a = F.pad(a[:, None, b:-b, b:-b], (b, b, b, b), mode="replicate")[:, 0]

@@ -156,12 +156,9 @@ class Predictor:
                 f = extractor(x)
             f = f.float().cpu().numpy().astype(dtype).astype(np.float32)
             fx.append(torch.from_numpy(f).to(self.device).contiguous(memory_format=torch.channels_last))
-        a = [model.anomaly_map(fx[s]).float().cpu().numpy() for s, model, _ in self.members]
-        if self.fusion:
-            a = zfuse(a, [st for _, _, st in self.members], tuple(self.fusion["grid"]))
-        else:
-            a = a[0]
-        return without_border(a, self.border)
+        a = [model.anomaly_map(fx[s]).float() for s, model, _ in self.members]
+        a = zfuse(a, [st for _, _, st in self.members], tuple(self.fusion["grid"])) if self.fusion else a[0]
+        return without_border(a.cpu().numpy(), self.border)
 
     def scores(self, a: np.ndarray) -> np.ndarray:
         return top_k_score(a, self.top_k, self.border)

@@ -26,7 +26,8 @@ QUALITY = ["image_auroc", "pixel_auroc", "au_pro"]
 FAST_SPEED = 0.5  # a fast candidate's predict speed relative to the reference (no more than 2x its time)
 
 
-def _key(rows: pd.DataFrame) -> str:
+def key_metric(rows: pd.DataFrame) -> str:
+    """The metric the rule ranks by: AU-PRO, or image AUROC where no category has masks."""
     return "au_pro" if rows.au_pro.notna().any() else "image_auroc"
 
 
@@ -38,10 +39,10 @@ def choose(rows: pd.DataFrame, reference: str, among: list[str] | None = None) -
 
     def qualifies(v: str) -> bool:
         mine = means.loc[v].reindex(ref.index)
-        lower = (mine < ref - 1e-12) & ref.notna()  # a metric the reference lacks (no masks) is not compared
+        lower = mine < ref - 1e-12  # False where the reference lacks a metric (no masks): it is not compared
         return not bool(lower.to_numpy().any()) and not bool((mine.isna() & ref.notna()).to_numpy().any())
 
-    key = _key(rows)
+    key = key_metric(rows)
     score = rows.groupby("variant")[key].mean()
     return max((v for v in cands if qualifies(v)), key=lambda v: (score[v], v == reference))
 

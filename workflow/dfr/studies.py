@@ -151,8 +151,6 @@ def _recommendations(picks: dict, ref: str, labels: dict) -> list[str]:
            "| recommendation | figure | " + " | ".join(labels[m] for m in q) + " | chosen |", "|---|---|"
            + "---:|" * len(q) + "---|"]
     for name, p in picks.items():
-        if not isinstance(p, dict) or "nested" not in p:
-            continue
         n = p["nested"]
         out.append(f"| {name} | test-chosen | " + " | ".join(_fmt(p["test_chosen"]["means"][m], m) for m in q)
                    + f" | {p['variant']} |")
@@ -160,7 +158,7 @@ def _recommendations(picks: dict, ref: str, labels: dict) -> list[str]:
                    + " | ".join(_fmt(n["means"][m], m) for m in q) + " | "
                    + ", ".join(f"{f}: {v}" for f, v in n["chosen"].items()) + " |")
     for name, p in picks.items():
-        if isinstance(p, dict) and p.get("nested", {}).get("worst"):
+        if p["nested"]["worst"]:
             w = p["nested"]["worst"]
             out.append("")
             out.append(f"Worst category of `{name}` (nested) against {ref}: "
@@ -176,7 +174,7 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
     ref = reference_variant(man)
     summary = summarise(rows, settings, ref)
     picks = selection.recommend(rows, summary, ref)
-    summary["front"] = selection.pareto(summary, selection._key(rows))
+    summary["front"] = selection.pareto(summary, selection.key_metric(rows))
     with atomic_path(out_csv, suffix=".csv") as tmp:
         rows.to_csv(tmp, index=False, float_format="%.6g")
     labels = {col: lab for col, (lab, _) in METRICS.items()}
@@ -197,7 +195,7 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
            "", *_recommendations(picks, ref, labels),
            "", "### Cost against quality", "",
            f"Every variant's means against its speeds relative to {ref}; on the front: no other variant is at least as "
-           f"good in mean {labels[selection._key(rows)]} and in score speed and better in one.", ""]
+           f"good in mean {labels[selection.key_metric(rows)]} and in score speed and better in one.", ""]
     front = summary[["variant", *selection.QUALITY, "fit_rel", "score_rel", "front"]].sort_values(
         "score_rel", ascending=False, na_position="last")
     md += _md_table(front.assign(front=front.front.map({True: "yes", False: ""})),
