@@ -9,7 +9,9 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 
+from conftest import ROOT
 from test_workflow import TINY, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
@@ -165,3 +167,29 @@ def test_html_report_renders_every_category_and_figure(study_run, tmp_path):
         assert f in study, study
     for v in ("base", "latent_dim-4", "top_k-3"):
         assert "image and pixel metrics" in views[f"Tables | tst/{v}"]
+
+
+def test_a_large_studys_manifest_travels_in_a_file(tmp_path):
+    """config/study-select.yaml (9 variants x 15 categories): its manifest is longer than one command-line
+    argument may be on Linux (128 KiB, where `study` once failed with 'Argument list too long'), so the
+    study_manifest rule writes it to a file and the study's command names that file."""
+    from dfr import config as dfr_config
+    from dfr import plan
+
+    cfg = yaml.safe_load((ROOT / "config" / "study-select.yaml").read_text())
+    for ds in cfg["datasets"].values():  # the offline data, wherever the test runs
+        if "root" in ds:
+            ds["root"] = str((ROOT / ds["root"]).resolve())
+    target = "results/study-select/comparison/manifest.json"
+    r = snakemake(tmp_path, cfg, target)  # a local job with no inputs: it runs for real
+    assert r.returncode == 0, r.stderr[-3000:]
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())  # as Snakemake read it (keys sorted)
+    manifest = plan.Plan(dfr_config.validate(written)).manifest()
+    assert len(json.dumps(manifest)) > 128 * 1024
+    assert json.loads((tmp_path / target).read_text()) == manifest
+    r = snakemake(tmp_path, cfg, "-n", "-p", "results/study-select/comparison/study.csv")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    study = next(line for line in out.splitlines() if "python -m dfr study " in line)
+    assert f"--manifest {target}" in study and len(study) < 4096
+    assert max(map(len, out.splitlines())) < 128 * 1024  # no job's command has a longer argument

@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="put the paper's table for this benchmark beside ours")
 
     s = sub.add_parser("study", help="compare a study's variants: table, best variant, plots (see dfr.studies)")
-    s.add_argument("--manifest", type=_params, required=True, help="JSON: the variants, their settings and keys")
+    s.add_argument("--manifest", required=True,
+                   help="JSON file: the variants, their settings and the files to read (the study_manifest rule's)")
     s.add_argument("--csv", required=True)
     s.add_argument("--md", required=True)
     s.add_argument("--best", required=True)
@@ -293,8 +294,13 @@ def _run(a: argparse.Namespace) -> int:
         tables.write(a.metrics, a.dataset, a.csv, a.md, a.val_csv, a.reference or None)
     elif a.stage == "study":
         from . import studies
+        from .io import read_json
 
-        studies.compare(a.manifest, a.csv, a.md, a.best, a.plots)
+        manifest = read_json(a.manifest)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("variants"), list):
+            raise DFRError(f"{a.manifest}: not a study manifest (an object with a 'variants' list); "
+                           "the study_manifest rule writes it")
+        studies.compare(manifest, a.csv, a.md, a.best, a.plots)
     return 0
 
 

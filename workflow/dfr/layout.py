@@ -44,7 +44,7 @@ LOG_PATTERNS = {
     "ensemble": "logs/ensemble/{dataset}/{category}/{ekey}.log", "tables": "logs/{experiment}/tables/{dataset}.log",
     **{rule: f"logs/{{experiment}}/{rule}/{{dataset}}/{{category}}.log"
        for rule in ("scores", "metrics", "plots", "bundle")},
-    "study": "logs/{experiment}/study.log",
+    "study": "logs/{experiment}/study.log", "study_manifest": "logs/{experiment}/study_manifest.log",
 }
 
 
@@ -73,7 +73,8 @@ COMPARISON = "comparison"  # a study's own folder beside its variants
 
 def comparison_paths(results: str, study: str) -> dict[str, str]:
     c = f"{results.rstrip('/')}/{study}/{COMPARISON}"
-    return {"csv": f"{c}/study.csv", "md": f"{c}/study.md", "best": f"{c}/best.json", "plots": f"{c}/plots"}
+    return {"csv": f"{c}/study.csv", "md": f"{c}/study.md", "best": f"{c}/best.json", "plots": f"{c}/plots",
+            "manifest": f"{c}/manifest.json"}
 
 
 def reference(cfg: dict, dataset: str) -> str | None:

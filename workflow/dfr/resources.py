@@ -149,7 +149,7 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         mem += 2.5 * sum(model_file_mb(m) for m in plan.members(cfg) or [cfg])
     elif rule == "study":  # every variant's metrics.json and model.json (KB each), and matplotlib
         mem, minutes = BASE_MB["torch"] + 300, 10
-    elif rule in ("split", "tables"):
+    elif rule in ("split", "tables", "study_manifest"):
         mem = BASE_MB["light"]
     else:
         raise KeyError(f"no resource estimate for rule {rule!r}")

@@ -16,6 +16,7 @@ from dfr import layout as dfr_layout  # noqa: E402
 from dfr import plan as dfr_plan  # noqa: E402
 from dfr import resources as dfr_resources  # noqa: E402
 from dfr import runlock as dfr_runlock  # noqa: E402
+from dfr import io as dfr_io  # noqa: E402
 from dfr.io import DFRError  # noqa: E402
 
 try:
@@ -74,6 +75,12 @@ wildcard_constraints:
 def P(params):
     """A stage's params as one JSON string (what the rule records for rerun decisions)."""
     return json.dumps(params, sort_keys=True)
+
+
+def write_manifest(manifest: str, out: str, log: str) -> None:
+    """The study_manifest job: its params (one JSON string) written to its output, and a line to its log."""
+    dfr_io.write_json(out, json.loads(manifest))
+    dfr_io.write_text(log, f"{out}: {len(manifest)} bytes of JSON\n")
 
 
 def paths_of(wildcards):
@@ -197,6 +204,7 @@ localrules:
     split,
     scores,
     tables,
+    study_manifest,
     study,
 
 

@@ -2,9 +2,29 @@
 # against each swept setting. Only with a `study` in the config.
 
 
+# What the comparison reads of each variant, written to a file: for a study of many variants x categories
+# it is longer than one command-line argument may be (128 KiB on Linux). Its params make it, and so the
+# comparison, rerun when a variant's settings or keys change.
+rule study_manifest:
+    output:
+        COMPARISON["manifest"],
+    log:
+        f"logs/{E}/study_manifest.log",
+    benchmark:
+        dfr_layout.benchmark_path(f"logs/{E}/study_manifest.log")
+    resources:
+        mem_mb=mem_mb("study_manifest"),
+        runtime=runtime("study_manifest"),
+    params:
+        manifest=P(PLAN.manifest()) if STUDY else "{}",
+    run:
+        write_manifest(params.manifest, output[0], log[0])
+
+
 rule study:
     input:
         unpack(lambda wc: PLAN.comparison_inputs() if STUDY else {}),
+        manifest=COMPARISON["manifest"],
     output:
         csv=report(COMPARISON["csv"], caption=f"{REPORT}/study_table.rst", category="Study", labels={"figure": "table"}),
         md=COMPARISON["md"],
@@ -25,8 +45,6 @@ rule study:
     resources:
         mem_mb=mem_mb("study"),
         runtime=runtime("study"),
-    params:
-        manifest=P(PLAN.manifest()) if STUDY else "{}",
     shell:
-        "python -m dfr study --manifest {params.manifest:q} --csv {output.csv} --md {output.md} --best {output.best}"
+        "python -m dfr study --manifest {input.manifest:q} --csv {output.csv} --md {output.md} --best {output.best}"
         " --plots {output.plots} > {log} 2>&1"
