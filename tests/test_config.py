@@ -95,6 +95,19 @@ def test_best_config_is_the_study_variant_it_was_chosen_as():
     assert best["datasets"] == chosen["datasets"]
 
 
+def test_study_select_candidates_are_study_beyonds_variants():
+    """config/study-select.yaml's candidates are variants of config/study-beyond.yaml: the same names make the
+    same artifacts (so one study's models serve the other)."""
+    select = plan.variants(dfr_config.load(ROOT / "config" / "study-select.yaml"))
+    beyond = plan.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))
+    assert len(select) == 13
+    for name, cfg in select.items():
+        other = beyond[name.replace("study-select/", "study-beyond/")]
+        mine, theirs = plan.key_values(cfg), plan.key_values(other)
+        assert {**mine, "experiment": None} == {**theirs, "experiment": None}, name
+        assert cfg["scoring"] == other["scoring"] and cfg["datasets"] == other["datasets"], name
+
+
 def test_config_readme_documents_every_schema_key():
     """config/README.md's table is the schema's, and every key has a description."""
     from test_keys import schema_keys
