@@ -170,7 +170,7 @@ def test_html_report_renders_every_category_and_figure(study_run, tmp_path):
 
 
 def test_a_large_studys_manifest_travels_in_a_file(tmp_path):
-    """config/study-select.yaml (13 variants x 15 categories): its manifest is longer than one command-line
+    """config/study-select.yaml (15 variants x 15 categories): its manifest is longer than one command-line
     argument may be on Linux (128 KiB, where `study` once failed with 'Argument list too long'), so the
     study_manifest rule writes it to a file and the study's command names that file."""
     from dfr import config as dfr_config
