@@ -96,7 +96,7 @@ def test_study_outputs(study_run):
 def test_growing_a_grid_plans_only_the_new_variants_jobs(study_run):
     wd = study_run
     assert planned_jobs(snakemake(wd, STUDY, "-n").stdout) == {}
-    per_variant = {"scores": 2, "metrics": 2, "plots": 2, "tables": 1, "study": 1}
+    per_variant = {"scores": 2, "metrics": 2, "plots": 2, "tables": 1, "study_manifest": 1, "study": 1}
 
     jobs = planned_jobs(snakemake(wd, grow(0, "scoring.top_k", [5, 3, 7]), "-n").stdout)
     assert jobs == per_variant  # a top-k: no training, no maps, no features
