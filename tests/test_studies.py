@@ -157,3 +157,26 @@ def test_the_paper_side_by_side(tmp_path):
     tables.write(files, "x", tmp_path / "t2.csv", tmp_path / "t2.md", tmp_path / "v2.csv")
     assert "paper" not in (tmp_path / "t2.md").read_text() and "AUROC (paper)" not in pd.read_csv(tmp_path / "t2.csv")
     assert not np.isnan(t.at["Mean", "ΔF1"])
+
+
+def test_an_ensemble_less_one_member_is_found_as_that_members_ablation():
+    a, b, c = {"cae.kernel": 3}, {"model": "gaussian"}, {"model": "gaussian", "data.image_size": 224}
+    man = {"variants": [{"name": n, "settings": s} for n, s in {
+        "full": {"ensemble.members": [a, b, c], "scoring.top_k": 40},
+        "no-c": {"ensemble.members": [a, b], "scoring.top_k": 40},
+        "no-a": {"ensemble.members": [b, c], "scoring.top_k": 40},
+        "no-a-k10": {"ensemble.members": [b, c], "scoring.top_k": 10},  # another setting differs: no pair
+        "pair": {"ensemble.members": [a, b], "scoring.top_k": 40},      # same as no-c: found too
+        "single": {"ensemble.members": [], "scoring.top_k": 40},
+        "other": {"ensemble.members": [a, {"model": "gaussian", "gaussian.channels": 9}], "scoring.top_k": 40},
+    }.items()]}
+    pairs = studies.ablations(man)
+    assert pairs == [("full", "no-c", "model: gaussian, data.image_size: 224"), ("full", "no-a", "cae.kernel: 3"),
+                     ("full", "pair", "model: gaussian, data.image_size: 224")]
+    summary = pd.DataFrame({"variant": ["full", "no-c", "no-a", "pair"], "image_auroc": [0.9, 0.8, 0.95, 0.8],
+                            "pixel_auroc": [0.9] * 4, "au_pro": [0.7, 0.6, np.nan, 0.6],
+                            "score_rel": [0.5, 1.0, 0.8, 1.0]})
+    lines = studies._ablation_lines(summary, pairs[:2], {"image_auroc": "I", "pixel_auroc": "P", "au_pro": "A"})
+    assert lines[-2] == "| full | model: gaussian, data.image_size: 224 | no-c | +0.100 | +0.000 | +0.100 | 0.50× |"
+    assert lines[-1] == "| full | cae.kernel: 3 | no-a | -0.050 | +0.000 | n/a | 0.62× |"
+    assert studies._ablation_lines(summary, [], {}) == []

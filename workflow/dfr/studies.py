@@ -167,6 +167,47 @@ def _recommendations(picks: dict, ref: str, labels: dict) -> list[str]:
     return out
 
 
+def _member(m: dict) -> str:
+    return ", ".join(f"{k}: {show(v)}" for k, v in m.items()) or "the config itself"
+
+
+def ablations(man: dict) -> list[tuple[str, str, str]]:
+    """(ensemble, variant, member) for every variant that is another variant's ensemble without one of its
+    members, every other setting alike: what that member adds. (Without one of two members an ensemble is a
+    single model, which the study names by other settings; those pairs are not found here.)"""
+    vs = {v["name"]: v["settings"] for v in man["variants"]}
+    out = []
+    for full, s in vs.items():
+        members = s.get("ensemble.members") or []
+        for name, t in vs.items():
+            less = t.get("ensemble.members") or []
+            rest_alike = all(t.get(k) == x for k, x in s.items() if k != "ensemble.members")
+            if len(members) >= 3 and len(less) == len(members) - 1 and rest_alike and all(m in members for m in less):
+                out.append((full, name, _member(next(m for m in members if m not in less))))
+    return out
+
+
+def _ablation_lines(summary: pd.DataFrame, pairs: list[tuple[str, str, str]], labels: dict) -> list[str]:
+    if not pairs:
+        return []
+    q, by = selection.QUALITY, summary.set_index("variant")
+    out = ["### What each member adds", "",
+           "Each ensemble against the variant that lacks one of its members (all else alike): the member's gain "
+           "in the means (the ensemble's minus the variant's; test labels, as every mean above) and the ensemble's "
+           "score speed relative to the variant's (below 1: the member's cost).", "",
+           "| ensemble | member | without it | " + " | ".join(f"{labels[m]} added" for m in q)
+           + " | score speed with it |", "|---|---|---|" + "---:|" * (len(q) + 1)]
+    for full, less, member in pairs:
+        gain = " | ".join(_fmt_delta(by.at[full, m] - by.at[less, m]) for m in q)
+        ratio = by.at[full, "score_rel"] / by.at[less, "score_rel"]
+        out.append(f"| {full} | {member} | {less} | {gain} | {_fmt(ratio, 'score_rel')} |")
+    return out
+
+
+def _fmt_delta(x: float) -> str:
+    return "n/a" if x is None or np.isnan(x) else f"{x:+.3f}"
+
+
 def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | Path, plots_dir: str | Path,
             workdir: str | Path = ".") -> pd.DataFrame:
     settings = list(man["variants"][0]["settings"])
@@ -200,6 +241,7 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
         "score_rel", ascending=False, na_position="last")
     md += _md_table(front.assign(front=front.front.map({True: "yes", False: ""})),
                     {**headers, "front": "on the front"})
+    md += ["", *_ablation_lines(summary, ablations(man), labels)]
     md += ["", "### Per category", ""]
     md += _md_table(rows.drop(columns=["latent_d", "cae_params", "fit_s", "score_s", "n_fit", "n_score"]), headers)
     write_text(out_md, "\n".join(md) + "\n")
