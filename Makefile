@@ -27,9 +27,9 @@ bottle: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/bottle.yaml
 	@echo; cat results/bottle/tables/mvtec_bottle.md
 
-# config/best.yaml's ensemble on the bottle alone: its bundle (all five members), then dfr predict serving it
+# config/best.yaml's ensemble on the bottle alone: its bundle (all four members), then dfr predict serving it
 bottle-best: setup
-	$(BIN)/snakemake --cores $(CORES) --configfile config/best.yaml results/best/mvtec_bottle/bottle/bundle.pt
+	$(BIN)/snakemake results/best/mvtec_bottle/bottle/bundle.pt --cores $(CORES) --configfile config/best.yaml
 	$(BIN)/dfr predict results/best/mvtec_bottle/bottle/bundle.pt ../shared/data/mvtec-bottle-256/bottle/test \
 		--out predictions/best-bottle
 

@@ -28,7 +28,7 @@ def _load():
 
 def test_it_is_the_offline_variant_on_wr50():
     cfg = _load()
-    offline = plan.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))["study-beyond/best-ens-multires"]
+    offline = plan.variants(dfr_config.load(ROOT / "config" / "study-select.yaml"))["study-select/best-ens"]
     assert cfg["ensemble"]["members"] == offline["ensemble"]["members"]
     assert cfg["scoring"] == offline["scoring"] and cfg["thresholds"] == offline["thresholds"]
     for k in ("image_size", "val_fraction"):
@@ -38,10 +38,13 @@ def test_it_is_the_offline_variant_on_wr50():
     assert cfg["features"]["layers"] == ["layer2[-1]", "layer3[-1]"]  # the paper's hooks
     assert set(cfg["datasets"]) == {"mvtec_ad", "visa"}
     ms = plan.members(cfg)
-    assert [m.get("model") for m in ms] == ["cae", "gaussian", "gaussian"]
-    assert [m["data"]["image_size"] for m in ms] == [448, 448, 224]
-    assert all(m["gaussian"]["channels"] == 550 for m in ms[1:])  # < the 1536 fused channels
-    assert keys.feature_key(ms[0]) == keys.feature_key(ms[1]) != keys.feature_key(ms[2])
+    assert [m.get("model") for m in ms] == ["cae", "gaussian"]
+    assert [m["data"]["image_size"] for m in ms] == [448, 448]
+    assert ms[1]["gaussian"]["channels"] == 550  # < the 1536 fused channels
+    assert keys.feature_key(ms[0]) == keys.feature_key(ms[1])  # one backbone pass
+    # best.yaml's members, less the EfficientNet-Lite1/Lite2 ones (no ResNet of their kind)
+    best = dfr_config.load(ROOT / "config" / "best.yaml")["ensemble"]["members"]
+    assert cfg["ensemble"]["members"] == [m for m in best if "features.backbone" not in m]
 
 
 @pytest.mark.parametrize("dataset,category", [("mvtec_ad", "hazelnut"), ("visa", "pcb1")])
@@ -62,7 +65,7 @@ def test_every_job_is_sized_for_a_gpu_node(dataset, category):
 
 @pytest.mark.slow
 def test_runs_end_to_end_with_random_weights(tmp_path, monkeypatch):
-    """The config itself, its sides quartered (448 -> 112, 224 -> 56) and a tiny synthetic category instead of
+    """The config itself, its side quartered (448 -> 112) and a tiny synthetic category instead of
     the benchmarks; random WR50 weights (the ImageNet ones cannot be downloaded here)."""
     raw = copy.deepcopy(_load())
     raw["results"] = str(tmp_path / "results")
@@ -73,7 +76,6 @@ def test_runs_end_to_end_with_random_weights(tmp_path, monkeypatch):
     raw["features"].update(weights="none", num_workers=0)
     raw["cae"]["epochs"] = 2
     raw["gaussian"]["channels"] = 64  # 14 training images: 550 channels would be all shrinkage
-    raw["ensemble"]["members"][2]["data.image_size"] = 56
     cfg = dfr_config.validate(raw, str(RESNET))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
     r = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
@@ -91,6 +93,6 @@ def test_runs_end_to_end_with_random_weights(tmp_path, monkeypatch):
     for mcfg in plan.members(cfg):
         with h5py.File(plan.paths(mcfg, "synth", "disc")["maps"], "r") as f:
             grids.append(f["A"].shape[1:])
-    assert grids == [(14, 14), (14, 14), (7, 7)]
+    assert grids == [(14, 14), (14, 14)]
     with h5py.File(p["maps"], "r") as f:
-        assert f["A"].shape[1:] == (14, 14)  # fused at the finest member grid
+        assert f["A"].shape[1:] == (14, 14)  # fused on the members' grid

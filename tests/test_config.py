@@ -16,7 +16,8 @@ def _demo():
 
 def test_shipped_configs_are_valid():
     for name in ("config.yaml", "demo.yaml", "bottle.yaml", "study-demo.yaml", "study-beyond.yaml", "rehearsal.yaml",
-                 "best.yaml", "best-resnet.yaml", "rehearsal-best.yaml"):
+                 "best.yaml", "fast.yaml", "best-resnet.yaml", "rehearsal-best.yaml", "study-select.yaml",
+                 "study-members.yaml"):
         cfg = dfr_config.load(ROOT / "config" / name)
         assert cfg["scoring"]["top_k"] >= 1
     paper = dfr_config.load(ROOT / "config" / "config.yaml")
@@ -85,14 +86,21 @@ def test_feature_key_depends_only_on_what_shapes_features():
         assert keys.feature_key(cfg) != key
 
 
-def test_best_config_is_the_study_variant_it_was_chosen_as():
-    """config/best.yaml makes exactly the study-beyond variant whose measured gains README reports."""
-
-    best = dfr_config.load(ROOT / "config" / "best.yaml")
-    chosen = plan.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))["study-beyond/best-ens-full"]
-    assert plan.key_values(best)["ekey"] == plan.key_values(chosen)["ekey"] != ""
-    assert best["scoring"] == chosen["scoring"] and best["thresholds"] == chosen["thresholds"]
-    assert best["datasets"] == chosen["datasets"]
+@pytest.mark.parametrize("name, variant", [("best.yaml", "best-ens-lite012"), ("fast.yaml", "paper")])
+def test_the_recommendations_are_the_study_variants_they_were_chosen_as(name, variant):
+    """config/best.yaml and config/fast.yaml make exactly the config/study-select.yaml variants that its selection
+    rule chose (README, "The recommended configuration"), and config/study-members.yaml's full ensemble is
+    best.yaml's; nothing in them names a category."""
+    rec = dfr_config.load(ROOT / "config" / name)
+    select = plan.variants(dfr_config.load(ROOT / "config" / "study-select.yaml"))
+    chosen = select[f"study-select/{variant}"]
+    assert {**plan.key_values(rec), "experiment": None} == {**plan.key_values(chosen), "experiment": None}
+    assert rec["scoring"] == chosen["scoring"] and rec["thresholds"] == chosen["thresholds"]
+    assert rec["datasets"] == chosen["datasets"]
+    members = plan.variants(dfr_config.load(ROOT / "config" / "study-members.yaml"))
+    assert members[f"study-members/{variant}"]["ensemble"] == rec["ensemble"]
+    text = (ROOT / "config" / name).read_text().split("datasets:")[1].split("data:")[1]
+    assert not any(c in text for d in rec["datasets"].values() for c in d["categories"])
 
 
 def test_study_select_candidates_are_study_beyonds_variants():
