@@ -180,3 +180,6 @@ def test_an_ensemble_less_one_member_is_found_as_that_members_ablation():
     assert lines[-2] == "| full | model: gaussian, data.image_size: 224 | no-c | +0.100 | +0.000 | +0.100 | 0.50× |"
     assert lines[-1] == "| full | cae.kernel: 3 | no-a | -0.050 | +0.000 | n/a | 0.62× |"
     assert studies._ablation_lines(summary, [], {}) == []
+    # members read as the table's other settings do
+    assert studies._member({"cae.depthwise": True, "cae.kernel": 3}) == "cae.depthwise: true, cae.kernel: 3"
+    assert studies._member({}) == "the config itself"

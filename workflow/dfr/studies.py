@@ -168,7 +168,8 @@ def _recommendations(picks: dict, ref: str, labels: dict) -> list[str]:
 
 
 def _member(m: dict) -> str:
-    return ", ".join(f"{k}: {show(v)}" for k, v in m.items()) or "the config itself"
+    """An ensemble member as the tables show settings: its overrides, or the config itself."""
+    return ", ".join(f"{k}: {_fmt(show(v), k)}" for k, v in m.items()) or "the config itself"
 
 
 def ablations(man: dict) -> list[tuple[str, str, str]]:
@@ -179,19 +180,22 @@ def ablations(man: dict) -> list[tuple[str, str, str]]:
     out = []
     for full, s in vs.items():
         members = s.get("ensemble.members") or []
+        if len(members) < 3:
+            continue
         for name, t in vs.items():
             less = t.get("ensemble.members") or []
-            rest_alike = all(t.get(k) == x for k, x in s.items() if k != "ensemble.members")
-            if len(members) >= 3 and len(less) == len(members) - 1 and rest_alike and all(m in members for m in less):
+            if (len(less) == len(members) - 1 and all(m in members for m in less)
+                    and all(t.get(k) == x for k, x in s.items() if k != "ensemble.members")):
                 out.append((full, name, _member(next(m for m in members if m not in less))))
     return out
 
 
 def _ablation_lines(summary: pd.DataFrame, pairs: list[tuple[str, str, str]], labels: dict) -> list[str]:
+    """The study.md section on what each member adds, with a blank line before it; none without pairs."""
     if not pairs:
         return []
     q, by = selection.QUALITY, summary.set_index("variant")
-    out = ["### What each member adds", "",
+    out = ["", "### What each member adds", "",
            "Each ensemble against the variant that lacks one of its members (all else alike): the member's gain "
            "in the means (the ensemble's minus the variant's; test labels, as every mean above) and the ensemble's "
            "score speed relative to the variant's (below 1: the member's cost).", "",
@@ -205,7 +209,7 @@ def _ablation_lines(summary: pd.DataFrame, pairs: list[tuple[str, str, str]], la
 
 
 def _fmt_delta(x: float) -> str:
-    return "n/a" if x is None or np.isnan(x) else f"{x:+.3f}"
+    return "n/a" if np.isnan(x) else f"{x:+.3f}"
 
 
 def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | Path, plots_dir: str | Path,
@@ -241,7 +245,7 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
         "score_rel", ascending=False, na_position="last")
     md += _md_table(front.assign(front=front.front.map({True: "yes", False: ""})),
                     {**headers, "front": "on the front"})
-    md += ["", *_ablation_lines(summary, ablations(man), labels)]
+    md += _ablation_lines(summary, ablations(man), labels)
     md += ["", "### Per category", ""]
     md += _md_table(rows.drop(columns=["latent_d", "cae_params", "fit_s", "score_s", "n_fit", "n_score"]), headers)
     write_text(out_md, "\n".join(md) + "\n")
