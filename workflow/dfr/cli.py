@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--workers", type=int, default=0, help="decoding worker processes")
     s.add_argument("--no-images", action="store_true", help="scores and decisions only, no heatmaps or masks")
+    s.add_argument("--max-pixels", type=int, default=None,
+                   help="skip (unread) an image whose header declares more pixels than this (default: Pillow's "
+                        "decompression-bomb limit, about 89 million)")
 
     s = sub.add_parser("export", help="a bundle as one TorchScript graph, backbone through A(x) and s(x) "
                                       "(see dfr.export)")
@@ -277,7 +280,7 @@ def _run(a: argparse.Namespace) -> int:
         from . import predict
 
         df = predict.predict(a.bundle, a.images, a.out, a.threshold, a.device, a.batch_size, a.workers,
-                             heatmaps=not a.no_images)
+                             heatmaps=not a.no_images, max_pixels=a.max_pixels)
         ok = df[df.error == ""]
         print(f"{len(ok)} images scored ({int(ok.anomalous.sum())} anomalous at {a.threshold}), "
               f"{len(df) - len(ok)} skipped: {a.out}/predictions.csv")

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,16 +92,51 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as 8-bit RGB, whatever its mode (grey, RGBA, palette, 16-bit)."""
+# What Pillow raises for a file it cannot open or decode, besides FileNotFoundError: UnidentifiedImageError (an
+# OSError) for an unknown format, OSError for truncated or broken data, ValueError and TypeError for bad modes and
+# headers, DecompressionBombError (not an OSError) above twice Image.MAX_IMAGE_PIXELS; some of its decoders let
+# SyntaxError, EOFError, struct.error or zlib.error through.
+PIL_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error, zlib.error,
+              Image.DecompressionBombError)
+
+
+@contextmanager
+def open_image(path: str | Path, what: str = "image", max_pixels: int | None = None):
+    """``Image.open`` with every error Pillow raises turned into a :class:`DFRError` that names the file; with
+    ``max_pixels``, an image whose header declares more pixels is refused before a byte of it is decoded."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
+        with _open(path, max_pixels) as im:
+            if max_pixels and im.width * im.height > max_pixels:
+                raise DFRError(f"{path}: {what} of {im.width}x{im.height} = {im.width * im.height:,} pixels, above "
+                               f"the limit of {max_pixels:,}: not decoded (a decompression bomb, or a scan too large "
+                               "to score; raise the limit with --max-pixels if it is genuine)")
+            yield im
     except FileNotFoundError:
-        raise DFRError(f"{path}: image file not found") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DFRError(f"{path}: unreadable or truncated image ({e})") from None
+        raise DFRError(f"{path}: {what} file not found") from None
+    except Image.DecompressionBombError as e:
+        raise DFRError(f"{path}: {what} too large to decode safely ({e}); downscale it or remove it") from None
+    except PIL_ERRORS as e:
+        raise DFRError(f"{path}: unreadable or truncated {what} ({type(e).__name__}: {e})") from None
+
+
+def _open(path: str | Path, max_pixels: int | None) -> Image.Image:
+    """Image.open; with a limit of our own, Pillow's bomb check (at twice its limit) stands aside for it."""
+    if not max_pixels:
+        return Image.open(path)
+    pillows = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillows
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Open an image as 8-bit RGB, whatever its mode (grey, RGBA, palette, 16-bit); with ``max_pixels``, one
+    larger than that is refused before it is decoded."""
+    with open_image(path, "image", max_pixels) as im:
+        im.load()
+        return to_rgb(im)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -116,13 +154,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def load_mask(path: str | Path) -> np.ndarray:
     """A ground-truth mask as a boolean array (any non-zero pixel is anomalous)."""
-    try:
-        with Image.open(path) as im:
-            a = np.asarray(im)
-    except FileNotFoundError:
-        raise DFRError(f"{path}: mask file not found") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DFRError(f"{path}: unreadable mask ({e})") from None
+    with open_image(path, "mask") as im:
+        a = np.asarray(im)
     if a.ndim == 3:
         a = a.max(axis=2)
     return a > 0
@@ -134,13 +167,10 @@ def _check_image(path: Path) -> tuple[int, int]:
 
 
 def _check_mask(mask_path: Path, image_size: tuple[int, int]) -> None:
-    try:
-        with Image.open(mask_path) as im:
-            im.load()
-            size = im.size
-            a = np.asarray(im)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DFRError(f"{mask_path}: unreadable mask ({e})") from None
+    with open_image(mask_path, "mask") as im:
+        im.load()
+        size = im.size
+        a = np.asarray(im)
     if size != image_size:
         raise DFRError(
             f"{mask_path}: mask is {size[0]}x{size[1]} but its image is {image_size[0]}x{image_size[1]}"
@@ -311,5 +341,31 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> "torch.Tensor":
-        return self.preprocess(load_image(self.paths[i]))
+    def __getitem__(self, i: int) -> "torch.Tensor | ImageError":
+        try:
+            return self.preprocess(load_image(self.paths[i]))
+        except DFRError as e:  # raised in the main process (collate_images), not in a loader worker
+            return ImageError(str(e))
+
+
+@dataclass(frozen=True)
+class ImageError:
+    """An image that could not be loaded, carried out of a loader worker as data: an exception raised in a
+    worker would reach the user wrapped in the worker's traceback."""
+
+    message: str
+
+
+def collate_images(items: list) -> "torch.Tensor | ImageError":
+    """A batch of preprocessed images, or the first :class:`ImageError` among them."""
+    import torch
+
+    failed = next((x for x in items if isinstance(x, ImageError)), None)
+    return failed if failed is not None else torch.stack(items)
+
+
+def checked(batch: "torch.Tensor | ImageError") -> "torch.Tensor":
+    """A batch of :func:`collate_images`; its image error raised here, with the file's own message."""
+    if isinstance(batch, ImageError):
+        raise DFRError(batch.message)
+    return batch

@@ -137,6 +137,8 @@ def convert_visa(raw: Path, out: Path, categories: list[str] | None = None,
     import pandas as pd
     from PIL import Image
 
+    from .data import load_mask
+
     split_csv = split_csv or raw / "split_csv" / "1cls.csv"
     try:
         df = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
@@ -175,10 +177,7 @@ def convert_visa(raw: Path, out: Path, categories: list[str] | None = None,
                 mpath = raw / r.mask if r.mask else None
                 if mpath is None or not mpath.is_file():
                     raise DFRError(f"{src}: anomalous image without a mask ({mpath or 'no mask in the split'})")
-                with Image.open(mpath) as im:
-                    m = np.asarray(im)
-                if m.ndim == 3:
-                    m = m.max(axis=2)
+                m = load_mask(mpath)
                 mdst = tmp / "ground_truth" / "bad" / f"{src.stem}_mask.png"
                 mdst.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(((m > 0) * 255).astype(np.uint8), "L").save(mdst)

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import backbones
-from .data import ImageDataset, Preprocess, read_index
+from .data import ImageDataset, Preprocess, checked, collate_images, read_index
 from .io import FORMATS, DFRError, atomic_path, check_format, check_space, remake_hint, versions
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict,
     loader = torch.utils.data.DataLoader(
         ImageDataset(rows.path.tolist(), pre), batch_size=params["batch_size"], shuffle=False,
         num_workers=params.get("num_workers", 0), pin_memory=device.type == "cuda",
-        worker_init_fn=_one_thread, persistent_workers=False,
+        worker_init_fn=_one_thread, persistent_workers=False, collate_fn=collate_images,
     )
     dtype = np.dtype(params.get("dtype", "float16"))
     amp = params.get("amp", "none")
@@ -160,7 +160,7 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict,
             t_loop = time.perf_counter()
             with torch.inference_mode():
                 for x in tqdm(loader, desc=f"features {split}", unit="batch", mininterval=5):
-                    x = x.to(device, non_blocking=True)
+                    x = checked(x).to(device, non_blocking=True)
                     if params.get("channels_last"):
                         x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

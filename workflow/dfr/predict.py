@@ -190,15 +190,16 @@ def image_paths(inputs: list[str]) -> list[Path]:
 class _Images:
     """Decoded, preprocessed images; an unreadable one yields None (reported by name, then skipped)."""
 
-    def __init__(self, paths: list[Path], inputs: list[Preprocess]):
+    def __init__(self, paths: list[Path], inputs: list[Preprocess], max_pixels: int | None = None):
         self.paths, self.inputs = paths, inputs  # plain preprocessors: picklable for loader workers
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            im = load_image(self.paths[i])
+            im = load_image(self.paths[i], self.max_pixels)
         except DFRError as e:
             return i, None, (0, 0), str(e)
         return i, tuple(p(im) for p in self.inputs), (im.height, im.width), ""
@@ -209,8 +210,11 @@ def _collate(items):
 
 
 def predict(bundle_path: str | Path, inputs: list[str], out_dir: str | Path, threshold: str = "val_mean_std",
-            device: str = "auto", batch_size: int = 16, num_workers: int = 0, heatmaps: bool = True) -> pd.DataFrame:
-    """Score images with a bundle; write predictions.csv/.json, heatmap overlays and masks at T_pixel."""
+            device: str = "auto", batch_size: int = 16, num_workers: int = 0, heatmaps: bool = True,
+            max_pixels: int | None = None) -> pd.DataFrame:
+    """Score images with a bundle; write predictions.csv/.json, heatmap overlays and masks at T_pixel. An image
+    that cannot be read, or whose header declares more than ``max_pixels`` pixels (default: Pillow's
+    decompression-bomb limit), is skipped before it is decoded and named in predictions.csv."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -223,7 +227,8 @@ def predict(bundle_path: str | Path, inputs: list[str], out_dir: str | Path, thr
     pred = Predictor(bundle, device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loader = torch.utils.data.DataLoader(_Images(paths, pred.inputs), batch_size=batch_size,
+    max_pixels = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    loader = torch.utils.data.DataLoader(_Images(paths, pred.inputs, max_pixels), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=_collate)
     rows, t0 = [], time.perf_counter()
     for batch in tqdm(loader, desc="predict", unit="batch", mininterval=2):

@@ -1,8 +1,8 @@
 # Shared set-up: the config validated, the plan of what to compute (experiments x study variants x ensemble
 # members), paths, and the params of every stage (from the dfr package's planning layer: no torch here).
 import json
+import os
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -11,6 +11,7 @@ sys.path.insert(0, str(WORKFLOW_DIR))
 
 from dfr import config as dfr_config  # noqa: E402
 from dfr import data as dfr_data  # noqa: E402
+from dfr import failures as dfr_failures  # noqa: E402
 from dfr import keys as dfr_keys  # noqa: E402
 from dfr import layout as dfr_layout  # noqa: E402
 from dfr import plan as dfr_plan  # noqa: E402
@@ -36,22 +37,29 @@ cfg_of = PLAN.cfg_of  # the config that a job's wildcards name
 
 
 # Every rule runs `python -m dfr <stage>` from this checkout (also inside conda envs made by --sdm conda
-# and on SLURM nodes): the shell prefix puts the package on PYTHONPATH and, outside conda, this
-# interpreter first on PATH. Runtime-only settings (batch size, workers, device, ...) change how fast an
-# artifact is made, not what it is: they travel in DFR_RUNTIME, not in params, so editing them reruns nothing.
-# So does where each local weights file lies (its content hash is in the feature key).
+# and on SLURM nodes, where the job's Snakemake parses this file again): the environment that jobs inherit
+# puts the package on PYTHONPATH and, outside conda, this interpreter first on PATH. Runtime-only settings
+# (batch size, workers, device, ...) change how fast an artifact is made, not what it is: they travel in
+# DFR_RUNTIME, not in params, so editing them reruns nothing. So does where each local weights file lies
+# (its content hash is in the feature key). In the environment rather than a shell prefix, so that a failed
+# job's command, which Snakemake prints, is the rule's own short one.
 RUNTIME = {
     **dfr_keys.feature_runtime(config),
     "weights_files": dfr_keys.weights_files([m for c in CFGS.values() for m in [c, *dfr_plan.members(c)]]),
 }
 _CONDA = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", "")).lower()
-_PREFIX = (
-    "set -euo pipefail; "
-    f"export PYTHONPATH={shlex.quote(str(WORKFLOW_DIR))}${{PYTHONPATH:+:$PYTHONPATH}}; "
-    f"export DFR_RUNTIME={shlex.quote(json.dumps(RUNTIME))}; "
-    + ("" if _CONDA else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")
-)
-shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # the prefix is formatted like a command
+
+
+def _first_on(var, path):
+    parts = [p for p in os.environ.get(var, "").split(os.pathsep) if p and p != path]
+    os.environ[var] = os.pathsep.join([path, *parts])
+
+
+_first_on("PYTHONPATH", str(WORKFLOW_DIR))
+if not _CONDA:
+    _first_on("PATH", str(Path(sys.executable).parent))
+os.environ.update(DFR_RUNTIME=json.dumps(RUNTIME))
+shell.prefix("set -euo pipefail; ")
 ENV = "../../envs/dfr.yaml"
 REPORT = "../report"
 
@@ -127,6 +135,15 @@ def bundle_inputs(wildcards):
 
 def dataset_root(dataset):
     return dfr_layout.dataset_root(config, dataset)
+
+
+def category_files(wildcards):
+    """The category's files on disk (names, sizes, modification times; dfr.data.fingerprint). Not cached:
+    Snakemake evaluates it again when the job is about to run, after a download or generation made the files.
+    A param of the index and of each job that reads it. An image or mask added, removed, replaced or edited
+    re-indexes the category and reruns what depends on it, and nothing else; after a failed index (its output
+    removed), the next run indexes again instead of trusting what the old index made."""
+    return dfr_data.fingerprint(dataset_root(wildcards.dataset), wildcards.category)
 
 
 def category_ready(wildcards):

@@ -17,9 +17,7 @@ rule index:
         runtime=runtime("index"),
     params:
         root=lambda wc: dataset_root(wc.dataset),
-        # the category's files (names, sizes, modification times): an image or mask added, removed, replaced
-        # or edited on disk re-indexes the category and reruns what depends on it, and nothing else
-        files=lambda wc: dfr_data.fingerprint(dataset_root(wc.dataset), wc.category),
+        files=category_files,
         code=dfr_keys.code_version("index"),
     shell:
         "python -m dfr index --root {params.root} --category {wildcards.category} --out {output} > {log} 2>&1"
@@ -41,5 +39,6 @@ rule split:
         runtime=runtime("split"),
     params:
         split=stage_params(dfr_keys.split_params),
+        files=category_files,
     shell:
         "python -m dfr split --index {input} --out {output} --params {params.split:q} > {log} 2>&1"

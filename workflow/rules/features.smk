@@ -21,6 +21,7 @@ rule features:
         runtime=runtime("features"),
     params:
         features=stage_params(dfr_keys.feature_params),
+        files=category_files,
     shell:
         "python -m dfr --threads {threads} features --index {input.index} --split {wildcards.split} --out {output}"
         " --params {params.features:q} > {log} 2>&1"
