@@ -108,7 +108,7 @@ def test_study_select_candidates_are_study_beyonds_variants():
     same artifacts (so one study's models serve the other)."""
     select = plan.variants(dfr_config.load(ROOT / "config" / "study-select.yaml"))
     beyond = plan.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))
-    assert len(select) == 15
+    assert len(select) == 21
     for name, cfg in select.items():
         other = beyond[name.replace("study-select/", "study-beyond/")]
         mine, theirs = plan.key_values(cfg), plan.key_values(other)

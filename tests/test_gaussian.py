@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dfr import keys
-from dfr import cae, gaussian
+from dfr import gaussian, heads
 from dfr import config as dfr_config
 from dfr.features import FeatureCache
 from dfr.io import DFRError
@@ -19,7 +19,7 @@ def test_fit_gives_per_location_mean_and_mahalanobis_distance(tmp_path):
     feats, split = _cache(tmp_path / "train.h5")
     r = gaussian.fit(feats, split, tmp_path / "g.pt", tmp_path / "h.csv", PARAMS)
     assert r["channels"] == 16 and r["val"] > 0
-    model = cae.load(tmp_path / "g.pt")  # the pipeline's loader knows the kind
+    model = heads.load(tmp_path / "g.pt")  # the pipeline's loader knows the kind
     assert isinstance(model, gaussian.Gaussian)
     with FeatureCache(feats) as c:
         x_tr = c.read(c.positions([f"train/good/{i:03d}" for i in range(20)]))
@@ -41,7 +41,7 @@ def test_channel_subset_is_seeded_and_checked(tmp_path):
     feats, split = _cache(tmp_path / "train.h5")
     gaussian.fit(feats, split, tmp_path / "a.pt", tmp_path / "a.csv", {**PARAMS, "channels": 5})
     gaussian.fit(feats, split, tmp_path / "b.pt", tmp_path / "b.csv", {**PARAMS, "channels": 5})
-    a, b = cae.load(tmp_path / "a.pt"), cae.load(tmp_path / "b.pt")
+    a, b = heads.load(tmp_path / "a.pt"), heads.load(tmp_path / "b.pt")
     assert a.channels.tolist() == b.channels.tolist() and len(a.channels) == 5
     assert a.precision.shape == (16, 5, 5)
     with pytest.raises(DFRError, match="gaussian.channels is 40 but f\\(x\\) has 16 channels"):
@@ -103,7 +103,7 @@ def test_fit_memory_is_the_sums_plus_the_float32_precisions(tmp_path):
     est = resources.estimate(cfg, "train", "s", "disc")["mem_mb"]
     assert est > held_mb + 256 and est < 2 * (held_mb + 1200)  # declared from the same model, with headroom
     # the chunked in-place inversion gives the direct inverse (location 100)
-    model = cae.load(tmp_path / "g.pt")
+    model = heads.load(tmp_path / "g.pt")
     with FeatureCache(feats) as c:
         v = c.read(c.positions([f"train/good/{i:03d}" for i in range(20)]))[:, :, 100 // hw, 100 % hw]
     cov = np.cov(v.astype(np.float64), rowvar=False) + 0.01 * np.eye(k)

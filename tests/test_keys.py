@@ -28,7 +28,7 @@ EXPERIMENT = {"scores", "metrics", "plots", "bundle", "tables"}
 ROWS = {
     "experiment": [("other", EXPERIMENT)],
     "results": [("elsewhere", ALL)],
-    "seed": [(1, {"synthetic", "split", "pca", "train"})],
+    "seed": [(1, {"synthetic", "split", "pca", "train", "metrics"})],  # metrics: the few-label draws
     "device": [("cuda", set())],
     "resources.gpu": [(0, set())], "resources.threads": [(1, set())], "resources.mem_mb_min": [(4000, set())],
     "datasets.*.root": [("elsewhere", set())],  # a generated dataset lives under results/
@@ -53,8 +53,14 @@ ROWS = {
     "pca.variance": [(0.9, {"pca"})],
     # 8 training images x 16² locations = 2048 vectors: a cap above that samples nothing, one below does
     "pca.max_samples": [(300000, set()), (1000, {"pca"})],
-    "model": [("gaussian", {"train"})],
+    "model": [("gaussian", {"train"}), ("memory_bank", {"train"}), ("flow", {"train"})],
     "gaussian.channels": [(100, set())], "gaussian.shrinkage": [(0.1, set())],
+    # a head's settings shape its model alone (tests/test_memory_bank.py): nothing of a CAE
+    "memory_bank.coreset": [(0.1, set())], "memory_bank.projection": [(64, set())],
+    "memory_bank.sigma": [(0.0, set())],
+    "flow.channels": [(64, set())], "flow.blocks": [(2, set())], "flow.hidden": [(32, set())],
+    "flow.kernel": [(1, set())], "flow.clamp": [(1.0, set())], "flow.epochs": [(3, set())],
+    "flow.batch_size": [(4, set())], "flow.lr": [(0.01, set())],
     "cae.latent_dim": [(8, {"train"})], "cae.normalize": [(False, {"train"})],
     "cae.batchnorm": [(False, {"train"})], "cae.kernel": [(3, {"train"})],
     "cae.padding": [("zeros", set())], "cae.depthwise": [(True, set())],  # of a 3x3 CAE only
@@ -67,6 +73,8 @@ ROWS = {
     "scoring.border": [(1, {"scores", "metrics", "plots", "bundle"})],
     "thresholds.alpha": [(2.0, {"metrics"})], "thresholds.percentile": [(95.0, {"metrics"})],
     "thresholds.pixel_fpr": [(0.05, {"metrics"})],
+    "thresholds.few_labels": [([0, 2], {"metrics"}), ([], {"metrics"})],
+    "thresholds.few_label_draws": [(3, {"metrics"})],
     "metrics.pixel": [(False, {"metrics"})], "metrics.eval_size": [(64, {"metrics"})],
     "metrics.pro_fpr_limit": [(0.2, {"metrics"})],
 }

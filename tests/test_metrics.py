@@ -265,3 +265,35 @@ def test_pixel_evaluator_checks_its_input():
     ev.add(np.zeros((1, 2)), np.array([[True, False]]))
     with pytest.raises(DFRError, match="1 of 3 anomaly-free"):
         ev.summary()
+
+
+def test_a_few_labelled_defects_cut_midway_between_the_scores_they_separate():
+    from dfr.metrics import labelled_cut
+
+    # F1 over the cuts: at 5 -> 0, at 3 -> 0.667 (best), at 2 -> 0.5, at 1 -> 0.4; midway to the next lower: 2.5
+    assert labelled_cut(np.array([0, 0, 0, 1]), np.array([1.0, 2.0, 5.0, 3.0])) == 2.5
+    assert labelled_cut(np.array([0, 1]), np.array([1.0, 1.0])) == 1.0  # nothing below: the cut itself
+
+
+def test_few_label_thresholds_leave_their_labelled_images_out_and_k0_is_the_label_free_one():
+    from dfr.metrics import confusion_at, few_label_thresholds
+
+    rng = np.random.default_rng(0)
+    val = rng.uniform(0, 2, 10)  # held-out normals below 2
+    y = np.r_[np.zeros(20, int), np.ones(6, int)]
+    s = np.r_[rng.uniform(0, 1, 20), np.full(6, 10.0)]  # every defect scores 10: any draw sets the same cut
+    out = few_label_thresholds(y, s, val, [0, 1, 3, 7], draws=4, seed=0, alpha=3.0)
+    assert out["0"] == {"k": 0, "applicable": True, "draws": 1, "n_evaluated": 26, "f1_std": 0.0,
+                             "threshold": val.mean() + 3 * val.std(),
+                             **{r: confusion_at(y, s, val.mean() + 3 * val.std())[r] for r in
+                                ("precision", "recall", "f1", "specificity", "balanced_accuracy", "error_pct")}}
+    for k in (1, 3):
+        assert out[str(k)]["threshold"] == (val.max() + 10.0) / 2 and out[str(k)]["draws"] == 4
+        assert out[str(k)]["f1"] == 1.0 and out[str(k)]["n_evaluated"] == 26 - k
+    assert out["7"] == {"k": 7, "applicable": False, "reason": "the test set holds 6 defective images, fewer than k"}
+    # the k labelled images are not scored: with one defect far lower than the rest, a draw that labels it
+    # sets a low cut that passes every other defect, and one that does not misses it (recall 4/5 on the rest)
+    s2 = s.copy()
+    s2[20] = 3.0
+    per = few_label_thresholds(y, s2, val, [1], draws=50, seed=1, alpha=3.0)["1"]
+    assert 0 < per["f1_std"] and per["recall"] < 1.0 and per["precision"] == 1.0

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dfr import cae, data, features, predict, scoring
+from dfr import cae, data, features, heads, predict, scoring
 from dfr.io import DFRError
 
 FPARAMS = {"backbone": "resnet18", "weights": "none", "layers": ["layer2[-1]", "layer3[-1]"], "pool": 3,
@@ -69,7 +69,7 @@ def test_predict_with_a_border_equals_the_pipelines(trained, synth_root, tmp_pat
 def test_the_gaussian_reference_through_maps_scores_bundle_and_predict(trained, synth_root, tmp_path):
     """model: gaussian (beyond the paper) takes the pipeline's own maps, scores, bundle and predict stages."""
     d = trained
-    cae.train(d / "train.h5", d / "split.json", tmp_path / "g.pt", tmp_path / "g.csv",
+    heads.fit(d / "train.h5", d / "split.json", tmp_path / "g.pt", tmp_path / "g.csv",
               {"kind": "gaussian", "channels": 50, "shrinkage": 0.01, "seed": 0})
     scoring.anomaly_maps(tmp_path / "g.pt", d / "train.h5", d / "test.h5", d / "split.json", tmp_path / "m.h5",
                          {"device": "cpu", "batch_size": 4})
@@ -186,3 +186,37 @@ def test_an_exported_graph_gives_the_bundles_maps_and_scores(trained, synth_root
     (tmp_path / "bad.ts").write_bytes(b"not an archive")
     with pytest.raises(DFRError, match=r"bad\.ts: not a readable exported DFR graph"):
         export.load(tmp_path / "bad.ts")
+
+
+def test_dfr_timing_times_bundles_warm_on_the_same_images(trained, synth_root, tmp_path, capsys):
+    """dfr timing: each bundle in one process on the same decoded images; the machine and threads recorded; the
+    backbones alone timed beside the whole (the floor a head on their features pays)."""
+    from dfr import cli
+
+    out = tmp_path / "timing.json"
+    code = cli.main(["timing", "--bundle", str(trained / "bundle.pt"), str(trained / "bundle.pt"), "--images",
+                     str(synth_root / "disc" / "test"), "--out", str(out), "--device", "cpu",
+                     "--params", json.dumps({"batch": 2, "repeats": 2})])
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    n = len(list((synth_root / "disc" / "test").rglob("*.png")))
+    assert len(rows) == 2 and all(r["images"] == n and r["batch"] == 2 and r["repeats"] == 2 for r in rows)
+    assert all(r["device"] == "cpu" and r["threads"] == torch.get_num_threads() and r["cpu"] for r in rows)
+    assert all(r["score_ips"] > 0 and r["backbone_ips"] > 0 and r["decode_ips"] > 0 for r in rows)
+    assert f"{n} images, {torch.get_num_threads()} threads, cpu" in capsys.readouterr().out
+
+
+def test_a_bundle_carries_the_few_label_thresholds_and_predict_uses_them(trained, synth_root, tmp_path):
+    m = json.loads((trained / "metrics.json").read_text())
+    m["few_label"] = {"k": {"0": {"k": 0, "applicable": True, "threshold": 2.0},
+                            "1": {"k": 1, "applicable": True, "threshold": 1.5},
+                            "5": {"k": 5, "applicable": False, "reason": "too few defects"}}}
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    predict.write_bundle([trained / "model.pt"], tmp_path / "metrics.json", tmp_path / "b.pt",
+                         {"features": [FPARAMS], "top_k": 5})
+    th = predict.load_bundle(tmp_path / "b.pt")["thresholds"]
+    assert th["few_label_1"] == {"threshold": 1.5, "oracle": False, "labels": 1}
+    assert "few_label_0" not in th and "few_label_5" not in th  # k = 0 is val_mean_std; 5 was not applicable
+    df = predict.predict(tmp_path / "b.pt", [str(synth_root / "disc" / "test")], tmp_path / "o",
+                         threshold="few_label_1", device="cpu", heatmaps=False)
+    assert (df.threshold == 1.5).all() and (df.anomalous == (df.score >= 1.5)).all()

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from dfr import studies
 from test_workflow import TINY, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
@@ -82,6 +83,16 @@ def test_study_outputs(study_run):
     assert (base.latent_d == k3.latent_d).all() and (base.fit_s == k3.fit_s).all()
     md = (c / "study.md").read_text()
     assert "fit speed vs base" in md and "| 1.00× | 1.00× |" in md  # the costs relative to the base config
+    # the score speeds: every variant timed in one process on the first category's first test images, the
+    # machine named; the jobs' wall times kept beside them as cost records
+    timing = pd.read_csv(c / "timing.csv")
+    assert sorted(timing.variant) == ["base", "latent_dim-4", "top_k-3"] and set(timing.category) == {"disc"}
+    assert (timing.images == min(16, int(rows.n_score[rows.category == "disc"].iloc[0]))).all()
+    assert (timing.batch == 8).all() and timing.threads.nunique() == 1 and timing.device.eq("cpu").all()
+    summary = studies.summarise(rows, [], "base", studies.timed_speeds(c / "timing.csv"))
+    assert summary.set_index("variant").score_ips.to_dict() == pytest.approx(
+        timing.set_index("variant").score_ips.to_dict())
+    assert "score img/s (timed)" in md and "score img/s (jobs' wall)" in md
     best = json.loads((c / "best.json").read_text())
     for name in ("best", "fast"):  # each with the test-chosen and the nested (label-free) figure
         assert best[name]["variant"] in set(rows.variant) and "optimistic" in best[name]["test_chosen"]["chosen_on"]
@@ -96,7 +107,9 @@ def test_study_outputs(study_run):
 def test_growing_a_grid_plans_only_the_new_variants_jobs(study_run):
     wd = study_run
     assert planned_jobs(snakemake(wd, STUDY, "-n").stdout) == {}
-    per_variant = {"scores": 2, "metrics": 2, "plots": 2, "tables": 1, "study_manifest": 1, "study": 1}
+    # the timing reruns with the manifest: every variant timed again, in one process
+    per_variant = {"scores": 2, "metrics": 2, "plots": 2, "tables": 1, "study_manifest": 1, "study_timing": 1,
+                   "study": 1}
 
     jobs = planned_jobs(snakemake(wd, grow(0, "scoring.top_k", [5, 3, 7]), "-n").stdout)
     assert jobs == per_variant  # a top-k: no training, no maps, no features

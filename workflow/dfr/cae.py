@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backbones, gaussian
+from . import backbones
 from .checkpoint import content_digest, save_sealed
 from .features import FeatureCache
 from .io import FORMATS, DFRError, atomic_path, check_format, provenance, read_json, remake_hint, write_model_info
@@ -189,9 +189,7 @@ def _fits_in_ram(cache: FeatureCache, n: int, limit_bytes: float = 2 * 2**30) ->
 def train(features: str | Path, split_json: str | Path, out_model: str | Path, out_history: str | Path,
           params: dict, pca_json: str | Path | None = None, out_info: str | Path | None = None) -> dict:
     """Train the CAE on the normal training images; keep the last epoch (``checkpoint: last``) or the one
-    with the least validation loss (``best_val``). ``kind: gaussian`` fits the reference model instead."""
-    if params.get("kind") == "gaussian":
-        return gaussian.fit(features, split_json, out_model, out_history, params, out_info)
+    with the least validation loss (``best_val``). (:func:`dfr.heads.fit` fits any head.)"""
     seed = int(params["seed"])
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -321,11 +319,9 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> CAE:
 
 
 def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", source: str | Path = "checkpoint") -> CAE:
-    """The CAE of a checkpoint dict (``model.pt``, or a bundle's ``cae``), in eval mode; or the Gaussian
-    reference model when the checkpoint is one."""
+    """The CAE of a checkpoint dict (``model.pt``, or a bundle member's ``model``), in eval mode (:func:`dfr.heads.load`
+    reads any head's)."""
     try:
-        if ckpt.get("kind") == "gaussian":
-            return gaussian.from_checkpoint(ckpt).to(device)
         model = CAE(ckpt["in_channels"], ckpt["latent_dim"], batchnorm=ckpt.get("batchnorm", True),
                     normalize=ckpt["normalize"], **spatial_params(ckpt))
         model.load_state_dict(ckpt["state_dict"])

@@ -40,3 +40,28 @@ def save_sealed(obj: dict, path: str | Path) -> None:
 def content_digest(obj: dict) -> str:
     """The hex sha256 of a checkpoint dict's contents (its own ``sha256`` entry left out)."""
     return _digest(obj, hashlib.sha256()).hexdigest()
+
+
+def write_fitted(model: torch.nn.Module, kind: str, params: dict, out_model: str | Path, out_history: str | Path,
+                 out_info: str | Path | None, *, in_channels: int, grid: list[int], seconds: float, losses: dict,
+                 parameters: int, history: list[dict] | None = None) -> None:
+    """The files of a head other than the CAE: its sealed checkpoint (kind, state, f(x)'s channels and grid,
+    format, provenance), its history (one row per epoch; without one, a single row for a fit in one pass, with
+    the losses it reports, NaN where none) and its sidecar (model.json). The last epoch is the one kept."""
+    import numpy as np
+    import pandas as pd
+
+    from .io import FORMATS, atomic_path, check_space, provenance, write_model_info
+
+    state = model.state_dict()
+    ckpt = {"kind": kind, "state_dict": state, "in_channels": in_channels, "grid": list(grid), "latent_dim": 0,
+            "format": FORMATS["model"], **provenance(params)}
+    check_space(out_model, sum(t.numel() * t.element_size() for t in state.values()))
+    with atomic_path(out_model, suffix=".pt") as tmp:
+        save_sealed(ckpt, tmp)
+    history = pd.DataFrame(history or [{"epoch": 1, "train_loss": losses.get("train", np.nan),
+                                        "val_loss": losses.get("val", np.nan), "seconds": seconds, "best": True}])
+    with atomic_path(out_history, suffix=".csv") as tmp:
+        history.to_csv(tmp, index=False)
+    write_model_info(out_info, out_model, kind=kind, latent_dim=0, epochs_run=len(history),
+                     epoch_saved=int(history.epoch.iloc[-1]), parameters=parameters)

@@ -122,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("bundle", help="bundle.pt of a category")
     s.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--threshold", default="val_mean_std", choices=["val_mean_std", "val_percentile", "f1_optimal"],
-                   help="image threshold (default: mean + alpha*std of held-out normals; f1_optimal is an oracle)")
+    s.add_argument("--threshold", default="val_mean_std",
+                   help="the bundle's image threshold: val_mean_std (default: mean + alpha*std of held-out normals), "
+                        "val_percentile, f1_optimal (an oracle: chosen on the test labels), or few_label_K (set with "
+                        "K labelled defective images, thresholds.few_labels)")
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--workers", type=int, default=0, help="decoding worker processes")
@@ -153,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--md", required=True)
     s.add_argument("--best", required=True)
     s.add_argument("--plots", required=True, help="folder for the figures")
+    s.add_argument("--timing", default=None, help="the study's timing (dfr timing --manifest): its speeds")
+
+    s = sub.add_parser("timing", help="warm, in-process speeds (images/s) of a study's variants or of bundles, "
+                                      "on the same images (see dfr.timing)")
+    s.add_argument("--manifest", default=None, help="a study's manifest: time each variant (the study_timing rule)")
+    s.add_argument("--params", type=_params, default={"images": 16, "batch": 8, "repeats": 3})
+    s.add_argument("--bundle", nargs="+", default=[], help="bundle.pt files to time, on --images")
+    s.add_argument("--images", nargs="+", default=[], help="image files, folders or globs (with --bundle)")
+    s.add_argument("--device", default=None, help="auto, cpu or cuda (default: the run's, else auto)")
+    s.add_argument("--out", required=True, help="timing.csv (with --manifest) or a JSON file (with --bundle)")
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -244,9 +256,9 @@ def _run(a: argparse.Namespace) -> int:
 
         pca.run(a.features, a.split_json, a.out, a.params)
     elif a.stage == "train":
-        from . import cae
+        from . import heads
 
-        cae.train(a.features, a.split_json, a.model, a.history, {"device": rt.get("device", "auto"),
+        heads.fit(a.features, a.split_json, a.model, a.history, {"device": rt.get("device", "auto"),
                                                             "in_memory": rt.get("train_in_memory", "auto"), **a.params},
                   pca_json=a.pca, out_info=a.info)
     elif a.stage == "maps":
@@ -303,7 +315,23 @@ def _run(a: argparse.Namespace) -> int:
         if not isinstance(manifest, dict) or not isinstance(manifest.get("variants"), list):
             raise DFRError(f"{a.manifest}: not a study manifest (an object with a 'variants' list); "
                            "the study_manifest rule writes it")
-        studies.compare(manifest, a.csv, a.md, a.best, a.plots)
+        studies.compare(manifest, a.csv, a.md, a.best, a.plots, timing_csv=a.timing)
+    elif a.stage == "timing":
+        from . import timing
+
+        device = a.device or rt.get("device", "auto")
+        if a.manifest:
+            from .io import read_json
+
+            timing.study(read_json(a.manifest), a.out, a.params, device, rt.get("weights_files"))
+        elif a.bundle and a.images:
+            rows = timing.bundles(a.bundle, a.images, a.out, a.params["batch"], a.params["repeats"], device)
+            for r in rows:
+                print(f"{r['variant']}: {r['score_ips']:.2f} images/s scored, backbones alone "
+                      f"{r['backbone_ips']:.2f}, decoding {r['decode_ips']:.2f} ({r['images']} images, "
+                      f"{r['threads']} threads, {r['device']})")
+        else:
+            raise DFRError("dfr timing takes --manifest, or --bundle with --images")
     return 0
 
 

@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from .features import FeatureCache
-from .checkpoint import save_sealed
-from .io import FORMATS, DFRError, atomic_path, check_space, provenance, read_json, write_model_info
+from .checkpoint import write_fitted
+from .io import DFRError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +82,11 @@ def fit(features: str | Path, split_json: str | Path, out_model: str | Path, out
                     d2 = [model.anomaly_map(torch.from_numpy(cache.read(p[i:i + 16]))).pow(2)
                           for i in range(0, len(p), 16)]
                 losses[name] = float(torch.cat(d2).mean())
-    ckpt = {"kind": Gaussian.kind, "state_dict": model.state_dict(), "in_channels": c, "grid": [h, w],
-            "latent_dim": 0, "format": FORMATS["model"], **provenance(params)}
-    check_space(out_model, sum(t.numel() * t.element_size() for t in model.state_dict().values()))
-    with atomic_path(out_model, suffix=".pt") as tmp:
-        save_sealed(ckpt, tmp)
     seconds = time.perf_counter() - t0
-    # one "epoch": the mean squared Mahalanobis distance of training and validation locations
-    history = pd.DataFrame([{"epoch": 1, "train_loss": losses.get("train", np.nan),
-                             "val_loss": losses.get("val", np.nan), "seconds": seconds, "best": True}])
-    with atomic_path(out_history, suffix=".csv") as tmp:
-        history.to_csv(tmp, index=False)
-    write_model_info(out_info, out_model, kind=Gaussian.kind, latent_dim=0, epochs_run=1, epoch_saved=1,
-               parameters=int(model.mean.numel() + model.precision.numel()))  # no trained weights: what it stores
+    # one "epoch": the mean squared Mahalanobis distance of training and validation locations; parameters: what
+    # it stores (no trained weights)
+    write_fitted(model, Gaussian.kind, params, out_model, out_history, out_info, in_channels=c, grid=[h, w],
+                 seconds=seconds, losses=losses, parameters=int(model.mean.numel() + model.precision.numel()))
     log.info("Gaussian per location: %d locations x %d of %d channels, %d training images, %.1f s",
              h * w, want, c, n, seconds)
     return {"channels": want, "seconds": seconds, **losses}

@@ -31,8 +31,9 @@ from .io import DFRError
 PACKAGE_DIR = Path(__file__).resolve().parent
 # stage -> the module whose CODE_VERSIONS holds its version
 CODE_OWNERS = {"synthetic": "synthetic", "index": "data", "split": "data", "features": "features", "pca": "pca",
-               "cae": "cae", "gaussian": "gaussian", "maps": "scoring", "ensemble": "ensemble", "scores": "scoring",
-               "metrics": "metrics", "plots": "plots", "tables": "tables", "bundle": "predict"}
+               "cae": "cae", "gaussian": "gaussian", "memory_bank": "memory_bank", "flow": "flow",
+               "maps": "scoring", "ensemble": "ensemble", "scores": "scoring", "metrics": "metrics",
+               "plots": "plots", "tables": "tables", "bundle": "predict", "timing": "timing"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -216,11 +217,11 @@ def pca_key(cfg: dict, n_fit: int | None = None) -> str:
 
 
 def model_params(cfg: dict) -> dict:
-    """The model's params: the CAE's, or (``model: gaussian``) the per-location Gaussian reference's."""
-    if cfg["model"] == "gaussian":
-        g = cfg["gaussian"]
-        return {"kind": "gaussian", "channels": g["channels"], "shrinkage": g["shrinkage"], "seed": cfg["seed"],
-                "code": code_version("gaussian")}
+    """The model's params: the CAE's, or another head's (``model: gaussian``, ``memory_bank``): its kind, its
+    section of the config (named as it), the seed and its code version."""
+    if cfg["model"] != "cae":
+        kind = cfg["model"]
+        return {"kind": kind, **cfg[kind], "seed": cfg["seed"], "code": code_version(kind)}
     c = cfg["cae"]
     out = {"latent_dim": c["latent_dim"], "normalize": c["normalize"], "batchnorm": c["batchnorm"],
            "epochs": c["epochs"], "batch_size": c["batch_size"], "lr": c["lr"],
@@ -239,6 +240,10 @@ def model_key(cfg: dict, n_fit: int | None = None) -> str:
                 "pca": pca_key(cfg, n_fit) if uses_pca(cfg) else None}
     if c.get("kind") == "gaussian":
         return f"gauss-c{c['channels'] or 'all'}-{digest({**upstream, **c})}"
+    if c.get("kind") == "memory_bank":
+        return f"mb{c['coreset']:g}-{digest({**upstream, **c})}"
+    if c.get("kind") == "flow":
+        return f"flow-b{c['blocks']}-e{c['epochs']}-{digest({**upstream, **c})}"
     return f"d{c['latent_dim']}-e{c['epochs']}-{digest({**upstream, **c})}"
 
 
@@ -295,13 +300,24 @@ def validation_choices(cfg: dict, members: list[dict]) -> list[str]:
 def metrics_params(cfg: dict, dataset: str, members: list[dict]) -> dict:
     t, m = cfg["thresholds"], cfg["metrics"]
     eval_size = cfg["datasets"][dataset].get("eval_size") or m["eval_size"]
-    return {"alpha": t["alpha"], "percentile": t["percentile"], "pixel_fpr": t["pixel_fpr"],
+    few = {"few_labels": list(t["few_labels"]), "few_label_draws": t["few_label_draws"], "seed": cfg["seed"]} \
+        if t["few_labels"] else {}
+    return {"alpha": t["alpha"], "percentile": t["percentile"], "pixel_fpr": t["pixel_fpr"], **few,
             "eval_size": eval_size, "pixel": m["pixel"], "pro_fpr_limit": m["pro_fpr_limit"],
             "val_selected": validation_choices(cfg, members), **border_params(cfg), "code": code_version("metrics")}
 
 
 def plots_params(cfg: dict) -> dict:
     return {"n_examples": 3, **border_params(cfg), "code": code_version("plots")}
+
+
+# How a study's speeds are timed (dfr.timing): the first test images of each dataset's first category, in batches
+# of the same size for every variant, the best of the passes after a warm-up batch.
+TIMING = {"images": 16, "batch": 8, "repeats": 3}
+
+
+def timing_params() -> dict:
+    return {**TIMING, "code": code_version("timing")}
 
 
 def bundle_params(cfg: dict, members: list[dict]) -> dict:

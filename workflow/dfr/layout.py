@@ -74,7 +74,7 @@ COMPARISON = "comparison"  # a study's own folder beside its variants
 def comparison_paths(results: str, study: str) -> dict[str, str]:
     c = f"{results.rstrip('/')}/{study}/{COMPARISON}"
     return {"csv": f"{c}/study.csv", "md": f"{c}/study.md", "best": f"{c}/best.json", "plots": f"{c}/plots",
-            "manifest": f"{c}/manifest.json"}
+            "manifest": f"{c}/manifest.json", "timing": f"{c}/timing.csv"}
 
 
 def reference(cfg: dict, dataset: str) -> str | None:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # The code version of the metrics and thresholds: dfr.keys reads it (without importing
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
-CODE_VERSIONS = {"metrics": 1}
+CODE_VERSIONS = {"metrics": 2}
 
 
 def confusion_at(labels: np.ndarray, scores: np.ndarray, t: float) -> dict:
@@ -79,6 +79,55 @@ def validation_thresholds(val_scores: np.ndarray, alpha: float, percentile: floa
         raise DFRError("no validation scores: set data.val_fraction > 0 to hold out normal images")
     return {"val_mean_std": float(v.mean() + alpha * v.std()),
             "val_percentile": float(np.percentile(v, percentile))}
+
+
+def labelled_cut(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold that a few labelled images set: the F1-optimal cut among them (:func:`f1_optimal_threshold`),
+    placed midway between the score it is at and the next lower one, so that it does not sit on a labelled
+    defect's own score."""
+    t = f1_optimal_threshold(labels, scores)
+    below = np.asarray(scores, dtype=np.float64)
+    below = below[below < t]
+    return float((t + below.max()) / 2) if below.size else t
+
+
+FEW_LABEL_RATES = ("precision", "recall", "f1", "specificity", "balanced_accuracy", "error_pct")
+
+
+def few_label_thresholds(labels: np.ndarray, scores: np.ndarray, val_scores: np.ndarray, ks: list[int],
+                         draws: int, seed: int, alpha: float) -> dict:
+    """§8.4 few-label calibration of the image threshold, for each k in ``ks``.
+
+    k = 0 is the label-free μ + ασ of the held-out normals. For k > 0, ``draws`` seeded draws of k defective test
+    images each: the threshold is the cut among the held-out normals and those k (:func:`labelled_cut`), and its
+    precision, recall and F1 are computed on the test images *less those k* (they are labelled, so no longer
+    test images). Reported: the mean and spread over the draws, and the first draw's threshold (what a bundle
+    carries). A k larger than the test set's defective images is marked not applicable."""
+    y, s = np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)
+    val = np.asarray(val_scores, dtype=np.float64)
+    defects = np.nonzero(y == 1)[0]
+    out = {}
+    for k in ks:
+        if k == 0:
+            per = [confusion_at(y, s, float(val.mean() + alpha * val.std()))]
+        elif k > len(defects):
+            out[str(k)] = {"k": k, "applicable": False,
+                           "reason": f"the test set holds {len(defects)} defective images, fewer than k"}
+            continue
+        else:
+            rng = np.random.default_rng([seed, k])
+            per = []
+            for _ in range(draws):
+                pick = rng.choice(defects, size=k, replace=False)
+                t = labelled_cut(np.r_[np.zeros(len(val), int), np.ones(k, int)], np.r_[val, s[pick]])
+                keep = np.ones(len(y), bool)
+                keep[pick] = False
+                per.append(confusion_at(y[keep], s[keep], t))
+        out[str(k)] = {"k": k, "applicable": True, "draws": len(per), "threshold": per[0]["threshold"],
+                       **{r: float(np.mean([p[r] for p in per])) for r in FEW_LABEL_RATES},
+                       "f1_std": float(np.std([p["f1"] for p in per])),
+                       "n_evaluated": len(y) - k}
+    return out
 
 
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -330,6 +379,14 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
             warnings.append("the validation images also chose " + "; ".join(chosen)
                             + ", so the validation thresholds are optimistic")
     result["thresholds"] = thr
+    ks = params.get("few_labels") or []
+    if ks and len(val):
+        result["few_label"] = {
+            "labels_from": "defective test images drawn at random (seeded); each row is computed on the test set "
+                           "less its k labelled images; k = 0 is the label-free mean + alpha*std",
+            "draws": int(params["few_label_draws"]),
+            "k": few_label_thresholds(y, s, val.score.to_numpy(), ks, int(params["few_label_draws"]),
+                                      int(params["seed"]), params["alpha"])}
     curves: dict = {}
     if len(np.unique(y)) == 2:
         fpr, tpr, _ = roc_curve(y, s)

@@ -19,7 +19,7 @@ RUNTIME_ONLY = frozenset({"features.batch_size", "features.num_workers", "featur
                           "cae.in_memory"})
 # What an ensemble member may change: the model and what it is fed. Not the split (seed, data.val_fraction):
 # the members' validation maps must be of the same images. A trailing dot names a whole section.
-MEMBER_KEYS = ("data.image_size", "data.normalize", "features.", "pca.", "cae.", "model", "gaussian.")
+MEMBER_KEYS = ("data.image_size", "data.normalize", "features.", "pca.", "cae.", "model", "gaussian.", "memory_bank.", "flow.")
 
 
 def get(cfg: dict, key: str) -> Any:

@@ -230,6 +230,16 @@ def model_jobs(cfg: dict, dataset: str, category: str) -> list[dict]:
     return out
 
 
+def timing_entry(cfg: dict, dataset: str, category: str) -> dict:
+    """What the study's timing runs of a config on a category: its members' models (or its model), an
+    ensemble's fused maps (their statistics and grid), how f(x) is made for each, top-k, border, the index."""
+    p, ms = paths(cfg, dataset, category), members(cfg) or [cfg]
+    return {"dataset": dataset, "category": category, "index": p["index"],
+            "models": [paths(m, dataset, category)["model"] for m in ms],
+            "maps": p["maps"] if members(cfg) else None, "features": [keys.feature_params(m) for m in ms],
+            "top_k": cfg["scoring"]["top_k"], "border": cfg["scoring"]["border"]}
+
+
 def cost_records(cfg: dict, dataset: str, category: str) -> dict[str, list[str]]:
     """The benchmark records that a config's fit and scoring cost are read from: ``fit`` (features of the
     training images, PCA, training) and ``score`` (features of the test images, maps, the ensemble's fusion);
@@ -326,6 +336,22 @@ class Plan:
             out += list(self.comparison_paths().values())
         return out
 
+    def timed_categories(self) -> list[tuple[str, str]]:
+        """Where a study's speeds are timed: each dataset's first category (a variant's cost per image depends
+        on its settings, not on the category; decoding, timed apart, on the images' size)."""
+        return [(d, ds["categories"][0]) for d, ds in self.config["datasets"].items() if ds["categories"]]
+
+    def timing_inputs(self) -> dict[str, list[str]]:
+        """What the study's timing reads: every variant's models and fused maps, the timed categories' indexes."""
+        out: dict[str, dict] = {"models": {}, "maps": {}, "index": {}}
+        for v in self.manifest()["variants"]:
+            for t in v["timing"]:
+                out["models"] |= dict.fromkeys(t["models"])
+                out["index"][t["index"]] = None
+                if t["maps"]:
+                    out["maps"][t["maps"]] = None
+        return {k: list(v) for k, v in out.items()}
+
     def comparison_paths(self) -> dict[str, str]:
         return layout.comparison_paths(self.config["results"], self.config["experiment"])
 
@@ -354,7 +380,8 @@ class Plan:
                              "model_info": [paths(m, d, cat)["model_info"] for m in members(v) or [v]],
                              **cost_records(v, d, cat)})
             rows.append({"name": v["study_variant"]["name"], "experiment": e,
-                         "settings": v["study_variant"]["settings"], "categories": cats})
+                         "settings": v["study_variant"]["settings"], "categories": cats,
+                         "timing": [timing_entry(v, d, cat) for d, cat in self.timed_categories()]})
         # a list: the variants' order in the study (a JSON object's keys would be sorted by the rule's params)
         return {"study": cfg["experiment"], "base": {k: show(overrides.get_or_none(cfg, k)) for k in swept},
                 "variants": rows}

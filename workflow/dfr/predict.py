@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import backbones, cae
+from . import backbones, cae, heads
 from .data import IMAGE_EXTENSIONS, Preprocess, load_image
 from .features import FeatureExtractor
 from .checkpoint import save_sealed
@@ -55,13 +55,35 @@ log = logging.getLogger(__name__)
 
 # The code version of what a bundle holds: dfr.keys reads it (without importing
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
-CODE_VERSIONS = {"bundle": 2}
+CODE_VERSIONS = {"bundle": 3}
 
 
 def write_bundle(model_pts: list[str | Path], metrics_json: str | Path, out: str | Path, params: dict,
                  maps: str | Path | None = None) -> dict:
     """The bundle of one category: its model (or an ensemble's members, with their z-score statistics from the
     fused ``maps``), its thresholds, and how f(x) is made (``params["features"]``, one per member)."""
+    bundle = assemble(model_pts, params, maps, out)
+    m = read_json(metrics_json)
+    thresholds = {k: {"threshold": v["threshold"], "oracle": bool(v.get("oracle"))} for k, v in m["thresholds"].items()}
+    for k, v in ((m.get("few_label") or {}).get("k") or {}).items():  # set with k labelled defective images
+        if int(k) > 0 and v.get("applicable"):
+            thresholds[f"few_label_{k}"] = {"threshold": v["threshold"], "oracle": False, "labels": int(k)}
+    bundle.update(
+        thresholds=thresholds,
+        t_pixel=(m.get("pixel") or {}).get("t_pixel"),
+        provenance={"dataset": m.get("dataset"), "category": m.get("category"),
+                    "experiment": params.get("experiment"), "params": params, "versions": versions()})
+    with atomic_path(out, suffix=".pt") as tmp:
+        save_sealed(bundle, tmp)
+    log.info("wrote %s: %d member(s) on %d feature setting(s)", out, len(bundle["members"]),
+             len(bundle["feature_sets"]))
+    return bundle
+
+
+def assemble(model_pts: list[str | Path], params: dict, maps: str | Path | None = None,
+             out: str | Path = "bundle") -> dict:
+    """What a bundle holds to run (no thresholds): its feature settings, its members' models (an ensemble's with
+    their z-score statistics from its fused ``maps``), the fusion and the scoring. :class:`Predictor` runs it."""
     fps, wfs = params["features"], params.get("weights_files") or [None] * len(params["features"])
     if len(fps) != len(model_pts):
         raise DFRError(f"{out}: {len(model_pts)} model files for {len(fps)} members' feature settings")
@@ -84,23 +106,8 @@ def write_bundle(model_pts: list[str | Path], metrics_json: str | Path, out: str
         for m, st in zip(members, stats):
             m.update(calib_mean=float(st["calib_mean"]), calib_std=float(st["calib_std"]))
         fusion = {"grid": [int(v) for v in fp["grid"]]}
-    m = read_json(metrics_json)
-    thr = {k: {"threshold": v["threshold"], "oracle": bool(v.get("oracle"))} for k, v in m["thresholds"].items()}
-    bundle = {
-        "format": FORMATS["bundle"],
-        "feature_sets": sets,
-        "members": members,
-        "fusion": fusion,
-        "scoring": {"top_k": int(params["top_k"]), "border": int(params.get("border", 0))},
-        "thresholds": thr,
-        "t_pixel": (m.get("pixel") or {}).get("t_pixel"),
-        "provenance": {"dataset": m.get("dataset"), "category": m.get("category"),
-                       "experiment": params.get("experiment"), "params": params, "versions": versions()},
-    }
-    with atomic_path(out, suffix=".pt") as tmp:
-        save_sealed(bundle, tmp)
-    log.info("wrote %s: %d member(s) on %d feature setting(s)", out, len(members), len(sets))
-    return bundle
+    return {"format": FORMATS["bundle"], "feature_sets": sets, "members": members, "fusion": fusion,
+            "scoring": {"top_k": int(params["top_k"]), "border": int(params.get("border", 0))}}
 
 
 def load_bundle(path: str | Path) -> dict:
@@ -135,7 +142,7 @@ class Predictor:
             # the cache's autocast and dtype: the deployed f(x) is the evaluated one
             amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(f.get("amp", "none"))
             self.sets.append((keys.index(pre), extractor, amp, np.dtype(f.get("dtype", "float32"))))
-        self.members = [(m["feature_set"], cae.from_checkpoint(m["model"], self.device, "bundle"),
+        self.members = [(m["feature_set"], heads.from_checkpoint(m["model"], self.device, "bundle"),
                          (m.get("calib_mean"), m.get("calib_std"))) for m in bundle["members"]]
         self.fusion = bundle.get("fusion")
         self.top_k = bundle["scoring"]["top_k"]

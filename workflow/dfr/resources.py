@@ -36,6 +36,7 @@ BACKBONE_MB = {"resnet18": 60, "resnet34": 100, "resnet50": 120, "wide_resnet50_
 BACKBONE_GFLOP = {"resnet18": 2.4, "resnet34": 4.9, "resnet50": 6.6, "wide_resnet50_2": 17.5,
                   "tf_efficientnet_lite0": 0.55, "tf_efficientnet_lite1": 0.8, "tf_efficientnet_lite2": 1.1}
 CPU_GFLOPS = 40.0  # a conservative sustained rate for the runtime limits (measured: 150-230 on 2 cores)
+MEM_GBPS = 2.5  # a conservative streaming rate through RAM (the coreset's greedy loop measured 7.5 GB/s on 2 cores)
 DECODE_S_PER_MPIXEL = 0.06  # PNG/JPEG decode + resize, one core, with headroom (measured ~0.035)
 
 
@@ -65,9 +66,33 @@ def _cae_gflop(cfg: dict, c: int, hw: int) -> float:
     return cae_gflop(c, _latent(cfg, c), hw, cfg["cae"]["kernel"], cfg["cae"]["depthwise"])
 
 
-def model_file_mb(cfg: dict) -> float:
-    """The size of a model file in MB: a Gaussian's float32 precisions and means, or a CAE's weights."""
+def bank_size(cfg: dict, n_train: int) -> tuple[int, int]:
+    """A memory bank's (training patches, patches kept) for ``n_train`` training images (before the split)."""
+    import math
+
+    _, hw = _grid(cfg)
+    patches = max(1, round(n_train * (1 - cfg["data"]["val_fraction"]))) * hw
+    f = cfg["memory_bank"]["coreset"]
+    return patches, patches if f >= 1 else max(1, math.ceil(f * patches))
+
+
+def flow_size(cfg: dict) -> tuple[int, float]:
+    """A flow's (weights, forward GFLOP per location): each block's two convolutions (dfr.flow.Coupling)."""
+    c, _ = _grid(cfg)
+    fl = cfg["flow"]
+    k, h, ks = fl["channels"] or c, fl["hidden"], fl["kernel"] ** 2
+    weights = fl["blocks"] * ((k // 2) * h * ks + h * 2 * (k - k // 2) * ks)
+    return weights, 2 * weights / 1e9
+
+
+def model_file_mb(cfg: dict, n_train: int = 0) -> float:
+    """The size of a model file in MB: a Gaussian's float32 precisions and means, a memory bank's patches (of
+    ``n_train`` training images), or a CAE's weights."""
     c, hw = _grid(cfg)
+    if cfg.get("model") == "memory_bank":
+        return bank_size(cfg, n_train)[1] * (c + 1) * 4 / MB + 1
+    if cfg.get("model") == "flow":
+        return flow_size(cfg)[0] * 4 / MB + 1
     if cfg.get("model") == "gaussian":
         k = cfg["gaussian"]["channels"] or c
         return hw * k * (k + 1) * 4 / MB
@@ -120,6 +145,32 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         minutes = 2 + n * hw * k * k * 4 / (CPU_GFLOPS * 1e9) / 60 * 2
         if rule == "train":  # the float64 inverses: LAPACK one matrix at a time, ~a quarter of the GEMM rate
             minutes += hw * 2 * k ** 3 / (CPU_GFLOPS / 4 * 1e9) / 60 * 2  # (measured 95 s for 3136 x 550²)
+    elif rule in ("train", "maps") and cfg.get("model") == "memory_bank":
+        patches, kept = bank_size(cfg, wl.n_train)
+        dim, bank_mb = min(cfg["memory_bank"]["projection"], c), model_file_mb(cfg, wl.n_train)
+        batch_mb = 16 * c * hw * 4 / MB  # a batch of images read from the cache (dfr.memory_bank.BATCH)
+        if rule == "train":  # the projected patches, their norms and distances; the bank, and a copy to save
+            mem = BASE_MB["torch"] + patches * (dim + 2) * 4 / MB + 3 * batch_mb + 2 * bank_mb
+            seconds = (2 * patches * c * dim / (CPU_GFLOPS * 1e9)  # the projection
+                       + kept * patches * dim * 4 / (MEM_GBPS * 1e9))  # the greedy loop reads them once a step
+        else:  # the bank, a 4096 x kept distance matrix, a batch, and every map
+            mem = (BASE_MB["torch"] + 2 * bank_mb + 2 * 4096 * kept * 4 / MB + 4 * batch_mb
+                   + (wl.n_train + wl.n_test) * hw * 4 / MB)
+            seconds = (wl.n_train + wl.n_test) * hw * kept * c * 2 / (CPU_GFLOPS * 1e9)
+        minutes = 2 + seconds / 60 * 2
+    elif rule in ("train", "maps") and cfg.get("model") == "flow":
+        fl = cfg["flow"]
+        k, gflop = fl["channels"] or c, flow_size(cfg)[1] * hw  # per image, forward
+        # every block's input, hidden and output activations (kept for the backward pass when training)
+        act_mb = fl["blocks"] * (3 * k + fl["hidden"]) * hw * 4 / MB
+        if rule == "train":
+            cache = min(2 * 2**30, wl.n_train * c * hw * 4) / MB  # in RAM when it fits in 2 GiB, as the CAE's
+            mem = BASE_MB["torch"] + 2 * cache + fl["batch_size"] * 3 * act_mb + 4 * model_file_mb(cfg)
+            minutes = 2 + fl["epochs"] * wl.n_train * 3 * gflop / CPU_GFLOPS / 60 * 2
+        else:
+            mem = (BASE_MB["torch"] + cfg["features"]["batch_size"] * (c * hw * 4 * 2 / MB + act_mb)
+                   + (wl.n_train + wl.n_test) * hw * 4 / MB)
+            minutes = 2 + (wl.n_train + wl.n_test) * gflop / CPU_GFLOPS / 60 * 2
     elif rule == "train":
         cache = min(2 * 2**30, wl.n_train * c * hw * 4) / MB  # in RAM when it fits in 2 GiB (cae.in_memory)
         mem = BASE_MB["torch"] + 400 + 2 * cache + cfg["cae"]["batch_size"] * c * hw * 4 * 8 / MB  # + autograd, Adam
@@ -146,7 +197,7 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         mem = BASE_MB["torch"] + 150 + 6 * 150 * mp  # matplotlib, and six example rows at full size
         minutes = 2 + 6 * 2 * max(mp, 0.1) / 60 * 2
     elif rule == "bundle":  # every member's model as loaded, and the bundle of them all being written
-        mem += 2.5 * sum(model_file_mb(m) for m in plan.members(cfg) or [cfg])
+        mem += 2.5 * sum(model_file_mb(m, wl.n_train) for m in plan.members(cfg) or [cfg])
     elif rule == "study":  # every variant's metrics.json and model.json (KB each), and matplotlib
         mem, minutes = BASE_MB["torch"] + 300, 10
     elif rule in ("split", "tables", "study_manifest"):
@@ -158,3 +209,29 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
 
 def _eval_size(cfg: dict, dataset: str) -> int | None:
     return cfg["datasets"][dataset].get("eval_size") or cfg["metrics"]["eval_size"]
+
+
+def timing_estimate(cfgs: list[dict], timed: list[tuple[str, str]], timing: dict) -> dict[str, int]:
+    """The study's timing job (dfr.timing): every variant in turn, one at a time, on ``timing["images"]`` test
+    images of each timed category: the backbones and heads (each pass twice: whole, backbones alone; repeats and
+    a warm-up), the decoding; memory for one variant's models, backbones, decoded images and a batch."""
+    n, passes = timing["images"], 2 * timing["repeats"] + 1
+    seconds, mem = 0.0, 0.0
+    for cfg in cfgs:
+        ms = plan.members(cfg) or [cfg]
+        for dataset, category in timed:
+            wl = workload.workload(cfg, dataset, category)
+            per_image = DECODE_S_PER_MPIXEL * max(wl.max_image_pixels / 1e6, 0.05)
+            sets = {(m["features"]["backbone"], m["data"]["image_size"]) for m in ms}
+            per_image += passes * sum(BACKBONE_GFLOP.get(b, 20) * (s / 224) ** 2 for b, s in sets) / CPU_GFLOPS
+            for m in ms:
+                minutes = estimate(m, "maps", dataset, category)["runtime"] - 2  # its per-image part
+                per_image += passes * max(minutes, 0) * 60 / 2 / max(1, wl.n_train + wl.n_test)
+            seconds += n * per_image
+            c, hw = _grid(cfg)
+            models = sum(model_file_mb(m, wl.n_train) for m in ms)
+            backbones = sum(BACKBONE_MB.get(b, 300) for b, _ in sets)
+            batch = timing["batch"] * sum(25 * (s / 224) ** 2 for _, s in sets) + n * 3 * 4 * max(
+                m["data"]["image_size"] for m in ms) ** 2 / MB
+            mem = max(mem, BASE_MB["torch"] + 2.5 * models + backbones + batch + 16 * wl.max_image_pixels / MB)
+    return {"mem_mb": int(mem * 1.25 + 0.5), "runtime": int(2 + seconds / 60 * 2 + 0.999)}

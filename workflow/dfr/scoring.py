@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import backbones, cae
+from . import backbones, heads
 from .features import FeatureCache
 from .io import FORMATS, DFRError, atomic_path, check_format, check_space, read_json, remake_hint, versions
 
@@ -94,7 +94,7 @@ def anomaly_maps(model_path: str | Path, train_features: str | Path, test_featur
                  split_json: str | Path, out: str | Path, params: dict) -> None:
     """A(x) at the feature grid for every validation (held-out normal) and test image, into one HDF5."""
     device = backbones.resolve_device(params.get("device", "auto"))
-    model = cae.load(model_path, device)
+    model = heads.load(model_path, device)
     split = read_json(split_json)
     parts = []
     with FeatureCache(train_features) as tr:

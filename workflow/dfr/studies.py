@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots, selection
-from .io import atomic_path, read_json, write_json, write_text
+from .io import DFRError, atomic_path, read_json, remake_hint, write_json, write_text
 from .plan import show
 
 # The comparison's metrics: column -> (label, how to read it from metrics.json)
@@ -26,7 +26,14 @@ METRICS = {
     "f1_mean_std": ("F1 at μ+ασ (val)", lambda m: m["thresholds"].get("val_mean_std", {}).get("f1", np.nan)),
     "f1_percentile": ("F1 at percentile (val)",
                       lambda m: m["thresholds"].get("val_percentile", {}).get("f1", np.nan)),
+    # §8.4: the image threshold set with k labelled defective test images, F1 on the rest (thresholds.few_labels)
+    **{f"f1_few_{k}": (f"F1 with {k} labelled", lambda m, k=k: _few_f1(m, k)) for k in (1, 3, 5)},
 }
+
+
+def _few_f1(m: dict, k: int) -> float:
+    v = ((m.get("few_label") or {}).get("k") or {}).get(str(k)) or {}
+    return v.get("f1", np.nan) if v.get("applicable") else np.nan
 
 
 # ---- the comparison: a table of every variant x category, plots against each setting, the cost ----
@@ -75,16 +82,32 @@ def _images(index_csv: Path) -> tuple[float, float]:
     return float((split == "train").sum()), float((split == "test").sum())
 
 
-COST = {"fit_ips": "fit img/s", "score_ips": "score img/s", "fit_rel": "fit speed", "score_rel": "score speed"}
+COST = {"fit_ips": "fit img/s (jobs' wall)", "score_ips": "score img/s (timed)", "fit_rel": "fit speed",
+        "score_rel": "score speed", "score_job_ips": "score img/s (jobs' wall)"}
+
+
+def timed_speeds(timing_csv: str | Path) -> pd.DataFrame:
+    """Per variant, from the study's timing (dfr.timing): images/s scored and of the backbones alone, over all
+    its timed datasets (total images over total seconds)."""
+    df = pd.read_csv(timing_csv)
+    missing = {"variant", "images", "score_ips", "backbone_ips"} - set(df.columns)
+    if missing:
+        raise DFRError(f"{timing_csv}: not a study's timing (no column {', '.join(sorted(missing))}); "
+                       + remake_hint(timing_csv))
+    g = df.assign(score_s=df.images / df.score_ips, backbone_s=df.images / df.backbone_ips).groupby(
+        "variant", sort=False)[["images", "score_s", "backbone_s"]].sum()
+    return pd.DataFrame({"score_ips": g.images / g.score_s, "backbone_ips": g.images / g.backbone_s})
 
 
 def _strict_sum(x: pd.Series) -> float:
     return float(x.sum()) if x.notna().all() else np.nan  # a missing record makes the total unknown
 
 
-def summarise(rows: pd.DataFrame, settings: list[str], reference: str | None = None) -> pd.DataFrame:
+def summarise(rows: pd.DataFrame, settings: list[str], reference: str | None = None,
+              timed: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per variant: the means over every category (all datasets) of each metric, and the cost as
-    images per second (fit: training images; score: test images) and relative to ``reference``'s speed."""
+    images per second (fit: training images; score: test images) and relative to ``reference``'s speed. With
+    ``timed`` (:func:`timed_speeds`), the score speed is the timed one; the jobs' is kept as ``score_job_ips``."""
     agg = {col: "mean" for col in METRICS} | {"latent_d": "mean", "cae_params": "mean"}
     agg |= {k: _strict_sum for k in ("fit_s", "score_s", "n_fit", "n_score")}
     out = rows.groupby("variant", sort=False).agg(agg).reset_index()
@@ -94,6 +117,9 @@ def summarise(rows: pd.DataFrame, settings: list[str], reference: str | None = N
     with np.errstate(divide="ignore", invalid="ignore"):
         out["fit_ips"] = out.n_fit / out.fit_s.where(out.fit_s > 0)
         out["score_ips"] = out.n_score / out.score_s.where(out.score_s > 0)
+    if timed is not None:
+        out["score_job_ips"] = out.score_ips
+        out["score_ips"] = out.variant.map(timed.score_ips)
     ref = out[out.variant == (reference or out.variant.iloc[0])].iloc[0]
     out["fit_rel"] = out.fit_ips / ref.fit_ips
     out["score_rel"] = out.score_ips / ref.score_ips
@@ -113,7 +139,7 @@ def _fmt(v: Any, col: str) -> str:
         return v
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "n/a"
-    if col in ("fit_ips", "score_ips"):
+    if col in ("fit_ips", "score_ips", "score_job_ips"):
         return f"{v:.1f}"
     if col in ("fit_rel", "score_rel"):
         return f"{v:.2f}×"
@@ -213,11 +239,11 @@ def _fmt_delta(x: float) -> str:
 
 
 def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | Path, plots_dir: str | Path,
-            workdir: str | Path = ".") -> pd.DataFrame:
+            workdir: str | Path = ".", timing_csv: str | Path | None = None) -> pd.DataFrame:
     settings = list(man["variants"][0]["settings"])
     rows = collect(man, workdir)
     ref = reference_variant(man)
-    summary = summarise(rows, settings, ref)
+    summary = summarise(rows, settings, ref, timed_speeds(timing_csv) if timing_csv else None)
     picks = selection.recommend(rows, summary, ref)
     summary["front"] = selection.pareto(summary, selection.key_metric(rows))
     with atomic_path(out_csv, suffix=".csv") as tmp:
@@ -232,11 +258,16 @@ def compare(man: dict, out_csv: str | Path, out_md: str | Path, out_best: str | 
                     bold={int(summary.index[summary.variant == picks["best"]["variant"]][0])})
     md += ["", f"Bold: the variant the selection rule chooses on every data set (`best`; the rule: dfr.selection). "
                "Its figures above are test-chosen: the labels that score it also chose it.",
-           f"Cost: images per second from the jobs' benchmark records (wall time), summed over categories, and "
-           f"relative to {ref}: fit = training images / (their features + PCA + training), score = test images / "
-           "(their features + maps + an ensemble's fusion); an ensemble counts each of its members' jobs once; a "
-           "job shared by several variants is counted for each (a record includes the job's start-up); n/a where a "
-           "record is missing.",
+           *([f"Score speed (timed): images per second of what dfr predict runs (f(x), every member's A(x), the "
+              f"fusion, s(x)) on decoded images, timed warm in one process for every variant on the same images "
+              f"(comparison/timing.csv names them, the machine and the threads), relative to {ref}: the speed that "
+              "`fast` is chosen on. "] if timing_csv else []),
+           f"Cost records: images per second from the jobs' benchmark records (wall time, each job's start-up "
+           f"included), summed over categories, and relative to {ref}: fit = training images / (their features + "
+           "PCA + training)" + (", score (jobs' wall) = test images / (their features + maps + an ensemble's "
+                                "fusion)" if timing_csv else ", score = test images / (their features + maps + an "
+                                "ensemble's fusion)") + "; an ensemble counts each of its members' jobs once; a "
+           "job shared by several variants is counted for each; n/a where a record is missing.",
            "", *_recommendations(picks, ref, labels),
            "", "### Cost against quality", "",
            f"Every variant's means against its speeds relative to {ref}; on the front: no other variant is at least as "

@@ -11,7 +11,7 @@ from .io import atomic_path, read_json, write_text
 
 # The code version of the tables: dfr.keys reads it (without importing
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
-CODE_VERSIONS = {"tables": 1}
+CODE_VERSIONS = {"tables": 2}
 
 
 COLUMNS = ["Category", "AUROC", "BestThr", "Precision", "Recall", "F1", "Specificity", "Bal. Acc.", "Error%",
@@ -56,6 +56,28 @@ def build(metrics_files: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         means.insert(0, "Category", "Mean")
         val_df = pd.concat([val_df, means], ignore_index=True)
     return main_df, val_df
+
+
+FEW_COLUMNS = ["Category", "k", "T (first draw)", "Precision", "Recall", "F1", "F1 std", "Specificity",
+               "Bal. Acc.", "Error%"]
+
+
+def few_label(metrics_files: list[str | Path]) -> pd.DataFrame:
+    """The few-label thresholds' figures (metrics.json few_label): one row per category and k, means per k."""
+    rows = []
+    for m in sorted((read_json(p) for p in metrics_files), key=lambda m: m["category"]):
+        for k, v in ((m.get("few_label") or {}).get("k") or {}).items():
+            if v.get("applicable"):
+                rows.append({"Category": m["category"], "k": int(k), "T (first draw)": v["threshold"],
+                             "Precision": v["precision"], "Recall": v["recall"], "F1": v["f1"], "F1 std": v["f1_std"],
+                             "Specificity": v["specificity"], "Bal. Acc.": v["balanced_accuracy"],
+                             "Error%": v["error_pct"]})
+    df = pd.DataFrame(rows, columns=FEW_COLUMNS)
+    if df.empty:
+        return df
+    means = df.drop(columns=["Category", "T (first draw)"]).groupby("k").mean().reset_index()
+    means.insert(0, "Category", "Mean")
+    return pd.concat([df.sort_values(["Category", "k"]), means], ignore_index=True)
 
 
 def paper(benchmark: str) -> pd.DataFrame:
@@ -103,7 +125,7 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     counts = _counts(df) if "Threshold" not in df.columns else {}
 
     def fmt(col: str, v) -> str:
-        theirs = col.endswith(" (paper)") or col.startswith("Δ") or col in ("BestThr", "T")
+        theirs = col.endswith(" (paper)") or col.startswith("Δ") or col in ("BestThr", "T", "T (first draw)")
         col = col.removesuffix(" (paper)")
         if isinstance(v, str):
             return v
@@ -111,8 +133,10 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
             return "—" if theirs else "n/a"  # no figure to compare with / a metric undefined here
         if col == "Error%":
             return f"{v:.2f}%"
-        if col in ("BestThr", "T"):
+        if col in ("BestThr", "T", "T (first draw)"):
             return f"{v:.4g}"
+        if col == "k":
+            return f"{v:.0f}"
         if col.startswith("Δ"):
             return f"{v:+.2f}" if col == "ΔError%" else f"{v:+.3f}"
         return f"{v:.3f}"
@@ -151,6 +175,11 @@ def write(metrics_files: list[str | Path], dataset: str, out_csv: str | Path, ou
     if not val_df.empty:
         md += "\n" + to_markdown(val_df, f"{dataset}: at thresholds from held-out normal validation images "
                                         "(no test labels used)")
+    few = few_label(metrics_files)
+    if not few.empty:
+        md += "\n" + to_markdown(few, f"{dataset}: at thresholds set with k labelled defective test images and the "
+                                      "held-out normals (§8.4; each row on the test set less its k images, the mean "
+                                      "over seeded draws; k = 0 is the label-free mean + alpha*std)")
     if reference:
         md += "\n" + paper_markdown(main_df, dataset, reference)
     if main_df[["Pixel AUROC", "AU-PRO"]].iloc[:-1].isna().any().any():

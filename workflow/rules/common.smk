@@ -191,6 +191,12 @@ def _estimate(rule, what):
     return f
 
 
+# the study's timing: every variant in one job (dfr.resources.timing_estimate)
+TIMING_ESTIMATE = (
+    dfr_resources.timing_estimate(list(CFGS.values()), PLAN.timed_categories(), dfr_keys.TIMING) if STUDY else {}
+)
+
+
 def mem_mb(rule):
     """The rule's memory in MB from the images, pixels and channels it processes; times the attempt."""
     return _estimate(rule, "mem_mb")

@@ -21,10 +21,37 @@ rule study_manifest:
         write_manifest(params.manifest, output[0], log[0])
 
 
+# The speeds the comparison publishes and chooses on: every variant timed warm, in one process, on the same
+# images (dfr.timing); the jobs' wall times stay as cost records.
+rule study_timing:
+    input:
+        unpack(lambda wc: PLAN.timing_inputs() if STUDY else {}),
+        manifest=COMPARISON["manifest"],
+    output:
+        COMPARISON["timing"],
+    log:
+        f"logs/{E}/study_timing.log",
+    benchmark:
+        dfr_layout.benchmark_path(f"logs/{E}/study_timing.log")
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=lambda wc, attempt: attempt * TIMING_ESTIMATE["mem_mb"],
+        runtime=lambda wc, attempt: attempt * TIMING_ESTIMATE["runtime"],
+    params:
+        timing=P(dfr_keys.timing_params()),
+    shell:
+        "python -m dfr --threads {threads} timing --manifest {input.manifest:q} --out {output}"
+        " --params {params.timing:q} > {log} 2>&1"
+
+
 rule study:
     input:
         unpack(lambda wc: PLAN.comparison_inputs() if STUDY else {}),
         manifest=COMPARISON["manifest"],
+        timing=COMPARISON["timing"],
     output:
         csv=report(COMPARISON["csv"], caption=f"{REPORT}/study_table.rst", category="Study", labels={"figure": "table"}),
         md=COMPARISON["md"],
@@ -46,5 +73,5 @@ rule study:
         mem_mb=mem_mb("study"),
         runtime=runtime("study"),
     shell:
-        "python -m dfr study --manifest {input.manifest:q} --csv {output.csv} --md {output.md} --best {output.best}"
-        " --plots {output.plots} > {log} 2>&1"
+        "python -m dfr study --manifest {input.manifest:q} --timing {input.timing} --csv {output.csv} --md {output.md}"
+        " --best {output.best} --plots {output.plots} > {log} 2>&1"
