@@ -98,3 +98,27 @@ def test_rehearsal_collects_every_ensemble_members_jobs_once(tmp_path):
     assert train[2] == resources.estimate(ms[2], "train", "m", "screw")["mem_mb"] != train[0]
     assert list(rehearsal.stage_summary(jobs).stage) == ["index", "features", "split", "pca", "train", "maps",
                                                           "ensemble", "scores", "metrics"]
+
+
+@pytest.mark.slow
+def test_two_visible_gpus_never_run_more_than_two_gpu_jobs_at_once(tiny_copy, monkeypatch):
+    """Run locally, each GPU stage's job holds one of the GPUs visible (faked: CUDA_VISIBLE_DEVICES=0,1; the
+    jobs run on the CPU as the config says): with 4 cores and 1 thread a job, four features jobs could start
+    together; two do."""
+    import re
+
+    from conftest import TINY, snakemake
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    cfg = {**TINY, "resources": {"threads": 1}}  # threads are runtime-only: the same artifacts
+    r = snakemake(tiny_copy, cfg, "--forcerun", "features", "--cores", "4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    running, most = {}, 0
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n(?:\s+\w+:.*\n)*?\s+jobid: (\d+)|^Finished jobid: (\d+)", out, re.M):
+        if m.group(1):
+            running[m.group(2)] = m.group(1)
+        else:
+            running.pop(m.group(3), None)
+        most = max(most, sum(rule in ("features", "train", "maps") for rule in running.values()))
+    assert out.count("rule features:") == 4 and most == 2, out[-3000:]

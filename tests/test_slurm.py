@@ -132,3 +132,6 @@ def test_failing_job_fails_the_run_with_its_log(cluster, tmp_path):
     assert logs, out[-5000:]
     # the group's first features job (train or test split) failed and named the file; the other never ran
     assert any("not a readable PyTorch state dict" in (tmp_path / log).read_text() for log in logs if (tmp_path / log).exists())
+    # and the terminal ends with that job's own error line, its log named (profiles/default's onerror summary)
+    tail = out[out.index("job(s) failed; each one's own error"):]
+    assert re.search(r"- rule features \(log: logs/features/\S+\.log\)\n    dfr features: error: \S*garbled\.pth", tail), tail

@@ -125,6 +125,17 @@ Error in rule features:
 Error in rule maps:
     jobid: 12
     log: logs/maps/x.log (check log file(s) for error details)
+Error in group gpu_stages:
+    message: SLURM-job '52' failed, SLURM status is: 'FAILED'.
+    jobs:
+        rule features:
+            jobid: 3
+            output: results/features/s/disc/k/train.h5
+            log: logs/features/s/disc/k/train.log (check log file(s) for error details)
+        rule train:
+            jobid: 4
+            log: logs/train/s/disc/m.log (check log file(s) for error details)
+    log: .snakemake/slurm_logs/group_gpu_stages/52.log (check log file(s) for error details)
 """
 
 
@@ -142,10 +153,14 @@ def test_the_summary_reads_snakemakes_local_and_slurm_error_blocks(tmp_path, mon
     assert failures.failed_jobs(SNAKEMAKE_LOG) == [
         ("index", ["logs/index/synth/disc.log"]),
         ("features", ["logs/features/synth/grain/k/train.log", ".snakemake/slurm_logs/rule_features/41.log"]),
-        ("maps", ["logs/maps/x.log"])]
+        ("maps", ["logs/maps/x.log"]), ("features", ["logs/features/s/disc/k/train.log"]),
+        ("train", ["logs/train/s/disc/m.log"])]  # a group's jobs, each with its own log; not the group's
+    (tmp_path / "logs/features/s/disc/k").mkdir(parents=True)
+    (tmp_path / "logs/features/s/disc/k/train.log").write_text("dfr features: error: w.pth: not a readable "
+                                                               "PyTorch state dict\n")
     text = failures.summary([str(log)])
     assert text.splitlines() == [
-        "3 job(s) failed; each one's own error (its full log is named):",
+        "5 job(s) failed; each one's own error (its full log is named):",
         "- rule index (log: logs/index/synth/disc.log)",
         "    dfr index: error: results/d: 1 problem(s) in the dataset:",
         "      results/d/ground_truth/a/000_mask.png: mask is 17x13 but its image is 240x192",
@@ -153,8 +168,10 @@ def test_the_summary_reads_snakemakes_local_and_slurm_error_blocks(tmp_path, mon
         "    Traceback (most recent call last):",  # no error line: the log's last lines
         "      ...",
         "    RuntimeError: CUDA out of memory",
-        "- rule maps (log: logs/maps/x.log)",
-        "    (its log holds no error line)"]
+        "- rule maps (log: logs/maps/x.log): did not run",
+        "- rule features (log: logs/features/s/disc/k/train.log)",
+        "    dfr features: error: w.pth: not a readable PyTorch state dict",
+        "- rule train (log: logs/train/s/disc/m.log): did not run"]
     assert failures.summary([str(tmp_path / "missing.log")]) == ""
 
 

@@ -15,28 +15,40 @@ import re
 from pathlib import Path
 
 _RULE = re.compile(r"^Error in rule (\S+?):\s*$")
+_GROUP = re.compile(r"^Error in group (\S+?):\s*$")  # a group job (the SLURM profile's gpu_stages)
+_MEMBER = re.compile(r"^\s+rule (\S+?):\s*$")  # one of a group's jobs
 _LOG = re.compile(r"^\s+log: (.*?)(?: \(check log file\(s\) for error details\))?\s*$")
 _ERROR = re.compile(r"^dfr [\w-]+: error: ")
 
 
 def failed_jobs(snakemake_log: str) -> list[tuple[str, list[str]]]:
-    """(rule, its log files) of every ``Error in rule`` block of Snakemake's own log text."""
+    """(rule, its log files) of every failed job in Snakemake's own log text: each ``Error in rule`` block, and
+    each job of an ``Error in group`` block (the group's own log, its cluster log, is not a job's)."""
     jobs: list[tuple[str, list[str]]] = []
-    rule = None
+    block = job = None  # "rule" or "group"; the job whose log line comes next
     for line in snakemake_log.splitlines():
-        m = _RULE.match(line)
+        m = _RULE.match(line) or _GROUP.match(line)
         if m:
-            rule = m.group(1)
-            jobs.append((rule, []))
+            block = "rule" if line.startswith("Error in rule") else "group"
+            job = None
+            if block == "rule":
+                jobs.append((m.group(1), []))
+                job = jobs[-1]
             continue
-        if rule is None:
+        if block is None:
+            continue
+        if line and not line.startswith((" ", "\t")):  # the block ended
+            block = job = None
+            continue
+        m = _MEMBER.match(line)
+        if m and block == "group":
+            jobs.append((m.group(1), []))
+            job = jobs[-1]
             continue
         m = _LOG.match(line)
-        if m:
-            jobs[-1][1].extend(p.strip() for p in m.group(1).split(",") if p.strip())
-            rule = None
-        elif line and not line.startswith((" ", "\t")):  # the block ended without a log line
-            rule = None
+        if m and job is not None:
+            job[1].extend(p.strip() for p in m.group(1).split(",") if p.strip())
+            job = None
     return jobs
 
 
@@ -81,6 +93,9 @@ def summary(snakemake_logs: list[str] | str) -> str:
     out = [f"{len(jobs)} job(s) failed; each one's own error (its full log is named):"]
     for rule, logs in jobs:
         own = [p for p in logs if p.startswith("logs/") or "/logs/" in p] or logs
+        if own and not any(Path(p).exists() for p in own):  # a job of a failed group that never started
+            out.append(f"- rule {rule} (log: {', '.join(own)}): did not run")
+            continue
         lines = [ln for p in own for ln in job_error(p)]
         out.append(f"- rule {rule} (log: {', '.join(own) or 'none'})")
         out += [f"    {ln}" for ln in lines] or ["    (its log holds no error line)"]

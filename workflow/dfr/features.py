@@ -205,6 +205,15 @@ def write_cache_meta(f: h5py.File, rows: pd.DataFrame, params: dict, **attrs) ->
         f.attrs[k] = v
 
 
+def channel_subset(c: int, want: int | None, rng: np.random.Generator, key: str) -> np.ndarray:
+    """Sorted indices of a seeded random subset of ``want`` of f(x)'s ``c`` channels (all for None or c): PaDiM's
+    reduction, which the Gaussian and the flow heads take as ``<head>.channels`` (named ``key`` in the error)."""
+    want = want or c
+    if want > c:
+        raise DFRError(f"{key} is {want} but f(x) has {c} channels")
+    return np.sort(rng.choice(c, size=want, replace=False)) if want < c else np.arange(c)
+
+
 class FeatureCache:
     """Read access to a ``features.h5`` file: ids, labels and f(x) rows as float32."""
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from .cae import FeatureBatches, _fits_in_ram, channel_stats
 from .checkpoint import write_fitted
-from .features import FeatureCache
+from .features import FeatureCache, channel_subset
 from .io import DFRError, read_json
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,8 @@ def fit(features: str | Path, split_json: str | Path, out_model: str | Path, out
     split = read_json(split_json)
     with FeatureCache(features) as cache:
         c, h, w = cache.shape[1:]
-        want = params.get("channels") or c
-        if want > c:
-            raise DFRError(f"flow.channels is {want} but f(x) has {c} channels")
-        channels = np.sort(rng.choice(c, size=want, replace=False)) if want < c else np.arange(c)
+        channels = channel_subset(c, params.get("channels"), rng, "flow.channels")
+        want = len(channels)
         tr, va = cache.positions(split["train"]), cache.positions(split["val"])
         model = Flow(torch.from_numpy(channels), params["blocks"], params["hidden"], params["kernel"],
                      params["clamp"])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .features import FeatureCache
+from .features import FeatureCache, channel_subset
 from .checkpoint import write_fitted
 from .io import DFRError, read_json
 
@@ -55,10 +55,8 @@ def fit(features: str | Path, split_json: str | Path, out_model: str | Path, out
     rng = np.random.default_rng(int(params["seed"]))
     with FeatureCache(features) as cache:
         c, h, w = cache.shape[1:]
-        want = params.get("channels") or c
-        if want > c:
-            raise DFRError(f"gaussian.channels is {want} but f(x) has {c} channels")
-        channels = np.sort(rng.choice(c, size=want, replace=False)) if want < c else np.arange(c)
+        channels = channel_subset(c, params.get("channels"), rng, "gaussian.channels")
+        want = len(channels)
         pos = cache.positions(split["train"])
         if len(pos) < 2:
             raise DFRError(f"{features}: a Gaussian per location needs at least 2 training images, got {len(pos)}")

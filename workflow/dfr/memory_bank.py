@@ -51,6 +51,7 @@ class MemoryBank(nn.Module):
         self.register_buffer("bank_sq", bank.float().pow(2).sum(1))  # ||m||² [M]
         self.sigma, self.rows = float(sigma), int(rows)
         self.register_buffer("kernel", gaussian_kernel(self.sigma))  # [1, 1, k, k] (1x1 of 1 when sigma is 0)
+        self.pad = self.kernel.shape[-1] // 2  # a Python int: a traced graph keeps it as a constant
 
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
         """Each row's squared distance to its nearest bank patch: ||x||² - 2 x·m + ||m||², clamped at 0."""
@@ -67,9 +68,8 @@ class MemoryBank(nn.Module):
         else:  # rows x bank at a time: memory bounded by the chunk, not by the batch
             d2 = torch.cat([self.nearest(x[i:i + self.rows]) for i in range(0, x.shape[0], self.rows)])
         a = d2.sqrt().view(n, 1, h, w)
-        k = self.kernel.shape[-1]
-        if k > 1:
-            a = F.conv2d(F.pad(a, [k // 2] * 4, mode="replicate"), self.kernel)
+        if self.pad:
+            a = F.conv2d(F.pad(a, [self.pad] * 4, mode="replicate"), self.kernel)
         return a[:, 0]
 
 

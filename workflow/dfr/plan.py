@@ -367,7 +367,13 @@ class Plan:
         return {k: list(v) for k, v in out.items()}
 
     def manifest(self) -> dict:
-        """What the comparison needs to know of each variant (small: names, settings, paths of its inputs)."""
+        """What the comparison needs to know of each variant (small: names, settings, paths of its inputs);
+        made once per plan (the study's manifest, comparison and timing all read it)."""
+        if getattr(self, "_manifest", None) is None:
+            self._manifest = self._make_manifest()
+        return self._manifest
+
+    def _make_manifest(self) -> dict:
         cfg = self.config
         first = next(iter(self.experiments.values()))
         swept = list(first.get("study_variant", {}).get("settings", {}))

@@ -16,6 +16,26 @@ from .measure import cpu_seconds, peak_rss_mb, reset_peak, rss_mb  # noqa: F401 
 MB = 2**20
 
 
+def visible_gpus() -> int:
+    """The GPUs a local run may use: CUDA_VISIBLE_DEVICES where set (its entries; "" or -1: none), else the
+    GPUs that nvidia-smi lists, else 0. Planning-side: no torch (it would initialise CUDA in Snakemake)."""
+    import shutil
+    import subprocess
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [d.strip() for d in env.split(",") if d.strip()]
+        return 0 if not ids or ids[0].startswith("-") else len(ids)
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
 def threads_default() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -36,7 +56,7 @@ BACKBONE_MB = {"resnet18": 60, "resnet34": 100, "resnet50": 120, "wide_resnet50_
 BACKBONE_GFLOP = {"resnet18": 2.4, "resnet34": 4.9, "resnet50": 6.6, "wide_resnet50_2": 17.5,
                   "tf_efficientnet_lite0": 0.55, "tf_efficientnet_lite1": 0.8, "tf_efficientnet_lite2": 1.1}
 CPU_GFLOPS = 40.0  # a conservative sustained rate for the runtime limits (measured: 150-230 on 2 cores)
-MEM_GBPS = 2.5  # a conservative streaming rate through RAM (the coreset's greedy loop measured 7.5 GB/s on 2 cores)
+MEM_GBPS = 4.0  # streaming through RAM: the coreset's greedy loop measured 7.5 GB/s on 2 idle cores, 3.3 beside another job
 DECODE_S_PER_MPIXEL = 0.06  # PNG/JPEG decode + resize, one core, with headroom (measured ~0.035)
 
 

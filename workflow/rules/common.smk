@@ -177,6 +177,14 @@ if workflow.local_exec and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", int(psutil.virtual_memory().available / 2**20))
 GPU = RES["gpu"]
 THREADS = RES["threads"]
+# Run locally, a GPU stage's job holds one of the GPUs visible (dfr.resources.visible_gpus), so that no more
+# GPU jobs run at once than there are GPUs; without a GPU they ask for none. `--resources gpu=N` sets another
+# budget (N=1 on a CPU machine runs them one at a time).
+if workflow.local_exec and "gpu" not in workflow.global_resources:
+    _GPUS = dfr_resources.visible_gpus()
+    workflow.register_resource("gpu", _GPUS)
+    if _GPUS == 0:
+        GPU = 0
 
 
 def _estimate(rule, what):
