@@ -17,7 +17,7 @@ def _demo():
 def test_shipped_configs_are_valid():
     for name in ("config.yaml", "demo.yaml", "bottle.yaml", "study-demo.yaml", "study-beyond.yaml", "rehearsal.yaml",
                  "best.yaml", "fast.yaml", "best-resnet.yaml", "rehearsal-best.yaml", "study-select.yaml",
-                 "study-members.yaml"):
+                 "study-members.yaml", "study-fast.yaml"):
         cfg = dfr_config.load(ROOT / "config" / name)
         assert cfg["scoring"]["top_k"] >= 1
     paper = dfr_config.load(ROOT / "config" / "config.yaml")
@@ -113,6 +113,17 @@ def test_study_select_candidates_are_study_beyonds_variants():
         other = beyond[name.replace("study-select/", "study-beyond/")]
         mine, theirs = plan.key_values(cfg), plan.key_values(other)
         assert {**mine, "experiment": None} == {**theirs, "experiment": None}, name
+        assert cfg["scoring"] == other["scoring"] and cfg["datasets"] == other["datasets"], name
+
+
+def test_study_fast_candidates_are_study_selects_variants():
+    """config/study-fast.yaml's candidates are study-select's (the same names make the same models and scores)."""
+    fast = plan.variants(dfr_config.load(ROOT / "config" / "study-fast.yaml"))
+    select = plan.variants(dfr_config.load(ROOT / "config" / "study-select.yaml"))
+    assert len(fast) == 13 and "study-fast/paper" in fast
+    for name, cfg in fast.items():
+        other = select[name.replace("study-fast/", "study-select/")]
+        assert {**plan.key_values(cfg), "experiment": None} == {**plan.key_values(other), "experiment": None}, name
         assert cfg["scoring"] == other["scoring"] and cfg["datasets"] == other["datasets"], name
 
 
