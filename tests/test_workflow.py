@@ -129,7 +129,10 @@ def test_weights_and_code_versions_plan_their_stage_and_what_follows(tiny_copy, 
                                     ("metrics", "metrics", "metrics")):
         src = repo / "workflow" / "dfr" / f"{module}.py"
         text = src.read_text()
-        src.write_text(text.replace(f'CODE_VERSIONS = {{"{stage}": 1}}', f'CODE_VERSIONS = {{"{stage}": 2}}'))
+        bumped = re.sub(rf'(CODE_VERSIONS = {{[^}}]*"{stage}": )(\d+)', lambda m: m.group(1) + str(int(m.group(2)) + 1),
+                        text)
+        assert bumped != text, f"{module}.py has no CODE_VERSIONS entry for {stage}"
+        src.write_text(bumped)
         cfg_path = wd / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(TINY))
         r = subprocess.run([SNAKEMAKE, "--snakefile", str(repo / "Snakefile"), "--directory", str(wd),
@@ -321,8 +324,10 @@ def test_an_ensemble_bundle_serves_the_ensembles_scores_and_maps(tiny_copy, tmp_
     assert [(m["calib_mean"], m["calib_std"]) for m in b["members"]] == \
         [(st["calib_mean"], st["calib_std"]) for st in fused["normalisation"]]
     metrics = json.loads(Path(p["metrics"]).read_text())
+    # the calibrated thresholds, and one set with each k of labelled defective images (thresholds.few_labels)
     assert {k: v["threshold"] for k, v in b["thresholds"].items()} == \
-        {k: v["threshold"] for k, v in metrics["thresholds"].items()}
+        {k: v["threshold"] for k, v in metrics["thresholds"].items()} | \
+        {f"few_label_{k}": v["threshold"] for k, v in metrics["few_label"]["k"].items() if k != "0" and v["applicable"]}
     scores = pd.read_csv(p["scores"])
     # calibration and thresholds on disjoint held-out normal images
     calib, val = set(scores.image_id[scores.split == "calib"]), set(scores.image_id[scores.split == "val"])
