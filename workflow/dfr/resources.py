@@ -254,4 +254,5 @@ def timing_estimate(cfgs: list[dict], timed: list[tuple[str, str]], timing: dict
             batch = timing["batch"] * sum(25 * (s / 224) ** 2 for _, s in sets) + n * 3 * 4 * max(
                 m["data"]["image_size"] for m in ms) ** 2 / MB
             mem = max(mem, BASE_MB["torch"] + 2.5 * models + backbones + batch + 16 * wl.max_image_pixels / MB)
-    return {"mem_mb": int(mem * 1.25 + 0.5), "runtime": int(2 + seconds / 60 * 2 + 0.999)}
+    floor = cfgs[0].get("resources", {}).get("mem_mb_min", 0) if cfgs else 0
+    return {"mem_mb": int(max(floor, mem * 1.25) + 0.5), "runtime": int(2 + seconds / 60 * 2 + 0.999)}
