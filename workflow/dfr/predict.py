@@ -15,14 +15,16 @@ key                content
                    evaluated ones) and where a local weights file lay (its sha256 is checked against
                    the identity). Each backbone runs once per image for all members that share it
 ``members``        one per model, in the ensemble's order: ``feature_set`` (an index), ``model`` (the
-                   model checkpoint: a CAE's architecture, weights and channel mean/std, or a Gaussian's
-                   means and precisions) and, in an ensemble, ``calib_mean``/``calib_std`` (its z-score
+                   model checkpoint of any head, :mod:`dfr.heads`: a CAE's architecture, weights and
+                   channel mean/std, a Gaussian's means and precisions, a memory bank's patches, a
+                   flow's couplings) and, in an ensemble, ``calib_mean``/``calib_std`` (its z-score
                    statistics, from the calibration images)
 ``fusion``         ``null`` for a single model; an ensemble's ``{"grid": [h, w]}``: the members' z-maps
                    are resized to it and averaged (:func:`dfr.ensemble.zfuse`, the pipeline's fusion)
 ``scoring``        top-k and border of s(x)
 ``thresholds``     image thresholds: ``val_mean_std``, ``val_percentile`` (held-out normals that set
-                   nothing else) and ``f1_optimal`` (chosen on test labels: an oracle); ``t_pixel``
+                   nothing else), ``f1_optimal`` (chosen on test labels: an oracle) and ``few_label_K``
+                   (set with K labelled defective images, ``thresholds.few_labels``); ``t_pixel``
 ``provenance``     dataset, category, experiment, params and library versions that made it
 =================  ==============================================================================
 
