@@ -87,16 +87,15 @@ COST = {"fit_ips": "fit img/s (jobs' wall)", "score_ips": "score img/s (timed)",
 
 
 def timed_speeds(timing_csv: str | Path) -> pd.DataFrame:
-    """Per variant, from the study's timing (dfr.timing): images/s scored and of the backbones alone, over all
-    its timed datasets (total images over total seconds)."""
+    """Per variant, from the study's timing (dfr.timing): images/s scored over all its timed datasets (total images
+    over total seconds)."""
     df = pd.read_csv(timing_csv)
-    missing = {"variant", "images", "score_ips", "backbone_ips"} - set(df.columns)
+    missing = {"variant", "images", "score_ips"} - set(df.columns)
     if missing:
         raise DFRError(f"{timing_csv}: not a study's timing (no column {', '.join(sorted(missing))}); "
                        + remake_hint(timing_csv))
-    g = df.assign(score_s=df.images / df.score_ips, backbone_s=df.images / df.backbone_ips).groupby(
-        "variant", sort=False)[["images", "score_s", "backbone_s"]].sum()
-    return pd.DataFrame({"score_ips": g.images / g.score_s, "backbone_ips": g.images / g.backbone_s})
+    g = df.assign(score_s=df.images / df.score_ips).groupby("variant", sort=False)[["images", "score_s"]].sum()
+    return pd.DataFrame({"score_ips": g.images / g.score_s})
 
 
 def _strict_sum(x: pd.Series) -> float:

@@ -17,7 +17,6 @@ and records the machine: device and its name, threads, torch and its cuDNN/MKL, 
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from .data import load_image, read_index
 from .io import DFRError, atomic_path, versions, write_json
 from .predict import Predictor, assemble, load_bundle
+from .resources import threads_default
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def machine(device: torch.device) -> dict:
     except OSError:
         pass
     out = {"device": device.type, "threads": torch.get_num_threads(), "cpu": cpu, "host": platform.node(),
-           "cores_visible": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+           "cores_visible": threads_default(),
            "torch": torch.__version__, "mkl": torch.backends.mkl.is_available()}
     if device.type == "cuda":
         out.update(name=torch.cuda.get_device_name(device), cudnn=torch.backends.cudnn.version())
@@ -144,12 +144,3 @@ def bundles(paths: list[str], images: list[str], out_json: str | Path, batch: in
                          device)
     write_json(out_json, {"rows": rows, "versions": versions()})
     return rows
-
-
-def summary(timing_csv: str | Path) -> pd.DataFrame:
-    """Per variant: images/s over all its datasets (total images over total seconds)."""
-    df = pd.read_csv(timing_csv)
-    g = df.assign(score_s=df.images / df.score_ips, backbone_s=df.images / df.backbone_ips).groupby(
-        "variant", sort=False)[["images", "score_s", "backbone_s"]].sum()
-    return pd.DataFrame({"score_ips": g.images / g.score_s, "backbone_ips": g.images / g.backbone_s})
-
