@@ -29,7 +29,8 @@ ROWS = {
     "experiment": [("other", EXPERIMENT)],
     "results": [("elsewhere", ALL)],
     "seed": [(1, {"synthetic", "split", "pca", "train", "metrics"})],  # metrics: the few-label draws
-    "device": [("cuda", set())],
+    "device": [("cuda", {"features", "train", "maps"}), ("cuda:1", {"features", "train", "maps"})],  # dfr.devices
+    "cluster": [(True, set())],  # TINY runs on the CPU (device: cpu); tests/test_devices.py for auto
     "resources.gpu": [(0, set())], "resources.threads": [(1, set())], "resources.mem_mb_min": [(4000, set())],
     "datasets.*.root": [("elsewhere", set())],  # a generated dataset lives under results/
     "datasets.*.archive": [("x.tar", set())], "datasets.*.sha256": [("0" * 64, set())],

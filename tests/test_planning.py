@@ -12,8 +12,8 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "workflow" / "dfr"
 LAYERS = ["overrides", "config", "keys", "layout", "workload", "plan"]
-# modules below the planning layer that it may use: the error type and the benchmarks' static facts
-LEAVES = {"io", "shapes"}
+# modules below the planning layer that it may use: the error type, the benchmarks' static facts and the GPUs visible
+LEAVES = {"io", "shapes", "devices"}
 
 
 def _imports(module: str) -> dict[str, set[str]]:

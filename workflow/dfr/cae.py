@@ -194,7 +194,7 @@ def train(features: str | Path, split_json: str | Path, out_model: str | Path, o
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    device = backbones.resolve_device(params.get("device", "auto"))
+    device = backbones.resolve_device(params.get("device", "auto"), params.get("device_class", "cpu"))
     split = read_json(split_json)
     latent = params["latent_dim"]
     if latent == "auto":

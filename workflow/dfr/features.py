@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import backbones
 from .data import ImageDataset, Preprocess, checked, collate_images, read_index
-from .io import FORMATS, DFRError, atomic_path, check_format, check_space, remake_hint, versions
+from .io import FORMATS, DFRError, atomic_path, check_format, check_space, remake_hint, versions, device_info
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict,
     rows = index[index.split == split].reset_index(drop=True)
     if rows.empty:
         raise DFRError(f"{index_path}: no images in split {split!r}")
-    device = backbones.resolve_device(params.get("device", "auto"))
+    device = backbones.resolve_device(params.get("device", "auto"), params.get("device_class", "cpu"),
+                                      params.get("amp", "none"))
     weights = backbones.weights_location(params["weights"], weights_file)
     model = backbones.build(params["backbone"], weights, params.get("padding") or "zeros")
     extractor = FeatureExtractor(model, params["layers"], pool=params["pool"], grid=params.get("grid")).to(device)
@@ -200,6 +201,7 @@ def write_cache_meta(f: h5py.File, rows: pd.DataFrame, params: dict, **attrs) ->
     f.create_dataset("orig_size", data=rows[["height", "width"]].to_numpy(dtype=np.int32).reshape(-1, 2))
     f.attrs["params"] = json.dumps(params, sort_keys=True)
     f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
+    f.attrs["device"] = json.dumps(device_info(), sort_keys=True)
     f.attrs["format"] = FORMATS["features"]
     for k, v in attrs.items():
         f.attrs[k] = v

@@ -159,6 +159,21 @@ def versions() -> dict[str, str]:
     return out
 
 
+_DEVICE: dict[str, Any] = {}
+
+
+def record_device(info: dict[str, Any]) -> None:
+    """The device this process computes on (:func:`dfr.backbones.resolve_device` records it)."""
+    _DEVICE.clear()
+    _DEVICE.update(info)
+
+
 def provenance(params: dict[str, Any]) -> dict[str, Any]:
-    """What made an artifact: its parameters and the library versions."""
-    return {"params": params, "versions": versions()}
+    """What made an artifact: its parameters, the library versions and the device (its type, name, TF32 and
+    the torch/CUDA/cuDNN versions; the CPU for a stage that computes no tensors on a device)."""
+    return {"params": params, "versions": versions(), "device": device_info()}
+
+
+def device_info() -> dict[str, Any]:
+    """The device this process computed on (the CPU where no stage resolved one)."""
+    return dict(_DEVICE) or {"type": "cpu", "name": platform.processor() or platform.machine()}

@@ -25,7 +25,7 @@ import math
 import os
 from pathlib import Path
 
-from . import shapes
+from . import devices, shapes
 from .io import DFRError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -152,6 +152,13 @@ def weights_files(cfgs: list[dict]) -> dict[str, str]:
 
 # ---- the params of each stage: exactly what shapes its artifact ----
 
+def device_params(cfg: dict) -> dict:
+    """The device class of a GPU-made artifact (``{"device_class": "cuda"}``), or nothing for the CPU: f(x)
+    and models made on a GPU (other kernels, other summation orders) are not the CPU's, and never stand in
+    for them under one key (:mod:`dfr.devices`)."""
+    return {"device_class": "cuda"} if devices.device_class(cfg["device"]) == "cuda" else {}
+
+
 def feature_params(cfg: dict) -> dict:
     """What shapes f(x): the backbone and its weights' identity, the hooked layers, the fusion, the input
     and the stored dtype, and autocast (bf16/fp16 features are not fp32 features)."""
@@ -160,7 +167,7 @@ def feature_params(cfg: dict) -> dict:
             "layers": list(f["layers"] or shapes.DEFAULT_LAYERS.get(f["backbone"], [])),
             "pool": f["pool"], "grid": f["grid"], "padding": f["padding"], "image_size": cfg["data"]["image_size"],
             "normalize": cfg["data"]["normalize"], "dtype": f["dtype"], "amp": f["amp"],
-            "code": code_version("features")}
+            **device_params(cfg), "code": code_version("features")}
 
 
 def feature_runtime(cfg: dict) -> dict:
@@ -221,13 +228,13 @@ def model_params(cfg: dict) -> dict:
     section of the config (named as it), the seed and its code version."""
     if cfg["model"] != "cae":
         kind = cfg["model"]
-        return {"kind": kind, **cfg[kind], "seed": cfg["seed"], "code": code_version(kind)}
+        return {"kind": kind, **cfg[kind], "seed": cfg["seed"], **device_params(cfg), "code": code_version(kind)}
     c = cfg["cae"]
     out = {"latent_dim": c["latent_dim"], "normalize": c["normalize"], "batchnorm": c["batchnorm"],
            "epochs": c["epochs"], "batch_size": c["batch_size"], "lr": c["lr"],
            "early_stopping": c["early_stopping"], "checkpoint": c["checkpoint"],
            "seed": cfg["seed"] if c["seed"] is None else c["seed"], "kernel": c["kernel"],
-           "code": code_version("cae")}
+           **device_params(cfg), "code": code_version("cae")}
     if c["kernel"] > 1:  # the 1×1 CAE has no spatial padding and no depthwise conv
         out.update(padding=c["padding"], depthwise=c["depthwise"])
     return out
@@ -249,7 +256,7 @@ def model_key(cfg: dict, n_fit: int | None = None) -> str:
 
 def maps_params(cfg: dict) -> dict:
     """What shapes A(x) beyond the model: the maps code (the model's own code is in its key)."""
-    return {"code": code_version("maps")}
+    return {**device_params(cfg), "code": code_version("maps")}
 
 
 FUSION = {"normalise": "z-score on the first half of the validation images", "combine": "mean", "grid": "finest"}

@@ -50,7 +50,7 @@ from .data import IMAGE_EXTENSIONS, Preprocess, load_image
 from .features import FeatureExtractor
 from .checkpoint import save_sealed
 from .ensemble import zfuse
-from .io import FORMATS, DFRError, atomic_path, read_json, remake_hint, versions, write_json
+from .io import FORMATS, DFRError, atomic_path, read_json, remake_hint, versions, device_info, write_json
 from .scoring import maps_params, top_k_score, upsample, without_border
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ def write_bundle(model_pts: list[str | Path], metrics_json: str | Path, out: str
         thresholds=thresholds,
         t_pixel=(m.get("pixel") or {}).get("t_pixel"),
         provenance={"dataset": m.get("dataset"), "category": m.get("category"),
-                    "experiment": params.get("experiment"), "params": params, "versions": versions()})
+                    "experiment": params.get("experiment"), "params": params, "versions": versions(),
+                    "device": device_info()})
     with atomic_path(out, suffix=".pt") as tmp:
         save_sealed(bundle, tmp)
     log.info("wrote %s: %d member(s) on %d feature setting(s)", out, len(bundle["members"]),

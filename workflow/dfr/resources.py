@@ -16,26 +16,6 @@ from .measure import cpu_seconds, peak_rss_mb, reset_peak, rss_mb  # noqa: F401 
 MB = 2**20
 
 
-def visible_gpus() -> int:
-    """The GPUs a local run may use: CUDA_VISIBLE_DEVICES where set (its entries; "" or -1: none), else the
-    GPUs that nvidia-smi lists, else 0. Planning-side: no torch (it would initialise CUDA in Snakemake)."""
-    import shutil
-    import subprocess
-
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        ids = [d.strip() for d in env.split(",") if d.strip()]
-        return 0 if not ids or ids[0].startswith("-") else len(ids)
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return 0
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
-
-
 def threads_default() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 

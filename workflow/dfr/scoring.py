@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from . import backbones, heads
 from .features import FeatureCache
-from .io import FORMATS, DFRError, atomic_path, check_format, check_space, read_json, remake_hint, versions
+from .io import FORMATS, DFRError, atomic_path, check_format, check_space, read_json, remake_hint, versions, device_info
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _maps(model: torch.nn.Module, cache: FeatureCache, positions: np.ndarray, de
 def anomaly_maps(model_path: str | Path, train_features: str | Path, test_features: str | Path,
                  split_json: str | Path, out: str | Path, params: dict) -> None:
     """A(x) at the feature grid for every validation (held-out normal) and test image, into one HDF5."""
-    device = backbones.resolve_device(params.get("device", "auto"))
+    device = backbones.resolve_device(params.get("device", "auto"), params.get("device_class", "cpu"))
     model = heads.load(model_path, device)
     split = read_json(split_json)
     parts = []
@@ -129,6 +129,7 @@ def write_maps(out: str | Path, A: np.ndarray, meta: pd.DataFrame, params: dict)
         f.create_dataset("orig_size", data=meta[["height", "width"]].to_numpy(np.int32).reshape(-1, 2))
         f.attrs["params"] = json.dumps(params, sort_keys=True)
         f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
+        f.attrs["device"] = json.dumps(device_info(), sort_keys=True)
         f.attrs["format"] = FORMATS["maps"]
 
 

@@ -11,6 +11,7 @@ sys.path.insert(0, str(WORKFLOW_DIR))
 
 from dfr import config as dfr_config  # noqa: E402
 from dfr import data as dfr_data  # noqa: E402
+from dfr import devices as dfr_devices  # noqa: E402
 from dfr import failures as dfr_failures  # noqa: E402
 from dfr import keys as dfr_keys  # noqa: E402
 from dfr import layout as dfr_layout  # noqa: E402
@@ -22,6 +23,14 @@ from dfr.io import DFRError  # noqa: E402
 
 try:
     config = dfr_config.validate(config, "config")
+    # `device: auto` resolved for where the jobs run (dfr.devices): locally, the GPUs this machine shows; under
+    # a cluster executor (or `cluster: true`, which profiles/slurm sets so that its dry runs plan the same), the
+    # GPUs a GPU stage's job asks for, not the submitting node's. The feature and model keys name the result.
+    _VISIBLE_GPUS = dfr_devices.visible_gpus()
+    _CLUSTER = config["cluster"] or not workflow.local_exec
+    config["device"] = dfr_devices.job_device(
+        config["device"], config["resources"]["gpu"] if _CLUSTER else _VISIBLE_GPUS
+    )
     PLAN = dfr_plan.Plan(config)
 except DFRError as e:
     raise WorkflowError(str(e)) from None
@@ -177,13 +186,12 @@ if workflow.local_exec and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", int(psutil.virtual_memory().available / 2**20))
 GPU = RES["gpu"]
 THREADS = RES["threads"]
-# Run locally, a GPU stage's job holds one of the GPUs visible (dfr.resources.visible_gpus), so that no more
+# Run locally, a GPU stage's job holds one of the GPUs visible (dfr.devices.visible_gpus), so that no more
 # GPU jobs run at once than there are GPUs; without a GPU they ask for none. `--resources gpu=N` sets another
 # budget (N=1 on a CPU machine runs them one at a time).
 if workflow.local_exec and "gpu" not in workflow.global_resources:
-    _GPUS = dfr_resources.visible_gpus()
-    workflow.register_resource("gpu", _GPUS)
-    if _GPUS == 0:
+    workflow.register_resource("gpu", _VISIBLE_GPUS)
+    if _VISIBLE_GPUS == 0:
         GPU = 0
 
 
