@@ -113,7 +113,7 @@ def test_wrong_checksum_fails_clearly(tmp_path, mvtec_archive):
     r = _prepare(tmp_path, {"kind": "mvtec", "categories": ["bottle"], "urls": [f"{url}/{archive.name}"],
                             "sha256": "0" * 64})
     assert r.returncode != 0
-    log = next((tmp_path / "logs" / "datasets").rglob("*.log")).read_text()
+    log = next((tmp_path / "results" / "logs" / "datasets").rglob("*.log")).read_text()
     assert f"sha256 {_sha(archive)} does not match the expected {'0' * 64}" in log
     assert "Place the archive at" in log
     _assert_nothing_trusted(tmp_path)
@@ -126,7 +126,7 @@ def test_truncated_download_fails_then_restarts_cleanly(tmp_path, mvtec_archive)
             "sha256": _sha(archive)}
     r = _prepare(tmp_path, spec)
     assert r.returncode != 0
-    log = next((tmp_path / "logs" / "datasets").rglob("*.log")).read_text()
+    log = next((tmp_path / "results" / "logs" / "datasets").rglob("*.log")).read_text()
     assert "could not download mvtec_anomaly_detection.tar.xz" in log and "truncated download: got" in log
     _assert_nothing_trusted(tmp_path)
     r = _prepare(tmp_path, {**spec, "urls": [f"{url}/{archive.name}"]})
@@ -143,7 +143,7 @@ def test_archive_with_parent_member_is_refused(tmp_path, server):
     r = _prepare(tmp_path, {"kind": "mvtec", "categories": ["bottle"], "urls": [f"{url}/{evil.name}"],
                             "sha256": _sha(evil)})
     assert r.returncode != 0
-    log = next((tmp_path / "logs" / "datasets").rglob("*.log")).read_text()
+    log = next((tmp_path / "results" / "logs" / "datasets").rglob("*.log")).read_text()
     assert "unsafe member 'bottle/../../escaped.txt'" in log
     assert not list(tmp_path.rglob("escaped.txt"))
     assert not (tmp_path / "data" / "pub" / ".dfr-ready").exists()

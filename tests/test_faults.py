@@ -144,7 +144,7 @@ def test_a_run_killed_in_maps_then_in_metrics_recovers_on_a_plain_rerun(tiny_cop
     target = f"{CAT}/metrics.json"
     edit = {**TINY, "cae": {**TINY["cae"], "epochs": 2}}
     paths = tiny_paths(wd, edit, "synth", "disc")
-    logs = wd / "logs"
+    logs = wd / "results" / "logs"
     maps_log = logs / "maps" / "synth" / "disc" / (paths["maps"].parent.name + ".log")
     (wd / "results" / ".dfr-run.lock").unlink(missing_ok=True)
     _run_until(wd, edit, target, maps_log)

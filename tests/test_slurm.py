@@ -129,10 +129,10 @@ def test_failing_job_fails_the_run_with_its_log(cluster, tmp_path):
     assert "Error in group gpu_stages" in out, out[-5000:]
     slurm_log = re.search(r"log: (\S+/slurm_logs/group_gpu_stages\S*\.log)", out)
     assert slurm_log and os.path.isfile(slurm_log.group(1)), out[-5000:]
-    logs = re.findall(r"rule features:\s+jobid: \d+\s+output: \S+\s+log: (logs/features/\S+\.log)", out)
+    logs = re.findall(r"rule features:\s+jobid: \d+\s+output: \S+\s+log: (results/logs/features/\S+\.log)", out)
     assert logs, out[-5000:]
     # the group's first features job (train or test split) failed and named the file; the other never ran
     assert any("not a readable PyTorch state dict" in (tmp_path / log).read_text() for log in logs if (tmp_path / log).exists())
     # and the terminal ends with that job's own error line, its log named (profiles/default's onerror summary)
     tail = out[out.index("job(s) failed; each one's own error"):]
-    assert re.search(r"- rule features \(log: logs/features/\S+\.log\)\n    dfr features: error: \S*garbled\.pth", tail), tail
+    assert re.search(r"- rule features \(log: results/logs/features/\S+\.log\)\n    dfr features: error: \S*garbled\.pth", tail), tail

@@ -188,7 +188,7 @@ def test_a_broken_file_is_named_on_the_terminal_and_the_other_categories_go_on(t
         r = snakemake(tiny_copy, TINY, "--keep-going")
         assert r.returncode != 0
         tail = r.stderr[r.stderr.index("job(s) failed; each one's own error"):]
-        assert "- rule index (log: logs/index/synth/disc.log)" in tail, tail
+        assert "- rule index (log: results/logs/index/synth/disc.log)" in tail, tail
         assert "dfr index: error: results/datasets/synth/disc: 1 problem(s) in the dataset:" in tail
         assert "results/datasets/synth/disc/train/good/003.png: unreadable or truncated image" in tail
         assert "Traceback" not in r.stderr

@@ -67,7 +67,7 @@ def test_every_artifact(tiny_run):
     assert "| **Mean** |" in md and "oracle" in md
     for rule in ("synthetic", "index", "features", "split", "pca", "train", "maps",
                  "tiny/scores", "tiny/metrics", "tiny/plots", "tiny/tables", "tiny/bundle"):
-        assert list((wd / "logs" / rule).rglob("*.log")), f"no log for {rule}"
+        assert list((wd / "results" / "logs" / rule).rglob("*.log")), f"no log for {rule}"
     assert not list((wd / "results").rglob(".*.tmp")), "temporary files left behind"
 
 
@@ -156,7 +156,7 @@ def test_bad_dataset_fails_naming_the_file(tmp_path):
     cfg = {**TINY, "datasets": {"mine": {"kind": "folder", "root": str(tmp_path / "data"), "categories": ["thing"]}}}
     r = snakemake(tmp_path, cfg)
     assert r.returncode != 0
-    log = (tmp_path / "logs" / "index" / "mine" / "thing.log").read_text()
+    log = (tmp_path / "results" / "logs" / "index" / "mine" / "thing.log").read_text()
     assert f"{root / 'train' / 'good'}: no images (empty split)" in log
     assert not (tmp_path / "results" / "prepared" / "mine" / "thing" / "index.csv").exists()
 
@@ -368,7 +368,7 @@ def test_a_cut_scores_table_is_refused_and_the_printed_hint_remakes_it(tiny_copy
     scores.write_text("".join(lines[:7]))
     r = snakemake(wd, TINY)
     assert r.returncode != 0
-    log = (wd / "logs" / "tiny" / "metrics" / "synth" / "disc.log").read_text()
+    log = (wd / "results" / "logs" / "tiny" / "metrics" / "synth" / "disc.log").read_text()
     hint = re.search(r"remake it: add (--forcerun \S+) to your snakemake command", log)
     assert hint and "6 rows where its maps hold" in log and "Traceback" not in log, log[-2000:]
     r = snakemake(wd, TINY, *hint.group(1).split())

@@ -1,6 +1,6 @@
 """What failed, in a few lines: the workflow's ``onerror`` handler prints each failed job's own error.
 
-Every rule sends its job's output to a log under ``logs/``, so Snakemake's own error block shows the shell
+Every rule sends its job's output to a log under ``<results>/logs/``, so Snakemake's own error block shows the shell
 command and "check log file(s) for error details". The workflow's default profile sets ``show-failed-logs``
 (Snakemake then prints each failed job's whole log); this summary comes last, where a terminal's reader
 looks first: one entry per failed job, its rule, its log and the ``dfr <stage>: error: ...`` lines of that

@@ -35,27 +35,39 @@ def fill(pattern: str, values: dict) -> str:
     return pattern
 
 
-LOG_PATTERNS = {
-    "prepare_dataset": "logs/datasets/{root}.log", "synthetic": "logs/synthetic/{dataset}/{category}.log",
-    "index": "logs/index/{dataset}/{category}.log", "split": "logs/split/{dataset}/{category}/{skey}.log",
-    "features": "logs/features/{dataset}/{category}/{fkey}/{split}.log",
-    "pca": "logs/pca/{dataset}/{category}/{pkey}.log", "train": "logs/train/{dataset}/{category}/{mkey}.log",
-    "maps": "logs/maps/{dataset}/{category}/{mkey}.log",
-    "ensemble": "logs/ensemble/{dataset}/{category}/{ekey}.log", "tables": "logs/{experiment}/tables/{dataset}.log",
-    **{rule: f"logs/{{experiment}}/{rule}/{{dataset}}/{{category}}.log"
-       for rule in ("scores", "metrics", "plots", "bundle")},
-    "study": "logs/{experiment}/study.log", "study_manifest": "logs/{experiment}/study_manifest.log",
+# Each rule's log, relative to the results folder (its ``logs/``); a job's benchmark record lies at the same path
+# under the results folder's ``benchmarks/``. Two results folders (a CPU run and scripts/gpu-check.sh's GPU run,
+# say) never share or overwrite each other's logs and records.
+_LOGS = {
+    "prepare_dataset": "datasets/{root}.log", "synthetic": "synthetic/{dataset}/{category}.log",
+    "index": "index/{dataset}/{category}.log", "split": "split/{dataset}/{category}/{skey}.log",
+    "features": "features/{dataset}/{category}/{fkey}/{split}.log",
+    "pca": "pca/{dataset}/{category}/{pkey}.log", "train": "train/{dataset}/{category}/{mkey}.log",
+    "maps": "maps/{dataset}/{category}/{mkey}.log",
+    "ensemble": "ensemble/{dataset}/{category}/{ekey}.log", "tables": "{experiment}/tables/{dataset}.log",
+    **{rule: f"{{experiment}}/{rule}/{{dataset}}/{{category}}.log" for rule in ("scores", "metrics", "plots", "bundle")},
+    "study": "{experiment}/study.log", "study_manifest": "{experiment}/study_manifest.log",
+    "study_timing": "{experiment}/study_timing.log",
 }
 
 
+def log_patterns(results: str) -> dict[str, str]:
+    """Every rule's log as a Snakemake wildcard pattern, under ``<results>/logs/``."""
+    return {rule: f"{results.rstrip('/')}/logs/{p}" for rule, p in _LOGS.items()}
+
+
 def benchmark_path(log: str) -> str:
-    """A job's benchmark record (wall time, peak RSS): its log's path under benchmarks/, as .tsv."""
-    return "benchmarks/" + log.removeprefix("logs/").removesuffix(".log") + ".tsv"
+    """A job's benchmark record (wall time, peak RSS): its log's path with ``logs/`` made ``benchmarks/``, as
+    .tsv (``<results>/logs/x/y.log`` -> ``<results>/benchmarks/x/y.tsv``)."""
+    head, sep, tail = log.rpartition("logs/")
+    if not sep or (head and not head.endswith("/")):
+        raise ValueError(f"{log}: not a log path (no logs/ folder in it)")
+    return f"{head}benchmarks/{tail.removesuffix('.log')}.tsv"
 
 
-def record(rule: str, values: dict) -> str:
+def record(results: str, rule: str, values: dict) -> str:
     """The benchmark record of one job of ``rule``, from its wildcard values."""
-    return benchmark_path(fill(LOG_PATTERNS[rule], values))
+    return benchmark_path(fill(log_patterns(results)[rule], values))
 
 
 def table_patterns(results: str) -> dict[str, str]:

@@ -217,7 +217,7 @@ def log_paths(cfg: dict, dataset: str, category: str = "", split: str = "") -> d
     """Each rule's log for one job of this config (its benchmark record: :func:`dfr.layout.benchmark_path`)."""
     values = {**key_values(cfg, dataset or None, category or None), "dataset": dataset, "category": category,
               "split": split}
-    return {k: layout.fill(v, values) for k, v in layout.LOG_PATTERNS.items()}
+    return {k: layout.fill(v, values) for k, v in layout.log_patterns(cfg["results"]).items()}
 
 
 def model_jobs(cfg: dict, dataset: str, category: str) -> list[dict]:
@@ -246,14 +246,16 @@ def cost_records(cfg: dict, dataset: str, category: str) -> dict[str, list[str]]
     a job that members share is listed once."""
     fit, score = {}, {}
     base = {"dataset": dataset, "category": category}
+    r = cfg["results"]
     for mod in model_jobs(cfg, dataset, category):
         mv = {**base, **mod}
-        fit |= dict.fromkeys([layout.record("features", {**mv, "split": "train"}), layout.record("train", mv)]
-                             + ([layout.record("pca", mv)] if mod["pkey"] else []))
-        score |= dict.fromkeys([layout.record("features", {**mv, "split": "test"}), layout.record("maps", mv)])
+        fit |= dict.fromkeys([layout.record(r, "features", {**mv, "split": "train"}), layout.record(r, "train", mv)]
+                             + ([layout.record(r, "pca", mv)] if mod["pkey"] else []))
+        score |= dict.fromkeys([layout.record(r, "features", {**mv, "split": "test"}),
+                                layout.record(r, "maps", mv)])
     ekey = key_values(cfg, dataset, category)["ekey"]
     if ekey:
-        score[layout.record("ensemble", {**base, "ekey": ekey})] = None
+        score[layout.record(r, "ensemble", {**base, "ekey": ekey})] = None
     return {"fit": list(fit), "score": list(score)}
 
 

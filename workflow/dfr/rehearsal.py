@@ -5,7 +5,7 @@
 
 The rehearsal config generates synthetic categories shaped like MVTec AD's 15 (counts, sizes, grey-scale,
 file formats: ``synthetic.shape``) and runs the whole DAG on them with the offline EfficientNet-Lite0
-backbone. The report reads every job's benchmark record (``benchmarks/…tsv``: wall time, sampled peak
+backbone. The report reads every job's benchmark record (``<results>/benchmarks/…tsv``: wall time, sampled peak
 RSS of the process tree) and the exact peak RSS that each job logs, and prints per stage: jobs, total and
 longest wall time, the largest peak RSS beside what that job declared (``mem_mb``); every job whose peak
 exceeded its declaration is listed and makes the command fail. It then projects the real benchmark (MVTec
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             return r.returncode
     jobs = collect(cfg)
     if jobs.empty:
-        print(f"error: no benchmark records of {a.configfile}'s jobs under benchmarks/ (run it first)",
+        print(f"error: no benchmark records of {a.configfile}'s jobs under {cfg['results']}/benchmarks/ (run it first)",
               file=sys.stderr)
         return 2
     proj = None

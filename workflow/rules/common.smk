@@ -223,11 +223,11 @@ def runtime(rule):
     return _estimate(rule, "runtime")
 
 
-LOGS = dfr_layout.LOG_PATTERNS  # wildcard patterns of every rule's log
+LOGS = dfr_layout.log_patterns(R)  # wildcard patterns of every rule's log, under <results>/logs/
 
 
 def bench(rule):
-    """The benchmark record (wall time, peak RSS) of a job: its log's path under benchmarks/, as .tsv."""
+    """The benchmark record (wall time, peak RSS) of a job: its log's path under <results>/benchmarks/, as .tsv."""
     return dfr_layout.benchmark_path(LOGS[rule])
 
 

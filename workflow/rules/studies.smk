@@ -9,9 +9,9 @@ rule study_manifest:
     output:
         COMPARISON["manifest"],
     log:
-        f"logs/{E}/study_manifest.log",
+        dfr_layout.fill(LOGS["study_manifest"], {"experiment": E}),
     benchmark:
-        dfr_layout.benchmark_path(f"logs/{E}/study_manifest.log")
+        dfr_layout.benchmark_path(dfr_layout.fill(LOGS["study_manifest"], {"experiment": E}))
     resources:
         mem_mb=mem_mb("study_manifest"),
         runtime=runtime("study_manifest"),
@@ -30,9 +30,9 @@ rule study_timing:
     output:
         COMPARISON["timing"],
     log:
-        f"logs/{E}/study_timing.log",
+        dfr_layout.fill(LOGS["study_timing"], {"experiment": E}),
     benchmark:
-        dfr_layout.benchmark_path(f"logs/{E}/study_timing.log")
+        dfr_layout.benchmark_path(dfr_layout.fill(LOGS["study_timing"], {"experiment": E}))
     conda:
         ENV
     threads: THREADS
@@ -64,9 +64,9 @@ rule study:
             labels={"figure": "{name}"},
         ),
     log:
-        f"logs/{E}/study.log",
+        dfr_layout.fill(LOGS["study"], {"experiment": E}),
     benchmark:
-        dfr_layout.benchmark_path(f"logs/{E}/study.log")
+        dfr_layout.benchmark_path(dfr_layout.fill(LOGS["study"], {"experiment": E}))
     conda:
         ENV
     resources:
