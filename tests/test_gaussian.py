@@ -108,3 +108,27 @@ def test_fit_memory_is_the_sums_plus_the_float32_precisions(tmp_path):
         v = c.read(c.positions([f"train/good/{i:03d}" for i in range(20)]))[:, :, 100 // hw, 100 % hw]
     cov = np.cov(v.astype(np.float64), rowvar=False) + 0.01 * np.eye(k)
     np.testing.assert_allclose(model.precision[100].numpy(), np.linalg.inv(cov), rtol=2e-3, atol=2e-3)
+
+
+def test_shared_covariance_pools_the_within_location_scatter(tmp_path):
+    """covariance: shared: means per location, one covariance pooled over locations (against numpy), keyed apart
+    from the per-location model; the per-location model's params, and so its key, are as before."""
+    feats, split = _cache(tmp_path / "train.h5")
+    gaussian.fit(feats, split, tmp_path / "s.pt", tmp_path / "s.csv", {**PARAMS, "covariance": "shared"})
+    model = heads.load(tmp_path / "s.pt")
+    assert model.precision.shape == (1, 16, 16)
+    with FeatureCache(feats) as c:
+        x_tr = c.read(c.positions([f"train/good/{i:03d}" for i in range(20)])).astype(np.float64)
+        x_va = c.read(c.positions([f"train/good/{i:03d}" for i in range(20, 24)]))
+    n, ch, h, w = x_tr.shape
+    v = x_tr.reshape(n, ch, h * w).transpose(2, 0, 1)  # [HW, n, C]
+    centred = v - v.mean(1, keepdims=True)
+    cov = np.einsum("lnc,lnd->cd", centred, centred) / (h * w * (n - 1)) + 0.01 * np.eye(ch)
+    prec = np.linalg.inv(cov)
+    d = x_va[:, :, :, :].reshape(len(x_va), ch, h * w).transpose(2, 0, 1) - v.mean(1, keepdims=True)  # [HW, N, C]
+    want = np.sqrt(np.einsum("lnc,cd,lnd->nl", d, prec, d)).reshape(len(x_va), h, w)
+    np.testing.assert_allclose(model.anomaly_map(torch.from_numpy(x_va)).numpy(), want, rtol=1e-3)
+    base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}, "model": "gaussian"})
+    shared = dfr_config.validate({**base, "gaussian": {"covariance": "shared"}})
+    assert "covariance" not in keys.model_params(base)
+    assert keys.model_params(shared)["covariance"] == "shared" and keys.model_key(shared) != keys.model_key(base)

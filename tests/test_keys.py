@@ -56,6 +56,7 @@ ROWS = {
     "pca.max_samples": [(300000, set()), (1000, {"pca"})],
     "model": [("gaussian", {"train"}), ("memory_bank", {"train"}), ("flow", {"train"})],
     "gaussian.channels": [(100, set())], "gaussian.shrinkage": [(0.1, set())],
+    "gaussian.covariance": [("shared", set())],
     # a head's settings shape its model alone (tests/test_memory_bank.py): nothing of a CAE
     "memory_bank.coreset": [(0.1, set())], "memory_bank.projection": [(64, set())],
     "memory_bank.sigma": [(0.0, set())],

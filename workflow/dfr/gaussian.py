@@ -4,6 +4,11 @@ At every location (i, j) of the fused grid, the training images' features f_ij(x
 random subset of the channels) give a mean μ_ij and a covariance Σ_ij + εI; A(x)_ij is the Mahalanobis
 distance of f_ij(x) to it. No training loop: a streamed pass over the cache. Beside the CAE in a study it
 shows what the reconstruction adds over a per-location density on the very same features.
+
+``covariance: shared`` keeps the means per location but pools one covariance over all locations (the
+within-location scatter, Σ = Σ_ij Σ_x (f_ij - μ_ij)(f_ij - μ_ij)ᵀ / (HW(n - 1)) + εI): one C'×C' matrix
+instead of H·W of them (784× less memory on the paper's grid), fitted from fewer images, and A(x) is one
+matrix product for all locations.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # The code version of the Gaussian reference (its fit and A(x)): dfr.keys reads it (without importing
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
-CODE_VERSIONS = {"gaussian": 1}
+CODE_VERSIONS = {"gaussian": 1}  # covariance: shared is new in its own key value (version 1 unchanged)
 
 
 class Gaussian(nn.Module):
@@ -36,14 +41,17 @@ class Gaussian(nn.Module):
         super().__init__()
         self.register_buffer("channels", channels.long())  # [C'] indices into f(x)'s channels
         self.register_buffer("mean", mean.float())  # [H·W, C']
-        self.register_buffer("precision", precision.float())  # [H·W, C', C']
+        self.register_buffer("precision", precision.float())  # [H·W, C', C'], or [1, C', C'] shared
 
     def anomaly_map(self, f: torch.Tensor) -> torch.Tensor:
         n, _, h, w = f.shape
         if self.mean.shape[0] != h * w:
             raise DFRError(f"Gaussian model fitted on a grid of {self.mean.shape[0]} locations, got {h}x{w}")
         x = f.float().index_select(1, self.channels).flatten(2).permute(2, 0, 1) - self.mean[:, None]  # [HW, N, C']
-        d2 = (torch.bmm(x, self.precision) * x).sum(-1).clamp_min(0)  # xᵀ Σ⁻¹ x per location: [HW, N]
+        if self.precision.shape[0] == 1:  # one shared Σ⁻¹: a single matrix product for every location
+            d2 = ((x @ self.precision[0]) * x).sum(-1).clamp_min(0)
+        else:
+            d2 = (torch.bmm(x, self.precision) * x).sum(-1).clamp_min(0)  # xᵀ Σ⁻¹ x per location: [HW, N]
         return d2.sqrt().permute(1, 0).reshape(n, h, w)
 
 
@@ -60,16 +68,25 @@ def fit(features: str | Path, split_json: str | Path, out_model: str | Path, out
         pos = cache.positions(split["train"])
         if len(pos) < 2:
             raise DFRError(f"{features}: a Gaussian per location needs at least 2 training images, got {len(pos)}")
+        shared = params.get("covariance", "location") == "shared"
         s1 = torch.zeros(h * w, want, dtype=torch.float64)
-        s2 = torch.zeros(h * w, want, want, dtype=torch.float64)
+        s2 = torch.zeros(1 if shared else h * w, want, want, dtype=torch.float64)
         for start in range(0, len(pos), 16):
             x = torch.from_numpy(cache.read(pos[start:start + 16])[:, channels]).double()  # [B, C', H, W]
             x = x.flatten(2).permute(2, 0, 1)  # [HW, B, C']
             s1 += x.sum(1)
-            s2.baddbmm_(x.transpose(1, 2), x)  # Σ_b x xᵀ per location, in place (no temporary of s2's size)
+            if shared:
+                flat = x.reshape(-1, want)
+                s2[0].addmm_(flat.T, flat)  # Σ over locations and images of x xᵀ
+            else:
+                s2.baddbmm_(x.transpose(1, 2), x)  # Σ_b x xᵀ per location, in place (no temporary of s2's size)
         n = len(pos)
         mean = s1 / n
-        precision = _precision(s2, mean, n, float(params["shrinkage"]))
+        if shared:  # the within-location scatter: Σ_ij (S2_ij - n μ_ij μ_ijᵀ), over HW(n - 1) degrees of freedom
+            cov = (s2[0] - n * mean.T @ mean) / (h * w * (n - 1)) + float(params["shrinkage"]) * torch.eye(want)
+            precision = torch.from_numpy(np.linalg.inv(cov.numpy())).float()[None]
+        else:
+            precision = _precision(s2, mean, n, float(params["shrinkage"]))
         del s2
         model = Gaussian(torch.from_numpy(channels), mean, precision)
         losses = {}
@@ -85,8 +102,8 @@ def fit(features: str | Path, split_json: str | Path, out_model: str | Path, out
     # it stores (no trained weights)
     write_fitted(model, Gaussian.kind, params, out_model, out_history, out_info, in_channels=c, grid=[h, w],
                  seconds=seconds, losses=losses, parameters=int(model.mean.numel() + model.precision.numel()))
-    log.info("Gaussian per location: %d locations x %d of %d channels, %d training images, %.1f s",
-             h * w, want, c, n, seconds)
+    log.info("Gaussian per location (%s covariance): %d locations x %d of %d channels, %d training images, %.1f s",
+             "one shared" if shared else "its own", h * w, want, c, n, seconds)
     return {"channels": want, "seconds": seconds, **losses}
 
 

@@ -223,12 +223,18 @@ def pca_key(cfg: dict, n_fit: int | None = None) -> str:
     return "pca-" + digest({"features": feature_key(cfg), "split": split_key(cfg), **pca_params(cfg, n_fit)})
 
 
+# Settings added to a head after artifacts were made with it: at their default (what those artifacts were made
+# with) they are left out of the params, so that existing keys stay valid; any other value is in the key.
+LATER_DEFAULTS = {"gaussian": {"covariance": "location"}}
+
+
 def model_params(cfg: dict) -> dict:
     """The model's params: the CAE's, or another head's (``model: gaussian``, ``memory_bank``): its kind, its
     section of the config (named as it), the seed and its code version."""
     if cfg["model"] != "cae":
         kind = cfg["model"]
-        return {"kind": kind, **cfg[kind], "seed": cfg["seed"], **device_params(cfg), "code": code_version(kind)}
+        own = {k: v for k, v in cfg[kind].items() if LATER_DEFAULTS.get(kind, {}).get(k, object()) != v}
+        return {"kind": kind, **own, "seed": cfg["seed"], **device_params(cfg), "code": code_version(kind)}
     c = cfg["cae"]
     out = {"latent_dim": c["latent_dim"], "normalize": c["normalize"], "batchnorm": c["batchnorm"],
            "epochs": c["epochs"], "batch_size": c["batch_size"], "lr": c["lr"],

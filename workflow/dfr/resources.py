@@ -16,6 +16,11 @@ from .measure import cpu_seconds, peak_rss_mb, reset_peak, rss_mb  # noqa: F401 
 MB = 2**20
 
 
+def _covariances(cfg: dict, hw: int) -> int:
+    """How many covariances a Gaussian head holds: one per location, or one shared."""
+    return 1 if cfg["gaussian"].get("covariance") == "shared" else hw
+
+
 def threads_default() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -95,7 +100,7 @@ def model_file_mb(cfg: dict, n_train: int = 0) -> float:
         return flow_size(cfg)[0] * 4 / MB + 1
     if cfg.get("model") == "gaussian":
         k = cfg["gaussian"]["channels"] or c
-        return hw * k * (k + 1) * 4 / MB
+        return (hw * k + _covariances(cfg, hw) * k * k) * 4 / MB
     d, kernel = _latent(cfg, c), cfg["cae"]["kernel"]
     mid = (c + 2 * d) // 2  # the CAE's widths (dfr.cae): c → mid → 2d → d → 2d → mid → c
     return 4 * kernel ** 2 * 2 * (c * mid + mid * 2 * d + 2 * d * d) / MB + 1
@@ -135,11 +140,11 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         mem = BASE_MB["torch"] + samples * c * 24 / MB  # float32 sample, float64 copy, centred copy
         minutes = 2 + (2 * samples * c * c + 10 * c ** 3) / (CPU_GFLOPS * 1e9) / 60 * 2
     elif rule in ("train", "maps") and cfg.get("model") == "gaussian":
-        k = cfg["gaussian"]["channels"] or c
+        k, ncov = cfg["gaussian"]["channels"] or c, _covariances(cfg, hw)
         if rule == "train":  # the float64 sums Σ x xᵀ, the float32 precisions, a 256 MB chunk being inverted
-            model_mb = hw * k * k * (8 + 4) / MB + 3 * 256  # (dfr.gaussian._precision)
+            model_mb = ncov * k * k * (8 + 4) / MB + 3 * 256  # (dfr.gaussian._precision)
         else:  # the float32 precisions as loaded, and a torch.load copy's headroom
-            model_mb = hw * k * k * 4 * 1.5 / MB
+            model_mb = ncov * k * k * 4 * 1.5 / MB
         mem = BASE_MB["torch"] + model_mb + cfg["features"]["batch_size"] * c * hw * 4 * 4 / MB
         n = wl.n_train if rule == "train" else wl.n_train + wl.n_test
         minutes = 2 + n * hw * k * k * 4 / (CPU_GFLOPS * 1e9) / 60 * 2
