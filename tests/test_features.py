@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dfr import keys
-from dfr import backbones, data, features
+from dfr import backbones, data, features, shapes
 from dfr.io import DFRError
 
 
@@ -81,7 +81,7 @@ def test_efficientnet_lite0_imagenet_weights_load_strictly():
     rand = backbones.build("tf_efficientnet_lite0", "none")
     model = backbones.build("tf_efficientnet_lite0", "imagenet")
     assert not torch.equal(rand.conv_stem.weight, model.conv_stem.weight)
-    fx = features.FeatureExtractor(model, backbones.DEFAULT_LAYERS["tf_efficientnet_lite0"])
+    fx = features.FeatureExtractor(model, shapes.DEFAULT_LAYERS["tf_efficientnet_lite0"])
     with torch.inference_mode():
         assert fx(torch.randn(1, 3, 224, 224)).shape == (1, 40 + 112, 28, 28)
 

@@ -68,12 +68,12 @@ def test_config_keys_and_validation():
 FIT_SCRIPT = r"""
 import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
-from dfr import gaussian, resources
-base = resources.rss_mb()
-exact = resources.reset_peak()
+from dfr import gaussian, measure
+base = measure.rss_mb()
+exact = measure.reset_peak()
 r = gaussian.fit(sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6],
                  {"kind": "gaussian", "channels": None, "shrinkage": 0.01, "seed": 0})
-print(json.dumps({"peak_above_baseline_mb": resources.peak_rss_mb() - base, "exact": exact}))
+print(json.dumps({"peak_above_baseline_mb": measure.peak_rss_mb() - base, "exact": exact}))
 """
 
 

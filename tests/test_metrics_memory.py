@@ -18,17 +18,17 @@ SCRIPT = r"""
 import json, sys, time
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import numpy as np
-from dfr import metrics, resources
+from dfr import measure, metrics
 from dfr.scoring import Maps
 d = sys.argv[3]
 params = {"alpha": 3.0, "percentile": 99.0, "pixel_fpr": 0.01, "eval_size": None, "pixel": True,
           "pro_fpr_limit": 0.3, "dataset": "big", "category": "big"}
-base = resources.rss_mb()
-exact = resources.reset_peak()
+base = measure.rss_mb()
+exact = measure.reset_peak()
 t = time.perf_counter()
 m = metrics.evaluate(f"{d}/scores.csv", f"{d}/maps.h5", f"{d}/metrics.json", params)
 seconds = time.perf_counter() - t
-peak = resources.peak_rss_mb() - base
+peak = measure.peak_rss_mb() - base
 out = {"seconds": seconds, "peak_above_baseline_mb": peak, "exact_peak": exact, **m["pixel"]}
 if sys.argv[4] == "reference":
     import reference_metrics as ref

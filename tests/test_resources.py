@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from dfr import layout, plan, workload
-from dfr import config, data, rehearsal, resources, synthetic
+from dfr import config, data, rehearsal, resources, shapes, synthetic
 
 RULES = ["synthetic", "index", "features", "split", "pca", "train", "maps", "scores", "metrics", "plots"]
 
@@ -38,8 +38,8 @@ def test_every_rule_declares_memory_and_runtime_that_grow_with_the_data(tmp_path
     low = copy.deepcopy(big)
     low["resources"]["mem_mb_min"] = 500
     m = resources.estimate(low, "metrics", "m", "screw")["mem_mb"]
-    s = synthetic.shaped_spec("screw", "mvtec_ad")
-    n_test = sum(synthetic.shaped_counts("screw", "mvtec_ad")[2]) + synthetic.shaped_counts("screw", "mvtec_ad")[1]
+    s = shapes.shaped_spec("screw", "mvtec_ad")
+    n_test = sum(shapes.shaped_counts("screw", "mvtec_ad")[2]) + shapes.shaped_counts("screw", "mvtec_ad")[1]
     assert m * 2**20 >= 8 * n_test * s.width * s.height  # 8 bytes per evaluated pixel at least
     low["metrics"]["eval_size"] = 256
     assert resources.estimate(low, "metrics", "m", "screw")["mem_mb"] < m

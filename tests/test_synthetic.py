@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfr import synthetic
+from dfr import shapes, synthetic
 from dfr.io import DFRError
 
 
@@ -20,7 +20,7 @@ def test_layout_and_counts(synth_root):
     d = synth_root / "disc"
     assert len(list((d / "train" / "good").glob("*.png"))) == 8
     assert len(list((d / "test" / "good").glob("*.png"))) == 3
-    for kind in synthetic.DEFECTS:
+    for kind in shapes.DEFECTS:
         imgs = sorted((d / "test" / kind).glob("*.png"))
         masks = sorted((d / "ground_truth" / kind).glob("*_mask.png"))
         assert len(imgs) == 2 and len(masks) == 2
@@ -29,7 +29,7 @@ def test_layout_and_counts(synth_root):
 
 def test_masks_exact_binary_and_sized(synth_root):
     for cat in ("disc", "grain"):
-        spec = synthetic.CATEGORIES[cat]
+        spec = shapes.CATEGORIES[cat]
         for m in (synth_root / cat / "ground_truth").rglob("*_mask.png"):
             a = np.asarray(Image.open(m))
             assert a.shape == (spec.height, spec.width)
@@ -39,7 +39,7 @@ def test_masks_exact_binary_and_sized(synth_root):
 
 
 def test_defect_changes_only_masked_pixels():
-    spec = synthetic.CATEGORIES["weave"]
+    spec = shapes.CATEGORIES["weave"]
     rng = synthetic._rng(0, "weave", "test/stain", 0)
     img, fg = synthetic._normal(spec, rng)
     out, mask = synthetic._defect(spec, img, fg, "stain", rng)
@@ -102,7 +102,7 @@ def test_shaped_counts_at_full_scale_add_up_to_the_benchmarks():
 
     for name, table in shapes.BENCHMARKS.items():
         for cat, s in table.items():
-            n_train, n_good, per_kind = synthetic.shaped_counts(cat, name, 1.0)
+            n_train, n_good, per_kind = shapes.shaped_counts(cat, name, 1.0)
             assert (n_train, n_good, sum(per_kind)) == (s.n_train, s.n_test_good, s.n_test_anomalous)
             assert max(per_kind) - min(per_kind) <= 1
 

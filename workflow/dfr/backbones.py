@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io import DFRError
-from .shapes import DEFAULT_LAYERS, FUSED_CHANNELS, LITE_WEIGHTS_PACKAGES, TORCHVISION_BACKBONES  # noqa: F401
+from .shapes import LITE_WEIGHTS_PACKAGES, TORCHVISION_BACKBONES
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 
 
 def _child(fn, kwargs, q):
-    from .resources import peak_rss_mb
+    from .measure import peak_rss_mb
 
     try:
         out = fn(**kwargs)
@@ -260,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     a = p.parse_args(argv)
 
-    from . import backbones, data, synthetic
+    from . import backbones, data, shapes, synthetic
 
     device = str(backbones.resolve_device(a.device))
     a.batch_size = a.batch_size or (8 if device == "cpu" else 64)
-    layers = a.layers or backbones.DEFAULT_LAYERS[a.backbone]
+    layers = a.layers or shapes.DEFAULT_LAYERS[a.backbone]
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="dfr-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()

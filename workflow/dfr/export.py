@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .ensemble import zfuse
+from .features import to_cache_dtype
 from .io import DFRError, atomic_path
 from .predict import Predictor, load_bundle
+from .scoring import replicate_border, top_k_mean
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class Graph(nn.Module):
         super().__init__()
         self.extractors = nn.ModuleList([e for _, e, _, _ in pred.sets])
         self.set_input = [i for i, _, _, _ in pred.sets]
-        self.half = [dtype.itemsize == 2 for _, _, _, dtype in pred.sets]
+        self.dtypes = [dtype for _, _, _, dtype in pred.sets]
         self.models = nn.ModuleList([m for _, m, _ in pred.members])
         self.member_set = [s for s, _, _ in pred.members]
         self.stats = [st for _, _, st in pred.members]
@@ -44,19 +45,13 @@ class Graph(nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fx = []
-        for extractor, i, half in zip(self.extractors, self.set_input, self.half):
-            f = extractor(xs[i].contiguous(memory_format=torch.channels_last)).float()
-            fx.append((f.half().float() if half else f).contiguous(memory_format=torch.channels_last))
+        for extractor, i, dtype in zip(self.extractors, self.set_input, self.dtypes):
+            f = extractor(xs[i].contiguous(memory_format=torch.channels_last))
+            fx.append(to_cache_dtype(f, dtype).float().contiguous(memory_format=torch.channels_last))
         maps = [m.anomaly_map(fx[s]).float() for m, s in zip(self.models, self.member_set)]
         a = maps[0] if self.grid is None else zfuse(maps, self.stats, self.grid)
-        if self.border:
-            b = self.border
-            a = F.pad(a[:, None, b:-b, b:-b], (b, b, b, b), mode="replicate")[:, 0]
-            inner = a[:, b:-b, b:-b]
-        else:
-            inner = a
-        s = inner.flatten(1).topk(self.top_k, dim=1).values.mean(1)
-        return a, s
+        a = replicate_border(a, self.border)
+        return a, top_k_mean(a, self.top_k, self.border)
 
 
 def export(bundle_path: str | Path, out: str | Path, batch: int = 1) -> dict:

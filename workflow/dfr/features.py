@@ -108,12 +108,11 @@ def _one_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def feature_params_key(params: dict) -> str:
-    """A short stable hash of what shapes the cache (used in its path)."""
-    import hashlib
-
-    blob = json.dumps(params, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:10]
+def to_cache_dtype(f: torch.Tensor, dtype: np.dtype | str) -> torch.Tensor:
+    """f(x) rounded to the cache's storage dtype (float16 or float32; round to nearest even): the one
+    implementation, used by the features job, ``dfr predict`` and ``dfr export``, so that the deployed f(x)
+    is the evaluated one."""
+    return f.float().to(torch.float16 if np.dtype(dtype) == np.float16 else torch.float32)
 
 
 def extract(index_path: str | Path, split: str, out: str | Path, params: dict,
@@ -166,13 +165,12 @@ def extract(index_path: str | Path, split: str, out: str | Path, params: dict,
                         x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         fx = extractor(x)
-                    block = fx.float().cpu().numpy()
-                    stored = block.astype(dtype, copy=False)
+                    stored = to_cache_dtype(fx, dtype).cpu().numpy()
                     if not np.isfinite(stored).all():
                         ok = np.isfinite(stored).reshape(len(x), -1).all(axis=1)
                         bad = rows.path[start + int(np.nonzero(~ok)[0][0])]
                         why = ("they exceed the float16 range of the cache: set features.dtype: float32"
-                               if np.isfinite(block).all() else
+                               if torch.isfinite(fx.float()).all() else
                                f"{params['backbone']} gave NaN/inf: check features.weights, or set "
                                "features.amp: none")
                         raise DFRError(f"{index_path}: non-finite features (e.g. for {bad}) in stage features, "

@@ -47,11 +47,11 @@ import torch
 
 from . import backbones, cae, heads
 from .data import IMAGE_EXTENSIONS, Preprocess, load_image
-from .features import FeatureExtractor
+from .features import FeatureExtractor, to_cache_dtype
 from .checkpoint import save_sealed
 from .ensemble import zfuse
 from .io import FORMATS, DFRError, atomic_path, read_json, remake_hint, versions, device_info, write_json
-from .scoring import maps_params, top_k_score, upsample, without_border
+from .scoring import maps_params, replicate_border, top_k_score, upsample
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +164,10 @@ class Predictor:
             x = xs[i].to(self.device).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
                 f = extractor(x)
-            f = f.float().cpu().numpy().astype(dtype).astype(np.float32)
-            fx.append(torch.from_numpy(f).to(self.device).contiguous(memory_format=torch.channels_last))
+            fx.append(to_cache_dtype(f, dtype).float().contiguous(memory_format=torch.channels_last))
         a = [model.anomaly_map(fx[s]).float() for s, model, _ in self.members]
         a = zfuse(a, [st for _, _, st in self.members], tuple(self.fusion["grid"])) if self.fusion else a[0]
-        return without_border(a.cpu().numpy(), self.border)
+        return replicate_border(a, self.border).cpu().numpy()
 
     def scores(self, a: np.ndarray) -> np.ndarray:
         return top_k_score(a, self.top_k, self.border)

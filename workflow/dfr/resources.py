@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 from . import plan, shapes, workload
-from .measure import cpu_seconds, peak_rss_mb, reset_peak, rss_mb  # noqa: F401 - what a job used, measured
 
 MB = 2**20
 

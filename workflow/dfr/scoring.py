@@ -31,8 +31,25 @@ def _check_border(a: np.ndarray, border: int) -> None:
         raise DFRError(f"scoring.border must be between 0 and {(min(h, w) - 1) // 2} for a {h}x{w} map, got {border}")
 
 
+def replicate_border(a: torch.Tensor, border: int) -> torch.Tensor:
+    """A(x) [N, H, W] with its outer ``border`` cells replaced by the nearest interior cell (edge replication):
+    the one implementation, used by the pipeline (:func:`without_border`), ``dfr predict`` and ``dfr export``
+    (traceable: ``border`` is a Python int)."""
+    if not border:
+        return a
+    b = border
+    return F.pad(a[:, None, b:-b, b:-b], (b, b, b, b), mode="replicate")[:, 0]
+
+
+def top_k_mean(a: torch.Tensor, k: int, border: int = 0) -> torch.Tensor:
+    """s(x) [N]: the mean of the k largest values of A(x) [N, H, W], without ``border`` cells at each edge: the
+    one implementation, used by the pipeline (:func:`top_k_score`), ``dfr predict`` and ``dfr export``."""
+    inner = a[:, border:-border, border:-border] if border else a
+    return inner.flatten(1).topk(k, dim=1).values.mean(dim=1)
+
+
 def without_border(a: np.ndarray, border: int) -> np.ndarray:
-    """A(x) with its outer ``border`` cells replaced by the nearest interior cell (edge replication).
+    """A(x) with its outer ``border`` cells replaced by the nearest interior cell (:func:`replicate_border`).
 
     Beyond the paper (§8.3): the backbone's zero padding makes features near the image edge unlike any in
     the interior, which can raise A(x) along the border of every image; excluding that margin from s(x)
@@ -40,25 +57,24 @@ def without_border(a: np.ndarray, border: int) -> np.ndarray:
     if not border:
         return a
     _check_border(a, border)
-    inner = np.asarray(a)[..., border:-border, border:-border]
-    return np.pad(inner, [(0, 0)] * (inner.ndim - 2) + [(border, border)] * 2, mode="edge")
+    a = np.asarray(a)
+    t = torch.from_numpy(np.ascontiguousarray(a.reshape(-1, *a.shape[-2:])))
+    return replicate_border(t, border).numpy().reshape(a.shape)
 
 
 def top_k_score(a: np.ndarray | torch.Tensor, k: int, border: int = 0) -> np.ndarray:
     """s(x) = mean of the k largest values of A(x) (of its interior, without ``border`` cells at each edge);
-    ``a`` has shape [N, H, W] (or [H, W])."""
-    a = np.asarray(a, dtype=np.float32)
-    if border:
-        _check_border(a, border)
-        a = a[..., border:-border, border:-border]
-    a = torch.as_tensor(a)
+    ``a`` has shape [N, H, W] (or [H, W]). Checks k and the border, then :func:`top_k_mean`."""
+    a = torch.as_tensor(np.asarray(a, dtype=np.float32))
     if a.ndim == 2:
         a = a[None]
-    flat = a.reshape(a.shape[0], -1)
-    if not 1 <= k <= flat.shape[1]:
-        raise DFRError(f"scoring.top_k must be between 1 and {flat.shape[1]} (the map's size"
+    if border:
+        _check_border(a, border)
+    n_inner = (a.shape[1] - 2 * border) * (a.shape[2] - 2 * border)
+    if not 1 <= k <= n_inner:
+        raise DFRError(f"scoring.top_k must be between 1 and {n_inner} (the map's size"
                        + (f" without its border of {border}" if border else "") + f"), got {k}")
-    return flat.topk(k, dim=1).values.mean(dim=1).numpy()
+    return top_k_mean(a, k, border).numpy()
 
 
 def upsample(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:

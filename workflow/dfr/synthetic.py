@@ -33,7 +33,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .io import DFRError, write_json
-from .shapes import BENCHMARKS, CATEGORIES, DEFECTS, CategorySpec, shaped_counts, shaped_spec  # noqa: F401
+from .shapes import CATEGORIES, DEFECTS, CategorySpec, shaped_counts, shaped_spec
 
 log = logging.getLogger(__name__)
 
