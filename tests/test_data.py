@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfr import data
+from dfr import data, features
 from dfr.io import DFRError
 
 
@@ -101,7 +101,7 @@ def test_load_image_modes_give_rgb(tmp_path, mode):
         im = rgb.convert(mode)
     path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
     im.save(path)
-    out = data.load_image(path)
+    out = features.load_image(path)
     assert out.mode == "RGB" and out.size == (16, 12)
     if mode == "I;16":  # 16-bit values scale down to the 8-bit grey they came from
         assert np.abs(np.asarray(out)[..., 0].astype(int) - np.asarray(rgb.convert("L")).astype(int)).max() <= 1
@@ -109,9 +109,9 @@ def test_load_image_modes_give_rgb(tmp_path, mode):
 
 def test_preprocess_normalisation():
     im = Image.new("RGB", (50, 30), (124, 116, 104))
-    x = data.Preprocess(32, normalize=False)(im)
+    x = features.Preprocess(32, normalize=False)(im)
     assert x.shape == (3, 32, 32) and abs(float(x[0, 0, 0]) - 124 / 255) < 1e-6
-    y = data.Preprocess(32, normalize=True)(im)
+    y = features.Preprocess(32, normalize=True)(im)
     assert abs(float(y[0, 0, 0]) - (124 / 255 - 0.485) / 0.229) < 1e-5
 
 

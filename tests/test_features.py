@@ -108,7 +108,7 @@ def test_extract_to_hdf5(synth_root, tmp_path):
         # the cache equals a direct forward pass (up to float16 storage)
         model = backbones.build("resnet18", "none")
         fx = features.FeatureExtractor(model, params["layers"])
-        img = data.Preprocess(64, True)(data.load_image(c.path_[0]))[None]
+        img = features.Preprocess(64, True)(features.load_image(c.path_[0]))[None]
         with torch.inference_mode():
             ref = fx(img)[0].numpy()
         np.testing.assert_allclose(x[1], ref, rtol=2e-3, atol=2e-3)

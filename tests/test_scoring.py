@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from dfr import keys
-from dfr import scoring
+from dfr import metrics, scoring
 from dfr.io import DFRError
 
 
@@ -24,11 +24,11 @@ def test_top_k_bounds(k):
 
 def test_upsample_bilinear_to_original_size():
     a = np.arange(4, dtype=np.float32).reshape(2, 2)
-    up = scoring.upsample(a, (6, 9))
+    up = metrics.upsample(a, (6, 9))
     assert up.shape == (6, 9)
     assert up.min() >= 0 and up.max() <= 3
-    np.testing.assert_allclose(scoring.upsample(np.full((28, 28), 2.5), (100, 80)), 2.5)
-    assert scoring.upsample(np.zeros((3, 28, 28)), (50, 50)).shape == (3, 50, 50)
+    np.testing.assert_allclose(metrics.upsample(np.full((28, 28), 2.5), (100, 80)), 2.5)
+    assert metrics.upsample(np.zeros((3, 28, 28)), (50, 50)).shape == (3, 50, 50)
 
 
 # ---- beyond the paper: a border of A(x) left out (scoring.border) ----

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY, snakemake
-from dfr import data, failures
+from dfr import data, failures, features
 from dfr.io import DFRError
 
 
@@ -48,7 +48,7 @@ def test_every_error_pillow_raises_names_the_file(exc, reader, tmp_path, monkeyp
 
     monkeypatch.setattr(Image, "open", broken)
     with pytest.raises(DFRError, match=r"x\.png: (unreadable|.* too large)"):
-        getattr(data, reader)(path)
+        getattr(features if reader == "load_image" else data, reader)(path)
 
 
 def test_an_image_above_the_pixel_limit_is_refused_before_it_is_decoded(tmp_path):
@@ -56,10 +56,10 @@ def test_an_image_above_the_pixel_limit_is_refused_before_it_is_decoded(tmp_path
     # its image data is a few bytes: decoding would fail as truncated, so "not decoded" shows it was not tried
     with pytest.raises(DFRError, match=r"bomb\.png: image of 20000x20000 = 400,000,000 pixels, above the limit "
                                        r"of 1,000,000: not decoded"):
-        data.load_image(bomb, max_pixels=1_000_000)
+        features.load_image(bomb, max_pixels=1_000_000)
     # without a limit of its own, Pillow's (twice MAX_IMAGE_PIXELS) refuses it, named
     with pytest.raises(DFRError, match=r"bomb\.png: image too large to decode safely"):
-        data.load_image(bomb)
+        features.load_image(bomb)
 
 
 def test_an_image_that_breaks_in_a_loader_worker_is_named_without_its_traceback(synth_root, tmp_path):

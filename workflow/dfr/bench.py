@@ -79,7 +79,7 @@ def stage_matmul(threads: int, n: int = 2048, device: str = "cpu") -> dict:
 def stage_decode(paths: list[str], image_size: int, workers: int, big_png: str) -> dict:
     import torch
 
-    from .data import ImageDataset, Preprocess
+    from .features import ImageDataset, Preprocess
     from .features import _one_thread
 
     torch.set_num_threads(1)

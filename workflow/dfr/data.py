@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
 CODE_VERSIONS = {"index": 1, "split": 1}
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INDEX_COLUMNS = ["image_id", "split", "label", "defect", "path", "mask_path", "width", "height"]
 
 # Truncated files must fail loudly, never decode as half-grey images.
@@ -131,27 +129,6 @@ def _open(path: str | Path, max_pixels: int | None) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = pillows
 
 
-def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Open an image as 8-bit RGB, whatever its mode (grey, RGBA, palette, 16-bit); with ``max_pixels``, one
-    larger than that is refused before it is decoded."""
-    with open_image(path, "image", max_pixels) as im:
-        im.load()
-        return to_rgb(im)
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        im = Image.fromarray(a, mode="L")
-    if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
-        im = Image.alpha_composite(bg, im)
-    return im.convert("RGB")
-
-
 def load_mask(path: str | Path) -> np.ndarray:
     """A ground-truth mask as a boolean array (any non-zero pixel is anomalous)."""
     with open_image(path, "mask") as im:
@@ -162,8 +139,10 @@ def load_mask(path: str | Path) -> np.ndarray:
 
 
 def _check_image(path: Path) -> tuple[int, int]:
-    im = load_image(path)
-    return im.size
+    """The image's (width, height), decoded whole so that a truncated file fails here."""
+    with open_image(path, "image") as im:
+        im.load()
+        return im.size
 
 
 def _check_mask(mask_path: Path, image_size: tuple[int, int]) -> None:
@@ -309,43 +288,6 @@ def write_split(index_path: str | Path, out: str | Path, val_fraction: float, se
     split["params"] = {"val_fraction": val_fraction, "seed": seed}
     write_json(out, split)
     return split
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Image preprocessing of §5.1: resize to ``image_size``², ToTensor, optional ImageNet normalisation."""
-
-    image_size: int = 224
-    normalize: bool = True
-
-    def __call__(self, im: Image.Image) -> "torch.Tensor":
-        import torch  # here, so that indexing and splitting start without torch
-
-        im = im.resize((self.image_size, self.image_size), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-        if self.normalize:
-            mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-            std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-            x = (x - mean) / std
-        return x
-
-
-class ImageDataset:
-    """Images of an index (one split), preprocessed for the backbone (a map-style dataset for
-    torch.utils.data.DataLoader)."""
-
-    def __init__(self, paths: list[str], preprocess: Preprocess):
-        self.paths = list(paths)
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> "torch.Tensor | ImageError":
-        try:
-            return self.preprocess(load_image(self.paths[i]))
-        except DFRError as e:  # raised in the main process (collate_images), not in a loader worker
-            return ImageError(str(e))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,16 +22,82 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from PIL import Image
+
 from . import backbones
-from .data import ImageDataset, Preprocess, checked, collate_images, read_index
+from .data import ImageError, checked, collate_images, open_image, read_index
 from .io import FORMATS, DFRError, atomic_path, check_format, check_space, remake_hint, versions, device_info
 
 log = logging.getLogger(__name__)
 
-# The code version of the fused features f(x) (this module, and the backbones' construction and BN folding in
-# dfr.backbones): dfr.keys reads it (without importing
-# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+# The code version of the fused features f(x): this module (what an image becomes before the backbone: its
+# decoding to RGB and preprocessing, here; the fusion; the rounding to the cache) and the backbones'
+# construction and BN folding in dfr.backbones. dfr.keys reads it (without importing this module) into the
+# params and keys of what it makes. Bump it when a change alters what is written
+# (tests/test_golden.py fails until it is).
 CODE_VERSIONS = {"features": 1}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ---- an image, as the backbone sees it (§5.1) ----
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Open an image as 8-bit RGB, whatever its mode (grey, RGBA, palette, 16-bit); with ``max_pixels``, one
+    larger than that is refused before it is decoded."""
+    with open_image(path, "image", max_pixels) as im:
+        im.load()
+        return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB: 16-bit and float grey scaled to 0-255, transparency composited on black."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        im = Image.fromarray(a, mode="L")
+    if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image preprocessing of §5.1: resize to ``image_size``², ToTensor, optional ImageNet normalisation."""
+
+    image_size: int = 224
+    normalize: bool = True
+
+    def __call__(self, im: Image.Image) -> "torch.Tensor":
+        im = im.resize((self.image_size, self.image_size), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+        if self.normalize:
+            mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+            x = (x - mean) / std
+        return x
+
+
+class ImageDataset:
+    """Images of an index (one split), preprocessed for the backbone (a map-style dataset for
+    torch.utils.data.DataLoader)."""
+
+    def __init__(self, paths: list[str], preprocess: Preprocess):
+        self.paths = list(paths)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> "torch.Tensor | ImageError":
+        try:
+            return self.preprocess(load_image(self.paths[i]))
+        except DFRError as e:  # raised in the main process (collate_images), not in a loader worker
+            return ImageError(str(e))
 
 
 class _LastLayerReached(Exception):

@@ -20,19 +20,31 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .data import load_mask
 from .io import DFRError, provenance, remake_hint, write_json
-from .scoring import Maps, read_scores, upsample
+from .scoring import Maps, read_scores
 
 log = logging.getLogger(__name__)
 
-# The code version of the metrics and thresholds: dfr.keys reads it (without importing
-# this module) into the params and keys of what it makes. Bump it when a change alters what is written.
+# The code version of the metrics and thresholds (and of Ã(x), the upsampled maps they are computed on, here):
+# dfr.keys reads it (without importing this module) into the params and keys of what it makes. Bump it when a
+# change alters what is written (tests/test_golden.py fails until it is).
 CODE_VERSIONS = {"metrics": 2}
+
+
+def upsample(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Ã(x): bilinear upsampling of A(x) [H, W] (or [N, H, W]) to ``size`` = (height, width)."""
+    t = torch.as_tensor(np.asarray(a, dtype=np.float32))
+    squeeze = t.ndim == 2
+    t = t[None, None] if squeeze else t[:, None]
+    out = F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[:, 0]
+    return out[0].numpy() if squeeze else out.numpy()
 
 
 def confusion_at(labels: np.ndarray, scores: np.ndarray, t: float) -> dict:

@@ -17,9 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .data import load_image, load_mask  # noqa: E402
+from .data import load_mask  # noqa: E402
+from .features import load_image  # noqa: E402
+from .metrics import upsample  # noqa: E402
 from .io import atomic_path, read_json  # noqa: E402
-from .scoring import Maps, read_scores, upsample  # noqa: E402
+from .scoring import Maps, read_scores  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -46,12 +46,13 @@ import pandas as pd
 import torch
 
 from . import backbones, cae, heads
-from .data import IMAGE_EXTENSIONS, Preprocess, load_image
-from .features import FeatureExtractor, to_cache_dtype
+from .shapes import IMAGE_EXTENSIONS
+from .features import FeatureExtractor, Preprocess, load_image, to_cache_dtype
+from .metrics import upsample
 from .checkpoint import save_sealed
 from .ensemble import zfuse
 from .io import FORMATS, DFRError, atomic_path, read_json, remake_hint, versions, device_info, write_json
-from .scoring import maps_params, replicate_border, top_k_score, upsample
+from .scoring import maps_params, replicate_border, top_k_score
 
 log = logging.getLogger(__name__)
 

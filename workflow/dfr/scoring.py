@@ -77,15 +77,6 @@ def top_k_score(a: np.ndarray | torch.Tensor, k: int, border: int = 0) -> np.nda
     return top_k_mean(a, k, border).numpy()
 
 
-def upsample(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Ã(x): bilinear upsampling of A(x) [H, W] (or [N, H, W]) to ``size`` = (height, width)."""
-    t = torch.as_tensor(np.asarray(a, dtype=np.float32))
-    squeeze = t.ndim == 2
-    t = t[None, None] if squeeze else t[:, None]
-    out = F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[:, 0]
-    return out[0].numpy() if squeeze else out.numpy()
-
-
 @torch.no_grad()
 def _maps(model: torch.nn.Module, cache: FeatureCache, positions: np.ndarray, device: torch.device,
           batch: int) -> np.ndarray:

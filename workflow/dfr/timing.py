@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .data import load_image, read_index
+from .data import read_index
+from .features import load_image
 from .io import DFRError, atomic_path, versions, write_json
 from .predict import Predictor, assemble, load_bundle
 from .resources import threads_default
