@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 # The version of the fusion's numerics (dfr.keys reads it into the fused maps' key): bump it when a change
 # alters what fuse() writes.
 CODE_VERSIONS = {"ensemble": 2}
+# tests/test_golden.py: per version, the digests of this stage's fixed tiny input and of its rounded output
+GOLDEN = {"ensemble": {2: ("b6e8ecbbc9834d4d", "d4e9436e9d4d14fa")}}
 
 CALIBRATION = "calib"  # the split name of the held-out normal images that set the z-score statistics
 
