@@ -1,3 +1,4 @@
+import copy
 import json
 
 import h5py
@@ -157,3 +158,69 @@ def test_spatial_options_key_the_model_only_when_used():
         dfr_config.validate({**base, "cae": {**base["cae"], "kernel": 5}})
     with pytest.raises(DFRError, match="cae.padding: 'circular' is not one of"):
         dfr_config.validate({**base, "cae": {**base["cae"], "padding": "circular"}})
+
+
+def _stop_epoch(history: pd.DataFrame, patience: int) -> int:
+    """Where early stopping must stop: the first epoch that is ``patience`` epochs after the best so far."""
+    best, best_epoch = float("inf"), 0
+    for _, r in history.iterrows():
+        if r.val_loss < best:
+            best, best_epoch = r.val_loss, int(r.epoch)
+        elif int(r.epoch) - best_epoch >= patience:
+            return int(r.epoch)
+    return int(history.epoch.iloc[-1])
+
+
+@pytest.mark.parametrize("patience", [2, 3])
+def test_early_stopping_stops_at_best_plus_patience_and_keeps_the_best_weights(tmp_path, patience):
+    """With checkpoint: best_val, training stops exactly `patience` epochs after the best epoch and the saved
+    weights are the best epoch's: their validation loss recomputed is the history's least. (A rule that stopped
+    one epoch early or late, or kept the last weights, fails: the patience 2 and 3 runs stop at different epochs
+    on the same curve, and the last epoch's loss differs from the best's.)"""
+    feats, split = _cache(tmp_path / "train.h5")
+    params = {"latent_dim": 2, "normalize": False, "batchnorm": True, "epochs": 200, "batch_size": 8,
+              "lr": 0.5, "early_stopping": patience, "checkpoint": "best_val", "seed": 0, "device": "cpu"}
+    r = cae.train(feats, split, tmp_path / "m.pt", tmp_path / "h.csv", params)
+    h = pd.read_csv(tmp_path / "h.csv")
+    assert len(h) < 200
+    assert int(h.epoch.iloc[-1]) == r["best_epoch"] + patience == _stop_epoch(h, patience)
+    assert r["best_epoch"] == int(h.epoch[h.val_loss.idxmin()]) and r["epoch"] == r["best_epoch"]
+    model = cae.load(tmp_path / "m.pt")
+    from dfr.features import FeatureCache
+
+    with FeatureCache(feats) as c:
+        f = torch.from_numpy(c.read(c.positions(json.loads(split.read_text())["val"]))).float()
+    with torch.no_grad():
+        val = float(cae.reconstruction_loss(f, model(f)))
+    assert val == pytest.approx(h.val_loss.min(), rel=1e-4)
+    assert h.val_loss.iloc[-1] != pytest.approx(h.val_loss.min(), rel=1e-4)  # the last weights are not the best
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_the_fused_forward_is_its_own_conv_and_batchnorm_modules(normalize):
+    """The 1x1 CAE's forward runs its layers as matrix products; run as the nn.Conv2d / nn.BatchNorm2d / ReLU
+    modules it holds, in train mode (batch statistics, running statistics updated) and in eval mode, it gives
+    the same f̂(x) and the same running statistics. A fusion that dropped the normalisation or a BatchNorm's
+    running-statistics update would fail."""
+    torch.manual_seed(0)
+    m = cae.CAE(12, 3, normalize=normalize)
+    if normalize:
+        m.mean.copy_(torch.randn(1, 12, 1, 1))
+        m.std.copy_(torch.rand(1, 12, 1, 1) + 0.5)
+    ref = copy.deepcopy(m)
+
+    def modules(f):
+        x = (f - ref.mean) / ref.std if normalize else f
+        for layer in (*ref.encoder, *ref.decoder):
+            x = layer(x)
+        return x * ref.std + ref.mean if normalize else x
+
+    f = torch.randn(4, 12, 5, 5)
+    for train in (True, False):
+        m.train(train), ref.train(train)
+        torch.testing.assert_close(m(f), modules(f), rtol=1e-5, atol=1e-5)
+        for a, b in zip(m.state_dict().values(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b)
+    # the check sees a wrong fusion: without the output's inverse normalisation the results differ
+    if normalize:
+        assert not torch.allclose(m(f), (modules(f) - ref.mean) / ref.std, atol=1e-3)

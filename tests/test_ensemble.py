@@ -94,16 +94,17 @@ def test_fuse_z_scores_each_member_by_its_calibration_maps_at_the_finest_grid(tm
 
 
 def test_fuse_refuses_members_of_other_images_or_without_validation(tmp_path):
-    A = np.random.default_rng(0).normal(size=(4, 4, 4)).astype(np.float32)
-    pa = _maps(tmp_path / "a.h5", A, ["val", "val", "test", "test"])
-    pb = _maps(tmp_path / "b.h5", A, ["val", "val", "test", "test"], ids=["img0", "img1", "img2", "other"])
+    A = np.random.default_rng(0).normal(size=(6, 4, 4)).astype(np.float32)
+    splits = ["val"] * 4 + ["test"] * 2
+    pa = _maps(tmp_path / "a.h5", A, splits)
+    pb = _maps(tmp_path / "b.h5", A, splits, ids=["img0", "img1", "img2", "img3", "img4", "other"])
     with pytest.raises(DFRError, match=r"b.h5: its images or their split differ from .*a.h5"):
         ensemble.fuse([pa, pb], tmp_path / "o.h5", {})
-    pc = _maps(tmp_path / "c.h5", A, ["val", "test", "test", "test"])
-    with pytest.raises(DFRError, match=r"1 validation map\(s\); an ensemble needs at least two held-out normal "
+    pc = _maps(tmp_path / "c.h5", A, ["val"] * 3 + ["test"] * 3)
+    with pytest.raises(DFRError, match=r"3 validation map\(s\); an ensemble needs at least four held-out normal "
                                        r"images, half to normalise the members by and half to set the thresholds"):
         ensemble.fuse([pc, pc], tmp_path / "o.h5", {})
-    pd_ = _maps(tmp_path / "d.h5", np.ones((4, 4, 4), np.float32), ["val", "val", "test", "test"])
+    pd_ = _maps(tmp_path / "d.h5", np.ones((6, 4, 4), np.float32), splits)
     with pytest.raises(DFRError, match=r"d.h5: its maps of the calibration images are constant"):
         ensemble.fuse([pa, pd_], tmp_path / "o.h5", {})
     assert not (tmp_path / "o.h5").exists()  # nothing half-written

@@ -79,7 +79,7 @@ def digest(obj) -> str:
 
 
 def _draw_category(root):
-    """8 training and 4 test images (2 with a bright square, its mask beside), 64x64, from a seeded generator."""
+    """8 training images (4 held out) and 4 test images (2 with a bright square, its mask beside), 64x64, from a seeded generator."""
     rng = np.random.default_rng(2026)
     cat = root / "tile"
     for sub in ("train/good", "test/good", "test/spot", "ground_truth/spot"):
@@ -136,51 +136,53 @@ def _run_chain(d):
     images = _draw_category(d / "data")
     cfg = dfr_config.validate({
         "datasets": {"g": {"kind": "folder", "root": str(d / "data"), "categories": ["tile"]}},
-        "device": "cpu", "data": {"image_size": 64, "val_fraction": 0.25},
+        "device": "cpu", "data": {"image_size": 64, "val_fraction": 0.5},
         "features": {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "batch_size": 4},
         "cae": {"epochs": 2, "batch_size": 2}, "flow": {"epochs": 1, "hidden": 16, "blocks": 2},
         "memory_bank": {"coreset": 0.25}, "scoring": {"top_k": 3},
         "thresholds": {"few_labels": [0, 1], "few_label_draws": 2}})
-    out, io = {}, {}
+    # the fixture's settings (not where it lies) are part of every stage's input
+    io, fixture = {}, digest({k: v for k, v in cfg.items() if k != "datasets"})
 
     def rel(df):
         return df.assign(path=df.path.str.replace(str(d), ""), mask_path=df.mask_path.str.replace(str(d), ""))
 
     index = d / "index.csv"
     data.write_index(data.index_category(d / "data", "tile"), index)
-    io["index"] = (digest(images), digest(rel(data.read_index(index))))
+    io["index"] = (digest([fixture, images]), digest(rel(data.read_index(index))))
     split = d / "split.json"
-    data.write_split(index, split, 0.25, 0)
-    io["split"] = (io["index"][1], digest(json.loads(split.read_text())))
+    data.write_split(index, split, cfg["data"]["val_fraction"], 0)
+    io["split"] = (digest([fixture, io["index"][1]]), digest(json.loads(split.read_text())))
     fp = {**keys.feature_params(cfg), "batch_size": 4, "num_workers": 0, "device": "cpu", "channels_last": True}
     for s in ("train", "test"):
         features.extract(index, s, d / f"{s}.h5", fp)
     fx = digest([_load(d / "train.h5"), _load(d / "test.h5")])
-    io["features"] = (digest([images, io["index"][1]]), fx)
+    io["features"] = (digest([fixture, images, io["index"][1]]), fx)
     pca.run(d / "train.h5", split, d / "pca.json", keys.pca_params(cfg, 8))
-    io["pca"] = (fx, digest({k: v for k, v in json.loads((d / "pca.json").read_text()).items()
+    io["pca"] = (digest([fixture, fx]), digest({k: v for k, v in json.loads((d / "pca.json").read_text()).items()
                              if k in ("latent_dim", "explained_variance", "cumulative")}))
     for head in ("cae", "gaussian", "memory_bank", "flow"):
         hc = dfr_config.validate({**cfg, "model": head})
         p = {"device": "cpu", "in_memory": "auto", **keys.model_params(hc)}
         heads.fit(d / "train.h5", split, d / f"{head}.pt", d / f"{head}.csv", p,
                   pca_json=d / "pca.json" if keys.uses_pca(hc) else None, out_info=d / f"{head}.json")
-        io[head] = (digest([fx, io["pca"][1] if head == "cae" else ""]), digest(_model(d / f"{head}.pt")))
+        io[head] = (digest([fixture, fx, io["split"][1], io["pca"][1] if head == "cae" else ""]),
+                    digest(_model(d / f"{head}.pt")))
     mp = {"device": "cpu", "batch_size": 4, **keys.maps_params(cfg)}
     for head in ("cae", "gaussian"):
         scoring.anomaly_maps(d / f"{head}.pt", d / "train.h5", d / "test.h5", split, d / f"maps-{head}.h5", mp)
-    io["maps"] = (digest([fx, io["cae"][1], io["gaussian"][1]]),
+    io["maps"] = (digest([fixture, fx, io["cae"][1], io["gaussian"][1]]),
                   digest([_load(d / "maps-cae.h5"), _load(d / "maps-gaussian.h5")]))
     members = [cfg, dfr_config.validate({**cfg, "model": "gaussian"})]
     ensemble.fuse([d / "maps-cae.h5", d / "maps-gaussian.h5"], d / "maps-ens.h5", keys.fusion_params(members))
-    io["ensemble"] = (io["maps"][1], digest(_load(d / "maps-ens.h5")))
+    io["ensemble"] = (digest([fixture, io["maps"][1]]), digest(_load(d / "maps-ens.h5")))
     scoring.image_scores(d / "maps-cae.h5", d / "scores.csv", 3, 0)
-    io["scores"] = (io["maps"][1], digest(pd.read_csv(d / "scores.csv")[["image_id", "split", "label", "score"]]))
+    io["scores"] = (digest([fixture, io["maps"][1]]), digest(pd.read_csv(d / "scores.csv")[["image_id", "split", "label", "score"]]))
     mparams = {**keys.metrics_params(cfg, "g", []), "dataset": "g", "category": "tile"}
     m = metrics.evaluate(d / "scores.csv", d / "maps-cae.h5", d / "metrics.json", mparams)
-    io["metrics"] = (digest([io["scores"][1], io["maps"][1], images]), digest(_without_provenance(m)))
+    io["metrics"] = (digest([fixture, io["scores"][1], io["maps"][1], images]), digest(_without_provenance(m)))
     tables.write([d / "metrics.json"], "g", d / "t.csv", d / "t.md", d / "v.csv")
-    io["tables"] = (io["metrics"][1], digest([pd.read_csv(d / "t.csv"), pd.read_csv(d / "v.csv")]))
+    io["tables"] = (digest([fixture, io["metrics"][1]]), digest([pd.read_csv(d / "t.csv"), pd.read_csv(d / "v.csv")]))
     io["_rerun"] = {"dir": d, "images": images, "index": index, "feature_params": fp, "metrics_params": mparams}
     return io
 

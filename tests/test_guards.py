@@ -301,6 +301,22 @@ def test_percentile_on_too_few_images_and_validation_choices_are_warned(tmp_path
     assert not any("percentile" in w for w in m["warnings"]) and any("optimistic" in w for w in m["warnings"])
 
 
+@pytest.mark.parametrize("n_val, warned", [(1, None), (2, True), (5, True), (9, True), (10, False), (12, False)])
+def test_the_sigma_threshold_on_few_held_out_normals_is_warned_and_on_one_refused(tmp_path, n_val, warned):
+    """mean + 3σ from fewer than metrics.MIN_VAL_SIGMA held-out normals (PIPED's ensembles threshold on 2) is
+    warned with σ's relative uncertainty; from one image, where there is no σ, the metrics refuse it."""
+    _maps_with_masks(tmp_path, empty_masks=False, n_val=n_val)
+    if warned is None:
+        with pytest.raises(DFRError, match="1 validation score.*needs at least 2 held-out normal images"):
+            metrics.evaluate(tmp_path / "scores.csv", tmp_path / "maps.h5", tmp_path / "m.json", PARAMS)
+        return
+    m = metrics.evaluate(tmp_path / "scores.csv", tmp_path / "maps.h5", tmp_path / "m.json", PARAMS)
+    hit = [w for w in m["warnings"] if w.startswith(f"the mean + 3*std threshold rests on {n_val} validation")]
+    assert bool(hit) == warned, m["warnings"]
+    if warned:
+        assert f"{100 / np.sqrt(2 * (n_val - 1)):.0f} %" in hit[0]
+
+
 def test_non_finite_scores_stop_metrics(tmp_path):
     _maps_with_masks(tmp_path, empty_masks=False)
     s = pd.read_csv(tmp_path / "scores.csv")

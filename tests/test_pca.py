@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -32,3 +34,31 @@ def test_known_spectrum():
 def test_bad_variance():
     with pytest.raises(DFRError, match="pca.variance"):
         pca.select_latent_dim(np.zeros((10, 3)), 1.5)
+
+
+def test_subsampling_takes_a_seeded_share_of_each_images_locations(tmp_path):
+    """Above pca.max_samples, each training image gives ceil(max_samples / n) of its locations, drawn by the
+    seed: the same seed the same vectors, another seed others, and d is PCA's on exactly those vectors (a sampler
+    that ignored the seed, or took the first locations, fails)."""
+    import math
+
+    from dfr.features import FeatureCache
+    from test_cae import _cache
+
+    feats, split = _cache(tmp_path / "train.h5", n=24, c=16, hw=4)  # 20 training images x 16 locations
+    ids = json.loads(split.read_text())["train"]
+    with FeatureCache(feats) as c:
+        a = pca.location_vectors(c, ids, 100, seed=1)
+        b = pca.location_vectors(c, ids, 100, seed=1)
+        other = pca.location_vectors(c, ids, 100, seed=2)
+        full = pca.location_vectors(c, ids, 10**9, seed=1)
+    assert a.shape == (20 * math.ceil(100 / 20), 16) and full.shape == (20 * 16, 16)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, other)
+    first = full.reshape(20, 16, 16)[:, :5].reshape(-1, 16)
+    assert not np.array_equal(a, first)  # not simply each image's first locations
+    rows = {r.tobytes() for r in full}
+    assert all(r.tobytes() in rows for r in a)  # every sampled vector is one of the image's own locations
+    r = pca.run(feats, split, tmp_path / "pca.json", {"variance": 0.95, "max_samples": 100, "seed": 1})
+    d, cum = pca.select_latent_dim(a.astype(np.float64), 0.95)
+    assert r["n_samples"] == len(a) and r["latent_dim"] == d

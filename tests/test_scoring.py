@@ -79,3 +79,33 @@ def test_border_config_shares_the_model_and_is_recorded_only_when_used():
     assert keys.model_key(b2) == keys.model_key(base)  # a scoring setting: models and maps shared
     with pytest.raises(DFRError, match="scoring.border: -1 is less than the minimum of 0"):
         dfr_config.validate({**base, "scoring": {"border": -1}})
+
+
+def _bilinear(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear interpolation written out (half-pixel centres, edges clamped): the reference for Ã(x)."""
+    h, w = a.shape
+
+    def taps(n_out, n_in):
+        src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, src - lo
+
+    y0, y1, fy = taps(out_h, h)
+    x0, x1, fx = taps(out_w, w)
+    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
+    bottom = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
+    return top * (1 - fy)[:, None] + bottom * fy[:, None]
+
+
+def test_upsample_is_exact_bilinear_interpolation():
+    """Ã(x) against bilinear interpolation written out, value by value (1e-6), for up- and non-integer scales;
+    corner-aligned sampling (align_corners=True, another convention) would fail it."""
+    import torch
+    import torch.nn.functional as F
+
+    a = np.random.default_rng(0).random((5, 7)).astype(np.float32)
+    for size in ((10, 14), (28, 9), (17, 23)):
+        np.testing.assert_allclose(metrics.upsample(a, size), _bilinear(a.astype(np.float64), *size), atol=1e-6)
+    corners = F.interpolate(torch.from_numpy(a)[None, None], size=(17, 23), mode="bilinear", align_corners=True)
+    assert np.abs(corners[0, 0].numpy() - _bilinear(a.astype(np.float64), 17, 23)).max() > 1e-2

@@ -34,7 +34,7 @@ def test_every_artifact(tiny_run):
         p = tiny_paths(wd, TINY, "synth", cat)
         assert p["model"].parent.parent == wd / "results" / "models" / "synth" / cat  # shared, keyed
         split = json.loads(p["split"].read_text())
-        assert len(split["val"]) == 2 and len(split["train"]) == 8
+        assert len(split["val"]) == 4 and len(split["train"]) == 6
         pca = json.loads(p["pca"].read_text())
         assert 1 <= pca["latent_dim"] <= 152 and pca["explained_at_d"] >= 0.95
         hist = pd.read_csv(p["history"])

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 # The code version of the metrics and thresholds (and of Ã(x), the upsampled maps they are computed on, here):
 # dfr.keys reads it (without importing this module) into the params and keys of what it makes. Bump it when a
 # change alters what is written (tests/test_golden.py fails until it is).
-CODE_VERSIONS = {"metrics": 2}
-# tests/test_golden.py: per version, the digests of this stage's fixed tiny input and of its rounded output
-GOLDEN = {"metrics": {2: ("910752cf8300007f", "43a605aadfdfe58b")}}
+CODE_VERSIONS = {"metrics": 3}
+# tests/test_golden.py: per version, the digests of the stage's fixed tiny input and of its rounded output
+GOLDEN = {"metrics": {3: ("f7e82cdc4b75f59e", "5f19228684bfb062")}}
 
 
 def upsample(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -87,10 +87,16 @@ def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(t[int(np.argmax(f1))])
 
 
+# The mean + alpha*sigma threshold's sigma, from n held-out normal images, is uncertain by about 1/sqrt(2(n - 1))
+# of itself (±24 % at 10): below this many the metrics warn; below 2 there is no sigma and they refuse.
+MIN_VAL_SIGMA = 10
+
+
 def validation_thresholds(val_scores: np.ndarray, alpha: float, percentile: float) -> dict[str, float]:
     v = np.asarray(val_scores, dtype=np.float64)
-    if len(v) == 0:
-        raise DFRError("no validation scores: set data.val_fraction > 0 to hold out normal images")
+    if len(v) < 2:
+        raise DFRError(f"{len(v)} validation score(s): the mean + alpha*std threshold needs at least 2 held-out "
+                       "normal images (an ensemble's thresholds use half of them): raise data.val_fraction")
     return {"val_mean_std": float(v.mean() + alpha * v.std()),
             "val_percentile": float(np.percentile(v, percentile))}
 
@@ -383,6 +389,10 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
     if len(val):
         for name, t in validation_thresholds(val.score.to_numpy(), params["alpha"], params["percentile"]).items():
             thr[name] = {**confusion_at(y, s, t), "oracle": False}
+        if len(val) < MIN_VAL_SIGMA:
+            warnings.append(f"the mean + {params['alpha']:g}*std threshold rests on {len(val)} validation images: "
+                            f"their std is uncertain by about {100 / np.sqrt(2 * (len(val) - 1)):.0f} % of itself "
+                            f"(below {MIN_VAL_SIGMA} images): raise data.val_fraction")
         needed = int(np.ceil(100 / (100 - params["percentile"]))) if params["percentile"] < 100 else None
         if needed and len(val) < needed:
             warnings.append(f"the {params['percentile']:g}th percentile threshold rests on {len(val)} validation "
