@@ -108,7 +108,7 @@ def test_study_select_candidates_are_study_beyonds_variants():
     same artifacts (so one study's models serve the other)."""
     select = plan.variants(dfr_config.load(ROOT / "config" / "study-select.yaml"))
     beyond = plan.variants(dfr_config.load(ROOT / "config" / "study-beyond.yaml"))
-    assert len(select) == 21
+    assert len(select) == 23
     for name, cfg in select.items():
         other = beyond[name.replace("study-select/", "study-beyond/")]
         mine, theirs = plan.key_values(cfg), plan.key_values(other)
@@ -120,7 +120,7 @@ def test_study_fast_candidates_are_study_selects_variants():
     """config/study-fast.yaml's candidates are study-select's (the same names make the same models and scores)."""
     fast = plan.variants(dfr_config.load(ROOT / "config" / "study-fast.yaml"))
     select = plan.variants(dfr_config.load(ROOT / "config" / "study-select.yaml"))
-    assert len(fast) == 13 and "study-fast/paper" in fast
+    assert len(fast) == 15 and "study-fast/paper" in fast
     for name, cfg in fast.items():
         other = select[name.replace("study-fast/", "study-select/")]
         assert {**plan.key_values(cfg), "experiment": None} == {**plan.key_values(other), "experiment": None}, name
