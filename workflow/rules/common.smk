@@ -13,6 +13,7 @@ from dfr import config as dfr_config  # noqa: E402
 from dfr import data as dfr_data  # noqa: E402
 from dfr import devices as dfr_devices  # noqa: E402
 from dfr import failures as dfr_failures  # noqa: E402
+from dfr import fetches as dfr_fetches  # noqa: E402
 from dfr import keys as dfr_keys  # noqa: E402
 from dfr import layout as dfr_layout  # noqa: E402
 from dfr import plan as dfr_plan  # noqa: E402
@@ -56,6 +57,12 @@ RUNTIME = {
     **dfr_keys.feature_runtime(config),
     "weights_files": dfr_keys.weights_files([m for c in CFGS.values() for m in [c, *dfr_plan.members(c)]]),
 }
+# What the run will download (data sets, weights), said when it is planned, a dry run included; not again when
+# a cluster job parses this file on its node.
+if not workflow.remote_exec:
+    _FETCH = dfr_fetches.needed([m for c in CFGS.values() for m in [c, *dfr_plan.members(c)]])
+    if _FETCH:
+        print("This run will download:\n" + "\n".join(f"  - {f}" for f in _FETCH), file=sys.stderr)
 _CONDA = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", "")).lower()
 
 
