@@ -168,11 +168,16 @@ def _md_table(df: pd.DataFrame, headers: dict[str, str], bold: set[int] = frozen
 def _recommendations(picks: dict, ref: str, labels: dict) -> list[str]:
     """The label-free recommendations: each one's test-chosen and nested figures, its folds and worst category."""
     q = selection.QUALITY
-    out = ["### Recommendations: chosen without the test labels they are reported on", "",
+    out = ["### Recommendations: the variant chosen by a label-free rule", "",
            "`best`: the selection rule (dfr.selection) among every variant; `fast`: among those that score at "
            f"least {selection.FAST_SPEED:g}× as fast as {ref}. Test-chosen: the rule on every data set, reported on "
            "the same labels (optimistic). Nested: left out in turn, the rule chooses on the rest, and the chosen "
            "variant is reported on what was left out (the expected figure on unseen data).", "",
+           "What the rule chose, and what it did not: the rule picks one of this study's variants without the test "
+           "labels of the data set it is reported on. It does not choose the candidates, nor the settings they "
+           "share (this config's base: backbone, image size, epochs, ...): whoever wrote the config did. Where "
+           "those were set with earlier test results of these same data sets in view, the nested figure is "
+           "optimistic by as much as they were tuned; the config's own comments say which were.", "",
            "| recommendation | figure | " + " | ".join(labels[m] for m in q) + " | chosen |", "|---|---|"
            + "---:|" * len(q) + "---|"]
     for name, p in picks.items():
