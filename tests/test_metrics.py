@@ -297,3 +297,76 @@ def test_few_label_thresholds_leave_their_labelled_images_out_and_k0_is_the_labe
     s2[20] = 3.0
     per = few_label_thresholds(y, s2, val, [1], draws=50, seed=1, alpha=3.0)["1"]
     assert 0 < per["f1_std"] and per["recall"] < 1.0 and per["precision"] == 1.0
+
+
+def test_few_label_pixel_thresholds_match_a_brute_force_reference(tmp_path):
+    """The pixel threshold of k labelled defective images (their pixels, with the held-out normals' as
+    anomaly-free ones) and its pixel precision, recall and F1 on the test images less those k, against counting
+    every pixel directly; k = 0 is the label-free T_pixel."""
+    from PIL import Image
+
+    import pandas as pd
+
+    from dfr import scoring
+
+    rng = np.random.default_rng(3)
+    rows, A = [], []
+    for i in range(14):
+        split = "val" if i < 5 else "test"
+        bad = split == "test" and i % 2 == 0
+        a = rng.random((4, 4)).astype(np.float32)
+        mp = ""
+        if bad:
+            m = np.zeros((12, 12), np.uint8)
+            y, x = rng.integers(0, 8, 2)
+            m[y:y + 4, x:x + 4] = 255
+            a[y // 3, x // 3] += 1.5
+            mp = str(tmp_path / f"{i}_mask.png")
+            Image.fromarray(m).save(mp)
+        A.append(a)
+        rows.append({"image_id": f"{i:02d}", "split": split, "label": int(bad), "defect": "x" if bad else "good",
+                     "path": "", "mask_path": mp, "height": 12, "width": 12})
+    scoring.write_maps(tmp_path / "maps.h5", np.stack(A), pd.DataFrame(rows), {})
+    scoring.image_scores(tmp_path / "maps.h5", tmp_path / "scores.csv", 2)
+    params = {"alpha": 3.0, "percentile": 99.0, "pixel_fpr": 0.05, "eval_size": None, "pixel": True,
+              "pro_fpr_limit": 0.3, "dataset": "d", "category": "c", "val_selected": [],
+              "few_labels": [0, 1, 3], "few_label_draws": 3, "seed": 7}
+    m = metrics.evaluate(tmp_path / "scores.csv", tmp_path / "maps.h5", tmp_path / "m.json", params)
+    got = m["few_label"]["pixel"]
+
+    up = [metrics.upsample(a, (12, 12)) for a in A]
+    masks = [metrics.eval_mask(r["mask_path"], (12, 12), None) for r in rows]
+    test = [i for i, r in enumerate(rows) if r["split"] == "test"]
+    val_px = np.concatenate([up[i].ravel() for i, r in enumerate(rows) if r["split"] == "val"])
+
+    def rates(t, images):
+        tp = sum(int((up[i][masks[i]] >= t).sum()) for i in images)
+        fp = sum(int((up[i][~masks[i]] >= t).sum()) for i in images)
+        p = sum(int(masks[i].sum()) for i in images)
+        return tp / (tp + fp), tp / p, 2 * tp / (tp + fp + p)
+
+    t0 = m["pixel"]["t_pixel"]
+    assert got["0"]["f1"] == pytest.approx(rates(t0, test)[2], abs=1e-9)
+    labels = np.array([rows[i]["label"] for i in test])
+    defects = np.nonzero(labels == 1)[0]
+    for k in (1, 3):
+        r = np.random.default_rng([7, k])
+        f1s = []
+        for d in range(3):
+            pick = [test[j] for j in r.choice(defects, size=k, replace=False)]
+            pos = np.concatenate([up[i][masks[i]] for i in pick])
+            neg = np.concatenate([*(up[i][~masks[i]] for i in pick), val_px])
+            best, best_f1 = None, -1.0
+            for t in np.unique(pos):
+                tp, fp = (pos >= t).sum(), (neg >= t).sum()
+                f1 = 2 * tp / (tp + fp + pos.size)
+                if f1 > best_f1:
+                    best, best_f1 = t, f1
+            lower = np.concatenate([pos, neg])
+            lower = lower[lower < best]
+            t = (best + lower.max()) / 2 if lower.size else best
+            if d == 0:
+                assert got[str(k)]["threshold"] == pytest.approx(float(t), abs=1e-7)
+            f1s.append(rates(t, [i for i in test if i not in pick])[2])
+        assert got[str(k)]["f1"] == pytest.approx(float(np.mean(f1s)), abs=1e-9)
+        assert got[str(k)]["f1_std"] == pytest.approx(float(np.std(f1s)), abs=1e-9)

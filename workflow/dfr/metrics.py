@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 # The code version of the metrics and thresholds (and of Ã(x), the upsampled maps they are computed on, here):
 # dfr.keys reads it (without importing this module) into the params and keys of what it makes. Bump it when a
 # change alters what is written (tests/test_golden.py fails until it is).
-CODE_VERSIONS = {"metrics": 3}
+CODE_VERSIONS = {"metrics": 3}  # 3: the sigma warning and refusal, the few-label pixel thresholds
 # tests/test_golden.py: per version, the digests of the stage's fixed tiny input and of its rounded output
-GOLDEN = {"metrics": {3: ("f7e82cdc4b75f59e", "5f19228684bfb062")}}
+GOLDEN = {"metrics": {3: ("f7e82cdc4b75f59e", "a0fa4f12a7433a56")}}
 
 
 def upsample(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -115,14 +115,15 @@ FEW_LABEL_RATES = ("precision", "recall", "f1", "specificity", "balanced_accurac
 
 
 def few_label_thresholds(labels: np.ndarray, scores: np.ndarray, val_scores: np.ndarray, ks: list[int],
-                         draws: int, seed: int, alpha: float) -> dict:
+                         draws: int, seed: int, alpha: float, picks: dict | None = None) -> dict:
     """§8.4 few-label calibration of the image threshold, for each k in ``ks``.
 
     k = 0 is the label-free μ + ασ of the held-out normals. For k > 0, ``draws`` seeded draws of k defective test
     images each: the threshold is the cut among the held-out normals and those k (:func:`labelled_cut`), and its
     precision, recall and F1 are computed on the test images *less those k* (they are labelled, so no longer
     test images). Reported: the mean and spread over the draws, and the first draw's threshold (what a bundle
-    carries). A k larger than the test set's defective images is marked not applicable."""
+    carries). A k larger than the test set's defective images is marked not applicable. ``picks``, when given,
+    receives each k's draws (positions in ``labels``), for the pixel thresholds (:func:`few_label_pixel`)."""
     y, s = np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)
     val = np.asarray(val_scores, dtype=np.float64)
     defects = np.nonzero(y == 1)[0]
@@ -139,6 +140,8 @@ def few_label_thresholds(labels: np.ndarray, scores: np.ndarray, val_scores: np.
             per = []
             for _ in range(draws):
                 pick = rng.choice(defects, size=k, replace=False)
+                if picks is not None:
+                    picks.setdefault(k, []).append(pick)
                 t = labelled_cut(np.r_[np.zeros(len(val), int), np.ones(k, int)], np.r_[val, s[pick]])
                 keep = np.ones(len(y), bool)
                 keep[pick] = False
@@ -147,6 +150,72 @@ def few_label_thresholds(labels: np.ndarray, scores: np.ndarray, val_scores: np.
                        **{r: float(np.mean([p[r] for p in per])) for r in FEW_LABEL_RATES},
                        "f1_std": float(np.std([p["f1"] for p in per])),
                        "n_evaluated": len(y) - k}
+    return out
+
+
+def pixel_f1_cut(pos: np.ndarray, neg: np.ndarray) -> float:
+    """The pixel threshold that labelled pixels set: the F1-optimal cut, among the anomalous pixels' own scores
+    (F1 can only peak there), placed midway between it and the next lower score of any pixel. ``neg`` is
+    sorted in place (4 bytes a pixel, no copy)."""
+    pos = np.sort(np.asarray(pos, dtype=np.float32))
+    neg.sort()
+    cand = np.unique(pos)
+    tp = pos.size - np.searchsorted(pos, cand, "left")
+    fp = neg.size - np.searchsorted(neg, cand, "left")
+    t = float(cand[int(np.argmax(2 * tp / (tp + fp + pos.size)))])
+    below = [a[np.searchsorted(a, t, "left") - 1] for a in (pos, neg) if np.searchsorted(a, t, "left") > 0]
+    return (t + float(max(below))) / 2 if below else t
+
+
+def _pixel_counts(pos: np.ndarray, neg_sorted: np.ndarray, t: float) -> tuple[int, int]:
+    """(anomalous pixels at or above t, anomaly-free pixels at or above t)."""
+    return int(np.count_nonzero(pos >= t)), int(neg_sorted.size - np.searchsorted(neg_sorted, t, "left"))
+
+
+def few_label_pixel(ev: "PixelEvaluator", maps: Maps, test_rows: np.ndarray, eval_size: int | None,
+                    val_pixels: np.ndarray | None, t_pixel: float | None, picks: dict[int, list]) -> dict:
+    """§8.4 for the pixel threshold: for each k and draw of :func:`few_label_thresholds`, T_pixel is the pixel
+    F1-optimal cut (:func:`pixel_f1_cut`) on the k labelled images' pixels with the held-out normals' pixels
+    as anomaly-free ones, and its pixel precision, recall and F1 are computed over the test set's pixels less
+    the labelled images' (the evaluator's counts minus theirs; the labelled images are upsampled again, k at a
+    time). k = 0 is the label-free T_pixel. Memory: the evaluator's, one copy of the validation pixels, and
+    the k labelled images."""
+    ev._finish()
+    P, N = ev.pos.size, ev.neg.size
+
+    def rates(tp, fp, p):
+        prec = tp / (tp + fp) if tp + fp else float("nan")
+        rec = tp / p if p else float("nan")
+        return {"precision": prec, "recall": rec, "f1": 2 * tp / (tp + fp + p) if tp + fp + p else float("nan")}
+
+    out = {}
+    if t_pixel is not None:
+        tp, fp = _pixel_counts(ev.pos, ev.neg, t_pixel)
+        out["0"] = {"k": 0, "threshold": t_pixel, "draws": 1, **rates(tp, fp, P), "f1_std": 0.0}
+    for k, draws in picks.items():
+        per, thresholds = [], []
+        for pick in draws:
+            lab_pos, lab_neg = [], []
+            for i in test_rows[pick]:
+                m = eval_mask(maps.meta.mask_path[i], (int(maps.meta.height[i]), int(maps.meta.width[i])), eval_size)
+                a = upsample(maps.A[i], m.shape)
+                lab_pos.append(a[m])
+                lab_neg.append(a[~m])
+            lp, ln = np.concatenate(lab_pos), np.concatenate(lab_neg)
+            if not lp.size:  # labelled defects without a marked pixel set no pixel threshold
+                per.append(dict.fromkeys(("precision", "recall", "f1"), float("nan")))
+                thresholds.append(float("nan"))
+                continue
+            negs = np.concatenate([ln, val_pixels]) if val_pixels is not None else ln.copy()
+            t = pixel_f1_cut(lp, negs)
+            del negs
+            tp_all, fp_all = _pixel_counts(ev.pos, ev.neg, t)
+            tp_lab, fp_lab = int(np.count_nonzero(lp >= t)), int(np.count_nonzero(ln >= t))
+            per.append(rates(tp_all - tp_lab, fp_all - fp_lab, P - lp.size))
+            thresholds.append(t)
+        out[str(k)] = {"k": k, "threshold": thresholds[0], "draws": len(per),
+                       **{r: float(np.mean([p[r] for p in per])) for r in ("precision", "recall", "f1")},
+                       "f1_std": float(np.std([p["f1"] for p in per]))}
     return out
 
 
@@ -326,12 +395,13 @@ def eval_mask(mask_path: str, hw: tuple[int, int], eval_size: int | None) -> np.
     return m
 
 
-def pixel_metrics(maps: Maps, eval_size: int | None, fpr_limit: float) -> dict | None:
+def pixel_metrics(maps: Maps, eval_size: int | None, fpr_limit: float, keep: bool = False):
     """Pixel AUROC, AU-PRO and thinned curves of a category's test images, streamed image by image; None
     when no mask marks any pixel (the pixel metrics are then undefined).
 
     A first pass counts each image's anomalous pixels (masks only); the second upsamples one A(x) at a
-    time into the preallocated :class:`PixelEvaluator`, so the peak is ~8 bytes per evaluated pixel.
+    time into the preallocated :class:`PixelEvaluator`, so the peak is ~8 bytes per evaluated pixel. With
+    ``keep``, (the summary, the evaluator) for the few-label pixel thresholds.
     """
     meta = maps.meta
     rows = np.nonzero((meta.split == "test").to_numpy())[0]
@@ -342,22 +412,22 @@ def pixel_metrics(maps: Maps, eval_size: int | None, fpr_limit: float) -> dict |
         n_total += m.size
         n_pos += int(np.count_nonzero(m))
     if n_pos == 0:
-        return None
+        return (None, None) if keep else None
     ev = PixelEvaluator(n_total - n_pos, n_pos)
     for i in rows:
         m = eval_mask(meta.mask_path[i], hw[i], eval_size)
         ev.add(upsample(maps.A[i], m.shape), m)
     out = ev.summary(fpr_limit)
-    del ev
-    return out
+    return (out, ev) if keep else out
 
 
-def pixel_threshold(maps: Maps, eval_size: int | None, fpr: float) -> float | None:
-    """T_pixel: the (1 − fpr) quantile of the validation images' upsampled pixels (4 bytes a pixel)."""
+def pixel_threshold(maps: Maps, eval_size: int | None, fpr: float, keep: bool = False):
+    """T_pixel: the (1 − fpr) quantile of the validation images' upsampled pixels (4 bytes a pixel); with
+    ``keep``, (T_pixel, those pixels) for the few-label pixel thresholds."""
     meta = maps.meta
     rows = np.nonzero((meta.split == "val").to_numpy())[0]
     if not len(rows):
-        return None
+        return (None, None) if keep else None
     sizes = [(eval_size, eval_size) if eval_size else (int(meta.height[i]), int(meta.width[i])) for i in rows]
     vals = np.empty(sum(h * w for h, w in sizes), np.float32)
     at = 0
@@ -365,7 +435,8 @@ def pixel_threshold(maps: Maps, eval_size: int | None, fpr: float) -> float | No
         a = upsample(maps.A[i], hw).ravel()
         vals[at:at + a.size] = a
         at += a.size
-    return float(np.quantile(vals, 1 - fpr, overwrite_input=True))
+    t = float(np.quantile(vals, 1 - fpr, overwrite_input=True))
+    return (t, vals) if keep else t
 
 
 def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, params: dict) -> dict:
@@ -404,13 +475,14 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
                             + ", so the validation thresholds are optimistic")
     result["thresholds"] = thr
     ks = params.get("few_labels") or []
+    picks: dict = {}
     if ks and len(val):
         result["few_label"] = {
             "labels_from": "defective test images drawn at random (seeded); each row is computed on the test set "
                            "less its k labelled images; k = 0 is the label-free mean + alpha*std",
             "draws": int(params["few_label_draws"]),
             "k": few_label_thresholds(y, s, val.score.to_numpy(), ks, int(params["few_label_draws"]),
-                                      int(params["seed"]), params["alpha"])}
+                                      int(params["seed"]), params["alpha"], picks)}
     curves: dict = {}
     if len(np.unique(y)) == 2:
         fpr, tpr, _ = roc_curve(y, s)
@@ -421,8 +493,16 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
         maps = Maps(maps_h5, int(params.get("border", 0)))
         eval_size = params.get("eval_size")
         limit = params.get("pro_fpr_limit", 0.3)
-        t_pixel = pixel_threshold(maps, eval_size, params["pixel_fpr"])
-        px = pixel_metrics(maps, eval_size, limit)
+        few_pixel = "few_label" in result
+        t_pixel, val_pixels = pixel_threshold(maps, eval_size, params["pixel_fpr"], keep=True)
+        if not few_pixel:
+            del val_pixels
+        px, ev = pixel_metrics(maps, eval_size, limit, keep=True)
+        if px is not None and few_pixel:
+            test_rows = np.nonzero((maps.meta.split == "test").to_numpy())[0]
+            result["few_label"]["pixel"] = few_label_pixel(ev, maps, test_rows, eval_size, val_pixels, t_pixel,
+                                                           picks)
+        ev = val_pixels = None  # the peak ends here
         if px is None:
             warnings.append("every ground-truth mask is empty: pixel AUROC and AU-PRO are not applicable "
                             "(check the masks under ground_truth/)")

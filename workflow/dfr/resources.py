@@ -195,7 +195,12 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         test_px = wl.n_test * eval_size ** 2 if eval_size else wl.test_pixels
         val_px = cfg["data"]["val_fraction"] * (wl.n_train * eval_size ** 2 if eval_size else wl.train_pixels)
         one = (eval_size ** 2 / 1e6 if eval_size else mp) * 24  # one image's map, mask, labels
-        mem = BASE_MB["torch"] + max(8 * test_px, 4 * val_px) / MB + one
+        if cfg["thresholds"]["few_labels"] and max(cfg["thresholds"]["few_labels"]) > 0:
+            # the evaluator, the validation pixels kept, and a copy of them with the labelled images' pixels
+            # (dfr.metrics.few_label_pixel: up to max(k) images at a time)
+            mem = BASE_MB["torch"] + (8 * test_px + 8 * val_px) / MB + (1 + max(cfg["thresholds"]["few_labels"])) * one
+        else:
+            mem = BASE_MB["torch"] + max(8 * test_px, 4 * val_px) / MB + one
         minutes = 2 + (test_px + val_px) * 0.3e-6 / 60 * 2
     elif rule == "plots":
         mem = BASE_MB["torch"] + 150 + 6 * 150 * mp  # matplotlib, and six example rows at full size
