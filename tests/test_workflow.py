@@ -40,7 +40,7 @@ def test_every_artifact(tiny_run):
         hist = pd.read_csv(p["history"])
         assert list(hist.epoch) == [1, 2, 3]
         with h5py.File(p["maps"]) as f:
-            assert f["A"].shape == (2 + 12, 16, 16)
+            assert f["A"].shape == (4 + 12, 16, 16)  # the 4 held-out normals and the 12 test images
         scores = pd.read_csv(d / "scores.csv")
         assert (scores.split == "val").sum() == 2 and (scores.split == "test").sum() == 12
         m = json.loads((d / "metrics.json").read_text())
