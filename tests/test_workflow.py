@@ -42,7 +42,7 @@ def test_every_artifact(tiny_run):
         with h5py.File(p["maps"]) as f:
             assert f["A"].shape == (4 + 12, 16, 16)  # the 4 held-out normals and the 12 test images
         scores = pd.read_csv(d / "scores.csv")
-        assert (scores.split == "val").sum() == 2 and (scores.split == "test").sum() == 12
+        assert (scores.split == "val").sum() == 4 and (scores.split == "test").sum() == 12
         m = json.loads((d / "metrics.json").read_text())
         test = scores[scores.split == "test"]  # the metrics are those of the scores and curves they were made from
         assert m["image_auroc"] == pytest.approx(roc_auc_score(test.label, test.score), abs=1e-9)
