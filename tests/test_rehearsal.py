@@ -32,7 +32,7 @@ def test_scaled_rehearsal_runs_within_its_declared_memory(tmp_path):
     cfg["datasets"]["mvtec_shaped"]["categories"] = cats
     cfg["datasets"]["mvtec_shaped"]["synthetic"]["scale"] = 0.03
     cfg["cae"]["epochs"] = 1  # what is measured is memory per job: one epoch holds what three do
-    cfg["data"]["val_fraction"] = 0.4  # at 3 % of the counts, 0.15 would hold out one normal: too few for a sigma
+    cfg.setdefault("data", {})["val_fraction"] = 0.4  # at 3 % of the counts, 0.15 would hold out one normal: too few for a sigma
     cfg["resources"] = {"mem_mb_min": 500}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     r = subprocess.run([sys.executable, "-m", "dfr.rehearsal", "--configfile", "config.yaml", "--run", "--cores",
