@@ -119,12 +119,11 @@ def real_workload() -> dict:
 
 def measure_backbones(backbones: list[str], threads: int) -> dict[str, float]:
     """Images/s of each backbone (truncated after its last hook, 224², batch 8) on this machine."""
-    from . import backbones as bb
     from .bench import run_isolated, stage_backbone
 
     out = {}
     for name in backbones:
-        r = run_isolated(stage_backbone, backbone=name, layers=bb.DEFAULT_LAYERS[name], image_size=224, batch=8,
+        r = run_isolated(stage_backbone, backbone=name, layers=shapes.DEFAULT_LAYERS[name], image_size=224, batch=8,
                          threads=threads, device="cpu", channels_last=True)
         out[name] = r["truncated"]["images_per_s"]
     return out
