@@ -97,7 +97,8 @@ def test_study_outputs(study_run):
     for name in ("best", "fast"):  # each with the test-chosen and the nested (label-free) figure
         assert best[name]["variant"] in set(rows.variant) and "optimistic" in best[name]["test_chosen"]["chosen_on"]
         assert set(best[name]["nested"]["chosen"]) == set(rows.category)  # one data set: categories left out
-    assert "### Recommendations: chosen without the test labels" in md and "### Cost against quality" in md
+    assert "### Recommendations: the variant chosen by a label-free rule" in md and "### Cost against quality" in md
+    assert "It does not choose the candidates, nor the settings they share" in md
     assert {p.name for p in (c / "plots").glob("*.png")} == {"summary.png", "sweep_scoring.top_k.png",
                                                              "sweep_cae.latent_dim.png"}
     for v in ("base", "latent_dim-4", "top_k-3"):
