@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .io import DFRError
+from .io import DFRError, record_device
 from .shapes import LITE_WEIGHTS_PACKAGES, TORCHVISION_BACKBONES
 
 log = logging.getLogger(__name__)
@@ -278,8 +278,6 @@ def resolve_device(device: str, expect: str | None = None, amp: str | bool = "no
     tf32 = amp not in ("none", False, None)
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-    from .io import record_device
-
     record_device(device_record(out, tf32))
     return out
 

@@ -11,19 +11,25 @@ the GPUs this machine shows; under a cluster executor, the GPUs each GPU stage's
 
 from __future__ import annotations
 
+import functools
 import os
 
 
 def visible_gpus() -> int:
     """The GPUs a local run may use: CUDA_VISIBLE_DEVICES where set (its entries; "" or -1: none), else the
-    GPUs that nvidia-smi lists, else 0."""
-    import shutil
-    import subprocess
-
+    GPUs that nvidia-smi lists (asked once per process: keys are planned many times), else 0."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         ids = [d.strip() for d in env.split(",") if d.strip()]
         return 0 if not ids or ids[0].startswith("-") else len(ids)
+    return _smi_gpus()
+
+
+@functools.lru_cache(maxsize=1)
+def _smi_gpus() -> int:
+    import shutil
+    import subprocess
+
     smi = shutil.which("nvidia-smi")
     if not smi:
         return 0

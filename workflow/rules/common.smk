@@ -27,7 +27,7 @@ try:
     # `device: auto` resolved for where the jobs run (dfr.devices): locally, the GPUs this machine shows; under
     # a cluster executor (or `cluster: true`, which profiles/slurm sets so that its dry runs plan the same), the
     # GPUs a GPU stage's job asks for, not the submitting node's. The feature and model keys name the result.
-    _VISIBLE_GPUS = dfr_devices.visible_gpus()
+    _VISIBLE_GPUS = dfr_devices.visible_gpus() if workflow.local_exec else 0  # a submitting node's are not asked
     _CLUSTER = config["cluster"] or not workflow.local_exec
     config["device"] = dfr_devices.job_device(
         config["device"], config["resources"]["gpu"] if _CLUSTER else _VISIBLE_GPUS
