@@ -8,7 +8,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: setup demo bottle bottle-best study report rehearsal test test-fast bench dry-run config-readme clean
+.PHONY: setup demo bottle bottle-best study report rehearsal test test-fast bench dry-run slurm-dry-run config-readme clean
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,10 @@ config-readme: setup
 
 dry-run: setup
 	$(BIN)/snakemake -n --quiet rules
+
+# the dry run under profiles/slurm, and how many SLURM submissions it makes: make slurm-dry-run CONFIG=config/config.yaml
+slurm-dry-run: setup
+	$(BIN)/python -m dfr.submissions --configfile $(CONFIG)
 
 clean:
 	rm -rf results logs benchmarks .snakemake

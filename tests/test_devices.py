@@ -89,3 +89,49 @@ def test_a_cluster_plan_keys_the_gpu_nodes_device_not_the_submitting_nodes(tmp_p
         got[(where, gpu)] = _planned_feature_keys(r.stdout + r.stderr)
     assert got[("slurm", 1)] == {want["cuda"]}
     assert got[("slurm", 0)] == got[("local", 1)] == {want["cpu"]}
+
+
+def test_the_slurm_dry_run_says_how_many_submissions_it_makes(tmp_path):
+    """`python -m dfr.submissions` (make slurm-dry-run) runs the dry run under profiles/slurm and counts what
+    reaches the queue: one submission per gpu_stages group job (each category's features, pca, train and maps),
+    one per other job with outputs, none for the `default` target."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT, planned_jobs
+    from dfr import submissions
+
+    place_weights(tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
+    r = subprocess.run([sys.executable, "-m", "dfr.submissions", "--snakefile", str(ROOT / "Snakefile"),
+                        "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
+                       capture_output=True, text=True, cwd=ROOT / "workflow", timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    jobs = planned_jobs(r.stdout + r.stderr)
+    grouped = sum(jobs[s] for s in ("features", "pca", "train", "maps"))
+    local = sum(n for s, n in jobs.items() if s in ("synthetic", "split", "scores", "tables"))  # localrules
+    single = sum(jobs.values()) - grouped - local
+    n_cat = len(TINY["datasets"]["synth"]["categories"])
+    want = submissions.summary({"groups": n_cat, "grouped": grouped, "single": single, "local": local,
+                                "submissions": n_cat + single})
+    assert r.stdout.rstrip().endswith(want), r.stdout[-600:]
+
+
+def test_submission_counting_reads_groups_local_and_target_jobs():
+    text = "\n".join([
+        "Job stats:", "job  count", "rule  1",  # the table before the plan is not read
+        "[Mon Dec  7 04:29:14 2026]", "rule index:", "    output: a", "",
+        "[Mon Dec  7 04:29:14 2026]", "localrule tables:", "    output: t", "",
+        "[Mon Dec  7 04:29:14 2026] Group job gpu_stages (jobs in lexicogr. order):", "",
+        "    [Mon Dec  7 04:29:14 2026]", "    rule features:", "        output: f",
+        "    [Mon Dec  7 04:29:14 2026]", "    rule maps:", "        output: m", "",
+        "[Mon Dec  7 04:29:14 2026]", "rule default:", "    input: t", "",
+        "Job stats:", "rule index:"])
+    from dfr import submissions
+
+    assert submissions.count(text) == {"groups": 1, "grouped": 2, "single": 1, "local": 1, "submissions": 2}
+    assert submissions.count(text, {"index"}) == {"groups": 1, "grouped": 2, "single": 0, "local": 2,
+                                                  "submissions": 1}
+    assert {"split", "scores", "tables", "synthetic", "default"} <= submissions.local_rules()
