@@ -196,7 +196,7 @@ def check_pin(stage: str, version: int, pins: dict, got: tuple[str, str]) -> str
     where = f"dfr/{keys.CODE_OWNERS[stage]}.py"
     fix = f'{version}: ("{got[0]}", "{got[1]}")'
     if version not in pins:
-        return f"{stage}: no golden pin for version {version} in {where}: add GOLDEN[{stage!r}][{fix}]"
+        return f"{stage}: no golden pin for version {version} in {where}: add {fix} to GOLDEN[{stage!r}]"
     pin_in, pin_out = pins[version]
     if pin_in == got[0] and pin_out != got[1]:
         return (f"{stage}: its numbers changed (digest {got[1]}, pinned {pin_out}) on the same input, without a "

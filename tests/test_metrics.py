@@ -299,7 +299,7 @@ def test_few_label_thresholds_leave_their_labelled_images_out_and_k0_is_the_labe
     assert 0 < per["f1_std"] and per["recall"] < 1.0 and per["precision"] == 1.0
 
 
-def test_few_label_pixel_thresholds_match_a_brute_force_reference(tmp_path):
+def test_few_label_pixel_thresholds_segf1_and_au_pro_at_005_match_a_brute_force_reference(tmp_path):
     """The pixel threshold of k labelled defective images (their pixels, with the held-out normals' as
     anomaly-free ones) and its pixel precision, recall and F1 on the test images less those k, against counting
     every pixel directly; k = 0 is the label-free T_pixel."""
@@ -347,6 +347,21 @@ def test_few_label_pixel_thresholds_match_a_brute_force_reference(tmp_path):
 
     t0 = m["pixel"]["t_pixel"]
     assert got["0"]["f1"] == pytest.approx(rates(t0, test)[2], abs=1e-9)
+
+    # MVTec AD 2's metrics beside ours: SegF1 at mean + 3 std of the validation pixels, pooled over the test
+    # pixels, and AU-PRO up to FPR 0.05, against counting every pixel and the in-memory reference
+    import reference_metrics as ref
+
+    t_seg = float(val_px.astype(np.float64).mean() + 3 * val_px.astype(np.float64).std())
+    seg = m["pixel"]["seg_f1"]
+    assert seg["threshold"] == pytest.approx(t_seg, rel=1e-12)
+    want = rates(t_seg, test)
+    assert 0 < want[2] < 1  # neither trivial case
+    assert abs(seg["f1"] - want[2]) <= 1e-9 and abs(seg["precision"] - want[0]) <= 1e-9
+    assert abs(seg["recall"] - want[1]) <= 1e-9
+    for limit in ("0.05", "0.3"):
+        assert abs(m["pixel"]["au_pro_by_limit"][limit] - ref.au_pro([up[i] for i in test], [masks[i] for i in test],
+                                                                  float(limit))) <= 1e-9
     labels = np.array([rows[i]["label"] for i in test])
     defects = np.nonzero(labels == 1)[0]
     for k in (1, 3):

@@ -12,6 +12,10 @@ pixels of all test images; the area is exact (every distinct threshold, ties col
 trapezoid rule up to FPR 0.3 (interpolated there) and divided by 0.3. Both pixel metrics are computed in
 bounded memory (:class:`PixelEvaluator`, ~8 bytes per evaluated pixel), one image upsampled at a time;
 metrics.json also stores thinned ROC and PRO curves, which the plots draw.
+
+MVTec AD 2's metrics sit beside them on every data set with masks: AU-PRO up to FPR 0.05 (and 0.3), and
+SegF1, the F1 of the test pixels binarised at mean + α·σ of the held-out normal images' pixels (the
+baseline threshold of MVTec AD 2's public evaluation notes), counted over all test pixels at once.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ log = logging.getLogger(__name__)
 # The code version of the metrics and thresholds (and of Ã(x), the upsampled maps they are computed on, here):
 # dfr.keys reads it (without importing this module) into the params and keys of what it makes. Bump it when a
 # change alters what is written (tests/test_golden.py fails until it is).
-CODE_VERSIONS = {"metrics": 3}  # 3: the sigma warning and refusal, the few-label pixel thresholds
+CODE_VERSIONS = {"metrics": 4}  # 3: the sigma warning and refusal, the few-label pixel thresholds; 4: SegF1, AU-PRO@0.05
+# AU-PRO's FPR limits reported beside the configured one: MVTec AD 2 reports 0.05, MVTec AD 0.3
+PRO_LIMITS = (0.05, 0.3)
 # tests/test_golden.py: per version, the digests of the stage's fixed tiny input and of its rounded output
-GOLDEN = {"metrics": {3: ("f7e82cdc4b75f59e", "a0fa4f12a7433a56")}}
+GOLDEN = {"metrics": {3: ("f7e82cdc4b75f59e", "a0fa4f12a7433a56"), 4: ("f7e82cdc4b75f59e", "37fe00875692cc8b")}}
 
 
 def upsample(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -421,13 +427,14 @@ def pixel_metrics(maps: Maps, eval_size: int | None, fpr_limit: float, keep: boo
     return (out, ev) if keep else out
 
 
-def pixel_threshold(maps: Maps, eval_size: int | None, fpr: float, keep: bool = False):
-    """T_pixel: the (1 − fpr) quantile of the validation images' upsampled pixels (4 bytes a pixel); with
-    ``keep``, (T_pixel, those pixels) for the few-label pixel thresholds."""
+def pixel_threshold(maps: Maps, eval_size: int | None, fpr: float, keep: bool = False) -> dict | None:
+    """The validation images' upsampled pixels (4 bytes a pixel, one image upsampled at a time): ``t_pixel``,
+    their (1 − fpr) quantile, and their ``mean`` and ``std`` (for the segmentation threshold μ + α·σ); with
+    ``keep``, the ``pixels`` themselves for the few-label pixel thresholds. None without validation images."""
     meta = maps.meta
     rows = np.nonzero((meta.split == "val").to_numpy())[0]
     if not len(rows):
-        return (None, None) if keep else None
+        return None
     sizes = [(eval_size, eval_size) if eval_size else (int(meta.height[i]), int(meta.width[i])) for i in rows]
     vals = np.empty(sum(h * w for h, w in sizes), np.float32)
     at = 0
@@ -435,8 +442,20 @@ def pixel_threshold(maps: Maps, eval_size: int | None, fpr: float, keep: bool = 
         a = upsample(maps.A[i], hw).ravel()
         vals[at:at + a.size] = a
         at += a.size
-    t = float(np.quantile(vals, 1 - fpr, overwrite_input=True))
-    return (t, vals) if keep else t
+    out = {"mean": float(vals.mean(dtype=np.float64)), "std": float(vals.std(dtype=np.float64))}
+    out["t_pixel"] = float(np.quantile(vals, 1 - fpr, overwrite_input=True))
+    out["pixels"] = vals if keep else None
+    return out
+
+
+def seg_f1(ev: "PixelEvaluator", t: float) -> dict:
+    """The segmentation F1 of MVTec AD 2 (SegF1) and its precision and recall: the test images' pixels binarised
+    at ``t`` ("anomalous" iff Ã ≥ t), counted over all of them at once (pooled, not averaged per image)."""
+    ev._finish()
+    tp, fp = _pixel_counts(ev.pos, ev.neg, t)
+    p = ev.pos.size
+    return {"threshold": t, "precision": tp / (tp + fp) if tp + fp else float("nan"),
+            "recall": tp / p if p else float("nan"), "f1": 2 * tp / (tp + fp + p) if tp + fp + p else float("nan")}
 
 
 def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, params: dict) -> dict:
@@ -494,10 +513,16 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
         eval_size = params.get("eval_size")
         limit = params.get("pro_fpr_limit", 0.3)
         few_pixel = "few_label" in result
-        t_pixel, val_pixels = pixel_threshold(maps, eval_size, params["pixel_fpr"], keep=True)
-        if not few_pixel:
-            del val_pixels
+        val_px = pixel_threshold(maps, eval_size, params["pixel_fpr"], keep=few_pixel)
+        t_pixel, val_pixels = (val_px["t_pixel"], val_px.pop("pixels")) if val_px else (None, None)
         px, ev = pixel_metrics(maps, eval_size, limit, keep=True)
+        if px is not None:  # MVTec AD 2's metrics beside ours, on every data set with masks
+            px["au_pro_by_limit"] = {f"{f:g}": (px["au_pro"] if f == limit else ev.summary(f, 2)["au_pro"])
+                                     for f in PRO_LIMITS}
+            if val_px:
+                px["seg_f1"] = {**seg_f1(ev, val_px["mean"] + params["alpha"] * val_px["std"]),
+                                "rule": f"mean + {params['alpha']:g}*std of the validation images' pixels",
+                                "val_mean": val_px["mean"], "val_std": val_px["std"]}
         if px is not None and few_pixel:
             test_rows = np.nonzero((maps.meta.split == "test").to_numpy())[0]
             result["few_label"]["pixel"] = few_label_pixel(ev, maps, test_rows, eval_size, val_pixels, t_pixel,
@@ -511,7 +536,9 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
             curves["pixel"] = {**px.pop("curve"), "fpr_limit": limit}
             pixel = {"applicable": True, "auroc": px["auroc"], "au_pro": px["au_pro"], "eval_size": eval_size,
                      "n_pixels": px["n_pixels"], "n_anomalous_pixels": px["n_anomalous_pixels"],
-                     "n_regions": px["n_regions"]}
+                     "n_regions": px["n_regions"], "au_pro_by_limit": px["au_pro_by_limit"]}
+            if "seg_f1" in px:
+                pixel["seg_f1"] = px["seg_f1"]
         if t_pixel is not None:
             pixel["fpr_target"] = params["pixel_fpr"]
             pixel["t_pixel"] = t_pixel

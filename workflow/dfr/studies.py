@@ -22,6 +22,9 @@ METRICS = {
     "image_auroc": ("image AUROC", lambda m: m["image_auroc"]),
     "pixel_auroc": ("pixel AUROC", lambda m: (m.get("pixel") or {}).get("auroc", np.nan)),
     "au_pro": ("AU-PRO", lambda m: (m.get("pixel") or {}).get("au_pro", np.nan)),
+    # MVTec AD 2's localisation metrics (on every data set with masks): AU-PRO up to FPR 0.05, SegF1
+    "au_pro_005": ("AU-PRO@0.05", lambda m: ((m.get("pixel") or {}).get("au_pro_by_limit") or {}).get("0.05", np.nan)),
+    "seg_f1": ("SegF1 (val μ+ασ)", lambda m: ((m.get("pixel") or {}).get("seg_f1") or {}).get("f1", np.nan)),
     "f1_oracle": ("F1 at t* (oracle)", lambda m: m["thresholds"]["f1_optimal"]["f1"]),
     "f1_mean_std": ("F1 at μ+ασ (val)", lambda m: m["thresholds"].get("val_mean_std", {}).get("f1", np.nan)),
     "f1_percentile": ("F1 at percentile (val)",

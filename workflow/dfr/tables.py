@@ -11,13 +11,14 @@ from .io import atomic_path, read_json, write_text
 
 # The code version of the tables: dfr.keys reads it (without importing
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
-CODE_VERSIONS = {"tables": 3}
+CODE_VERSIONS = {"tables": 4}  # 4: AU-PRO@0.05 and SegF1 (MVTec AD 2's metrics)
 # tests/test_golden.py: per version, the digests of the stage's fixed tiny input and of its rounded output
-GOLDEN = {"tables": {2: ("ed3145f28475f72c", "fce213c530f03ef3"), 3: ("3df138cae4fbbdcd", "fce213c530f03ef3")}}
+GOLDEN = {"tables": {2: ("ed3145f28475f72c", "fce213c530f03ef3"), 3: ("3df138cae4fbbdcd", "fce213c530f03ef3"),
+                    4: ("b71451461c371afb", "9ff3eac0be054e22")}}
 
 
 COLUMNS = ["Category", "AUROC", "BestThr", "Precision", "Recall", "F1", "Specificity", "Bal. Acc.", "Error%",
-           "Pixel AUROC", "AU-PRO"]
+           "Pixel AUROC", "AU-PRO", "AU-PRO@0.05", "SegF1"]
 VAL_COLUMNS = ["Category", "Threshold", "T", "Precision", "Recall", "F1", "Specificity", "Bal. Acc.",
                "Error%"]
 THRESHOLD_NAMES = {"val_mean_std": "μ+ασ (val)", "val_percentile": "percentile (val)"}
@@ -43,7 +44,9 @@ def build(metrics_files: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         px = m.get("pixel") or {}  # no masks, or all empty ("applicable": false): not applicable, n/a
         main.append({"Category": m["category"], "AUROC": m["image_auroc"],
                      "BestThr": m["thresholds"]["f1_optimal"]["threshold"], **_row(m, "f1_optimal"),
-                     "Pixel AUROC": px.get("auroc", np.nan), "AU-PRO": px.get("au_pro", np.nan)})
+                     "Pixel AUROC": px.get("auroc", np.nan), "AU-PRO": px.get("au_pro", np.nan),
+                     "AU-PRO@0.05": (px.get("au_pro_by_limit") or {}).get("0.05", np.nan),
+                     "SegF1": (px.get("seg_f1") or {}).get("f1", np.nan)})
         for key, label in THRESHOLD_NAMES.items():
             if key in m["thresholds"]:
                 val.append({"Category": m["category"], "Threshold": label,
