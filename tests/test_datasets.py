@@ -244,3 +244,102 @@ def test_real_bottle_passes_validation():
     df = data.index_category(BOTTLE, "bottle")
     assert (df.split == "train").sum() == 209
     assert (df.split == "test").sum() == 83 and df.label.sum() == 63
+
+
+# ---- MVTec AD 2: its layout, its held-out validation/ folder, its private sets, its archive ----
+
+def _ad2_category(root, name, seed=0):
+    """A synthetic category in MVTec AD 2's layout under root/name."""
+    synthetic.generate_category(root, "disc", n_train=8, n_test_good=2, n_test_defect=1, seed=seed,
+                                defects=("stain", "scratch"), layout="mvtec_ad2")
+    (root / "disc").rename(root / name)
+    (root / name / "synthetic.json").unlink()
+    return root / name
+
+
+def test_mvtec_ad2_layout_holds_out_its_validation_folder_and_indexes_private_images_unlabelled(tmp_path):
+    croot = _ad2_category(tmp_path, "can")
+    idx = data.index_category(tmp_path, "can")
+    val = sorted(p.stem for p in (croot / "validation" / "good").iterdir())
+    assert sorted(idx.image_id[idx.image_id.str.startswith("validation/")]) == [f"validation/good/{s}" for s in val]
+    split = data.holdout_split(idx, 0.5, 3)  # val_fraction and seed do not apply: the folder decides
+    assert split["val"] == [f"validation/good/{s}" for s in val] and len(split["train"]) == 8 - len(val)
+    bad = idx[idx.label == 1]
+    assert len(bad) == 2 and all(m.endswith("_mask.png") and "test_public/ground_truth/bad" in m for m in bad.mask_path)
+    private = idx[idx.split == "private"]
+    assert (private.label == -1).all() and len(private) == 2 * 4
+    assert set(private.image_id.str.split("/").str[0]) == {"test_private", "test_private_mixed"}
+    assert sorted(private.image_id)[0] == "test_private/000_regular"
+    data.write_index(idx, tmp_path / "index.csv")
+    back = data.read_index(tmp_path / "index.csv")
+    assert back.label.tolist() == idx.label.tolist()
+
+
+def test_mvtec_ad2_layout_errors_name_each_file(tmp_path):
+    croot = _ad2_category(tmp_path, "rice")
+    import shutil
+
+    shutil.rmtree(croot / "validation")
+    bad = sorted((croot / "test_public" / "bad").iterdir())
+    bad[0].unlink()  # its mask stays: a mask without its image
+    (croot / "test_public" / "ground_truth" / "bad" / f"{bad[1].stem}_mask.png").unlink()  # an image without
+    with pytest.raises(DFRError) as e:
+        data.index_category(tmp_path, "rice")
+    msg = str(e.value)
+    assert f"{croot / 'validation' / 'good'}: missing; MVTec AD 2 holds out its normal validation images" in msg
+    assert f"{bad[0].stem}_mask.png: a mask without its image" in msg
+    assert f"{bad[1]}: anomalous test image without a mask" in msg
+    assert "3 problem(s)" in msg
+
+
+@pytest.fixture(scope="module")
+def ad2_archive(server, tmp_path_factory):
+    """A tar.gz of two categories in MVTec AD 2's layout under one top folder, as the real archive holds them."""
+    root, url = server
+    src = tmp_path_factory.mktemp("ad2_src")
+    for i, name in enumerate(("can", "rice")):
+        _ad2_category(src / "mvtec_ad_2", name, seed=i)
+    archive = root / "mvtec_ad_2.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "mvtec_ad_2", arcname="mvtec_ad_2")
+    return archive, url
+
+
+def test_mvtec_ad2_without_its_archive_names_the_licence_page_and_the_key(tmp_path):
+    spec = {"kind": "mvtec_ad2", "categories": ["can"]}
+    r = _prepare(tmp_path, spec)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert datasets.MVTEC_AD2_PAGE in out and "set this dataset's 'archive' key" in out
+
+
+def test_mvtec_ad2_from_a_mirror_is_verified_extracted_and_indexed(tmp_path, ad2_archive):
+    archive, url = ad2_archive
+    spec = {"kind": "mvtec_ad2", "categories": ["can", "rice"], "urls": [f"{url}/{archive.name}"],
+            "sha256": _sha(archive)}
+    r = _prepare(tmp_path, spec)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pub = tmp_path / "data" / "pub"
+    assert (pub / "can" / "validation" / "good").is_dir() and not (pub / "mvtec_ad_2").exists()
+    idx = data.read_index(tmp_path / "results" / "prepared" / "pub" / "rice" / "index.csv")
+    assert (idx.split == "private").sum() == 8 and (idx.label == 1).sum() == 2
+    # the same archive given as a local file: no network, the same layout
+    (tmp_path / "local").mkdir()
+    r = _prepare(tmp_path / "local", {"kind": "mvtec_ad2", "categories": ["can"], "archive": str(archive)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "local" / "data" / "pub" / "can" / "test_public" / "ground_truth" / "bad").is_dir()
+
+
+def test_a_dry_run_plans_every_mvtec_ad2_category_and_says_the_archive_is_fetched_by_hand(tmp_path):
+    from conftest import planned_jobs
+    from dfr import config as dfr_config
+
+    cats = dfr_config.MVTEC_AD2_CATEGORIES
+    assert cats == ["can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"]
+    r = snakemake(tmp_path, _cfg(tmp_path, {"kind": "mvtec_ad2", "categories": cats}), "-n")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = planned_jobs(r.stdout)
+    assert jobs["prepare_dataset"] == 1 and jobs["index"] == 8 and jobs["metrics"] == 8
+    assert "MVTec AD 2" in r.stdout + r.stderr and "downloaded by hand" in r.stdout + r.stderr
+    with pytest.raises(DFRError, match=r"\['bolt'\] not in mvtec_ad2"):
+        dfr_config.validate(_cfg(tmp_path, {"kind": "mvtec_ad2", "categories": ["can", "bolt"]}), "x.yaml")

@@ -41,6 +41,7 @@ ROWS = {
     "datasets.*.synthetic.n_test_defect": [(3, {"synthetic"})],
     "datasets.*.synthetic.scale": [(0.5, set())], "datasets.*.synthetic.size_scale": [(0.5, set())],  # shape only
     "datasets.*.synthetic.defects": [(["scratch", "stain"], {"synthetic"})],
+    "datasets.*.synthetic.layout": [("mvtec_ad2", {"synthetic"})],  # the default ("mvtec") is left out of the key
     "data.image_size": [(160, {"features"})], "data.normalize": [(False, {"features"})],
     "data.val_fraction": [(0.3, {"split"})],
     "features.backbone": [("tf_efficientnet_lite1", {"features"})],

@@ -21,6 +21,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schem
 
 MVTEC_CATEGORIES = list(shapes.MVTEC_AD)
 VISA_CATEGORIES = list(shapes.VISA)
+MVTEC_AD2_CATEGORIES = list(shapes.MVTEC_AD2_PRIVATE)
 
 
 # names of the shared folders under results/ (dfr.layout), which an experiment may not take
@@ -74,7 +75,7 @@ def validate(cfg: dict, source: str = "config") -> dict:
             if unknown:
                 raise DFRError(f"{source}: datasets.{name}.categories: unknown synthetic categories {unknown}; "
                                f"choose from {known}" + (f" (synthetic.shape: {shape})" if shape else ""))
-        known = {"mvtec": MVTEC_CATEGORIES, "visa": VISA_CATEGORIES}.get(ds["kind"])
+        known = {"mvtec": MVTEC_CATEGORIES, "visa": VISA_CATEGORIES, "mvtec_ad2": MVTEC_AD2_CATEGORIES}.get(ds["kind"])
         if known:
             unknown = [c for c in ds["categories"] if c not in known]
             if unknown:

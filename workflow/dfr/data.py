@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # The code version of the index and the validation split: dfr.keys reads it (without importing
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
-CODE_VERSIONS = {"index": 1, "split": 1}
+CODE_VERSIONS = {"index": 1, "split": 1}  # MVTec AD 2's layout added without a bump: MVTec-layout output unchanged
 # tests/test_golden.py: per version, the digests of the stage's fixed tiny input and of its rounded output
 GOLDEN = {
     "index": {1: ("22773164f0b2b22b", "53fcc8f5a9f82f8c")},
@@ -168,14 +168,21 @@ def _check_mask(mask_path: Path, image_size: tuple[int, int]) -> None:
         )
 
 
+def is_mvtec_ad2(croot: Path) -> bool:
+    """Whether a category folder is in MVTec AD 2's layout (validation/ and test_public/ beside train/)."""
+    return (croot / "test_public").is_dir() or (croot / "validation").is_dir()
+
+
 def index_category(root: str | Path, category: str) -> pd.DataFrame:
-    """Index one category in MVTec layout, checking every file.
+    """Index one category in MVTec layout (or MVTec AD 2's, :func:`index_mvtec_ad2`), checking every file.
 
     Every problem found is reported (one line each, naming the file) in a single :class:`DFRError`.
     """
     croot = Path(root) / category
     if not croot.is_dir():
         raise DFRError(f"{croot}: category folder not found (is '{category}' a category of {root}?)")
+    if is_mvtec_ad2(croot):
+        return index_mvtec_ad2(croot)
     problems: list[str] = []
     rows: list[dict] = []
 
@@ -244,6 +251,82 @@ def index_category(root: str | Path, category: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=INDEX_COLUMNS)
 
 
+AD2_PRIVATE = ("test_private", "test_private_mixed")  # MVTec AD 2's unlabelled test sets (the leaderboard's)
+
+
+def index_mvtec_ad2(croot: Path) -> pd.DataFrame:
+    """Index one category in MVTec AD 2's layout::
+
+        train/good/*.png                    normal training images            split train
+        validation/good/*.png               the held-out normals (dfr.data.holdout_split takes exactly these)
+        test_public/{good,bad}/*.png        labelled test images              split test
+        test_public/ground_truth/bad/<stem>_mask.png
+        test_private/*.png, test_private_mixed/*.png   unlabelled            split private, label -1
+
+    The private sets are indexed for the leaderboard submission only; no metric reads them. Every problem is
+    reported in one :class:`DFRError`, one line each, naming the file."""
+    problems: list[str] = []
+    rows: list[dict] = []
+
+    def add(p: Path, split: str, label: int, defect: str, image_id: str, mask: str = "") -> tuple[int, int] | None:
+        try:
+            size = _check_image(p)
+        except DFRError as e:
+            problems.append(str(e))
+            return None
+        rows.append(dict(image_id=image_id, split=split, label=label, defect=defect, path=str(p), mask_path=mask,
+                         width=size[0], height=size[1]))
+        return size
+
+    def images(folder: Path, why: str) -> list[Path]:
+        if not folder.is_dir():
+            problems.append(f"{folder}: missing; {why}")
+            return []
+        files = _image_files(folder)
+        if not files:
+            problems.append(f"{folder}: no images (empty split)")
+        problems.extend(_same_stem(files))
+        return files
+
+    for sub, why in (("train", "MVTec AD 2's normal training images are there"),
+                     ("validation", "MVTec AD 2 holds out its normal validation images there (the thresholds "
+                                    "are set on them)")):
+        for p in images(croot / sub / "good", why):
+            add(p, "train", 0, "good", f"{sub}/good/{p.stem}")
+    test = croot / "test_public"
+    for p in images(test / "good", "normal public test images are needed for every metric"):
+        add(p, "test", 0, "good", f"test_public/good/{p.stem}")
+    gt = test / "ground_truth" / "bad"
+    bad = images(test / "bad", "the anomalous public test images are there")
+    for p in bad:
+        mp = gt / f"{p.stem}_mask.png"
+        if not mp.is_file():
+            problems.append(f"{p}: anomalous test image without a mask (expected {mp})")
+            continue
+        size = add(p, "test", 1, "bad", f"test_public/bad/{p.stem}", str(mp))
+        if size:
+            try:
+                _check_mask(mp, size)
+            except DFRError as e:
+                problems.append(str(e))
+    stems = {p.stem for p in bad}
+    if gt.is_dir():
+        for mp in _image_files(gt):
+            if not mp.stem.endswith("_mask") or mp.stem[:-5] not in stems:
+                problems.append(f"{mp}: a mask without its image (expected {test / 'bad' / mp.stem[:-5]}.png)")
+    for sub in AD2_PRIVATE:
+        folder = croot / sub
+        if not folder.is_dir():
+            log.warning("%s: missing; its images cannot be scored for the leaderboard submission", folder)
+            continue
+        for p in _image_files(folder):
+            add(p, "private", -1, "", f"{sub}/{p.stem}")
+    if problems:
+        raise DFRError(f"{croot}: {len(problems)} problem(s) in the dataset (MVTec AD 2 layout):\n  "
+                       + "\n  ".join(problems))
+    return pd.DataFrame(rows, columns=INDEX_COLUMNS)
+
+
 def write_index(df: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
@@ -260,19 +343,26 @@ def read_index(path: str | Path) -> pd.DataFrame:
     missing = set(INDEX_COLUMNS) - set(df.columns)
     if missing:
         raise DFRError(f"{path}: not a DFR index (missing columns {sorted(missing)})")
-    bad = (~df.split.isin(["train", "test"]) | ~df.label.astype(str).isin(["0", "1"])
+    private = df.split == "private"  # MVTec AD 2's unlabelled test sets: label -1
+    bad = (~df.split.isin(["train", "test", "private"])
+           | ~df.label.astype(str).isin(["0", "1"]) & ~(private & (df.label.astype(str) == "-1"))
            | (df.image_id.astype(str) == "") | (df.path.astype(str) == "") | df.image_id.duplicated())
     if bad.any():
         row = int(np.argmax(bad.to_numpy())) + 2
-        raise DFRError(f"{path}: line {row} is not an index row (a split, a 0/1 label, an image id and a path): "
-                       f"the file is truncated or corrupt; " + remake_hint(path))
+        raise DFRError(f"{path}: line {row} is not an index row (a split, a 0/1 label or -1 for a private image, "
+                       "an image id and a path): "
+                       "the file is truncated or corrupt; " + remake_hint(path))
     df["label"] = df.label.astype(int)
     return df
 
 
 def holdout_split(index: pd.DataFrame, val_fraction: float, seed: int) -> dict[str, list[str]]:
-    """Hold out a seeded fraction of the normal training images as the validation set."""
+    """Hold out a seeded fraction of the normal training images as the validation set; in MVTec AD 2's
+    layout, exactly its validation/ images (val_fraction and seed do not apply)."""
     train_ids = index.loc[index.split == "train", "image_id"].tolist()
+    fixed = [i for i in train_ids if i.startswith("validation/")]
+    if fixed:
+        return {"train": sorted(i for i in train_ids if not i.startswith("validation/")), "val": sorted(fixed)}
     n_val = int(round(val_fraction * len(train_ids)))
     if val_fraction > 0:
         n_val = max(1, n_val)
@@ -291,6 +381,8 @@ def write_split(index_path: str | Path, out: str | Path, val_fraction: float, se
     index = read_index(index_path)
     split = holdout_split(index, val_fraction, seed)
     split["params"] = {"val_fraction": val_fraction, "seed": seed}
+    if any(i.startswith("validation/") for i in split["val"]):
+        split["params"] = {"held_out": "the dataset's validation/ folder (MVTec AD 2)"}
     write_json(out, split)
     return split
 

@@ -1,4 +1,5 @@
-"""Public datasets (MVTec AD, VisA): download with resume, sha256 verification, safe extraction."""
+"""Public datasets (MVTec AD, VisA; MVTec AD 2 from its archive): download with resume, sha256 verification,
+safe extraction."""
 
 from __future__ import annotations
 
@@ -213,6 +214,63 @@ def check_visa_counts(counts: dict[str, dict[str, int]], split_csv: Path) -> Non
         raise DFRError(f"{split_csv}: converted counts {total} differ from the published VisA split {want}")
 
 
+MVTEC_AD2_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad-2"
+
+
+def _lift_top_folder(root: Path, categories: list[str]) -> None:
+    """An archive that holds one top folder (``mvtec_ad_2/<category>/``): its categories moved up into root."""
+    if any((root / c).is_dir() for c in categories):
+        return
+    tops = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    for top in tops:
+        if any((top / c).is_dir() for c in categories):
+            for child in top.iterdir():
+                target = root / child.name
+                if target.exists():
+                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+                child.rename(target)
+            top.rmdir()
+            return
+
+
+def prepare_mvtec_ad2(root: Path, spec: dict) -> None:
+    """MVTec AD 2 from the archive its licence page gives (no direct download: a person accepts the licence,
+    CC BY-NC-SA 4.0): sha256-checked when the config gives one, extracted safely, and every category's
+    layout indexed (dfr.data.index_mvtec_ad2) before the folder is trusted."""
+    from .data import index_mvtec_ad2
+
+    missing = [c for c in spec["categories"] if not (root / c / "train").is_dir()]
+    if missing:
+        if spec.get("urls") and not spec.get("archive"):  # a mirror of one's own (an institute's copy)
+            if not spec.get("sha256"):
+                raise DFRError(f"{root}: MVTec AD 2 from the mirrors {spec['urls']} needs the archive's 'sha256' "
+                               "in the dataset's config (none is published to check a download against)")
+            name = Path(spec["urls"][0].split("?")[0]).name or "mvtec_ad_2.tar"
+            archive = download(spec["urls"], root.parent / "downloads" / name, spec["sha256"])
+            spec = {**spec, "archive": str(archive)}
+        if not spec.get("archive"):
+            raise DFRError(
+                f"{root}: MVTec AD 2 categories {missing} are missing, and MVTec AD 2 cannot be downloaded "
+                f"without accepting its licence: download it from {MVTEC_AD2_PAGE}, then either extract it "
+                f"into {root}/ (so that {root}/{missing[0]}/train exists) or set this dataset's 'archive' key "
+                "to the downloaded file and rerun")
+        archive = Path(spec["archive"])
+        if not archive.is_file():
+            raise DFRError(f"{archive}: archive not found (the dataset's 'archive' key points at it)")
+        if spec.get("sha256"):
+            got = sha256(archive)
+            if got != spec["sha256"]:
+                raise DFRError(f"{archive}: sha256 {got} does not match the configured {spec['sha256']}; the "
+                               "file is corrupt or another archive")
+        safe_extract(archive, root)
+        _lift_top_folder(root, spec["categories"])
+        still = [c for c in spec["categories"] if not (root / c / "train").is_dir()]
+        if still:
+            raise DFRError(f"{archive}: categories {still} are not in the archive (extracted into {root})")
+    for c in spec["categories"]:
+        index_mvtec_ad2(root / c)  # the layout, every image and mask readable: one error listing every problem
+
+
 def prepare(root: str | Path, spec: dict) -> None:
     """Make ``root`` hold the dataset in MVTec layout, downloading only what is missing.
 
@@ -221,6 +279,10 @@ def prepare(root: str | Path, spec: dict) -> None:
     """
     root = Path(root)
     kind = spec["kind"]
+    if kind == "mvtec_ad2":
+        prepare_mvtec_ad2(root, spec)
+        write_json(root / ".dfr-ready", {"kind": kind, "categories": spec["categories"]})
+        return
     if kind not in SOURCES:
         raise DFRError(f"dataset kind {kind!r} has nothing to download")
     missing = [c for c in spec["categories"] if not (root / c / "train").is_dir()]

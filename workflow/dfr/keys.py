@@ -225,7 +225,7 @@ def pca_key(cfg: dict, n_fit: int | None = None) -> str:
 
 # Settings added to a head after artifacts were made with it: at their default (what those artifacts were made
 # with) they are left out of the params, so that existing keys stay valid; any other value is in the key.
-LATER_DEFAULTS = {"gaussian": {"covariance": "location"}}
+LATER_DEFAULTS = {"gaussian": {"covariance": "location"}, "synthetic": {"layout": "mvtec"}}
 
 
 def model_params(cfg: dict) -> dict:
@@ -283,6 +283,7 @@ def synthetic_params(cfg: dict, dataset: str) -> dict:
     g = dict(cfg["datasets"][dataset]["synthetic"])
     for k in (("n_train", "n_test_good", "n_test_defect") if g.get("shape") else ("shape", "scale", "size_scale")):
         g.pop(k, None)
+    g = {k: v for k, v in g.items() if LATER_DEFAULTS["synthetic"].get(k, object()) != v}
     return {**g, "seed": cfg["seed"], "code": code_version("synthetic")}
 
 

@@ -169,12 +169,13 @@ def _save(img: np.ndarray, path: Path, grey: bool) -> None:
 
 def generate_category(out_root: str | Path, category: str, *, n_train: int = 40, n_test_good: int = 10,
                       n_test_defect: int = 5, defects: tuple[str, ...] = DEFECTS, seed: int = 0,
-                      shape: str | None = None, scale: float = 1.0, size_scale: float = 1.0) -> Path:
+                      shape: str | None = None, scale: float = 1.0, size_scale: float = 1.0,
+                      layout: str = "mvtec") -> Path:
     """Write one synthetic category in MVTec layout under ``out_root/category`` (atomically).
 
     With ``shape`` (mvtec_ad | visa) the category is one of that benchmark's, with its counts (times
     ``scale``) and image size (times ``size_scale``); ``n_train``, ``n_test_good``, ``n_test_defect`` are
-    then ignored.
+    then ignored. With ``layout: mvtec_ad2``, in MVTec AD 2's layout (:func:`to_mvtec_ad2`).
     """
     for d in defects:
         if d not in DEFECTS:
@@ -212,7 +213,44 @@ def generate_category(out_root: str | Path, category: str, *, n_train: int = 40,
         "n_train": n_train, "n_test_good": n_test_good, "n_test_defect": dict(kinds),
         "defects": [d for d, _ in kinds], "seed": seed, "shape": shape, "scale": scale, "size_scale": size_scale,
     })
+    if layout == "mvtec_ad2":
+        to_mvtec_ad2(tmp, spec, seed, category)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     log.info("wrote synthetic category %s to %s", category, final)
     return final
+
+
+def to_mvtec_ad2(croot: Path, spec: "CategorySpec", seed: int, category: str) -> None:
+    """Rearrange a generated MVTec-layout category into MVTec AD 2's, in place: the last quarter (at least two)
+    of train/good moves to validation/good; test/ becomes test_public/ with every defect kind in bad/ (named
+    <kind>_<nnn>) and its masks in test_public/ground_truth/bad/; test_private/ and test_private_mixed/ get
+    unlabelled images, normal and defective, named NNN_regular and NNN_mixed."""
+    train = sorted((croot / "train" / "good").iterdir())
+    n_val = max(2, len(train) // 4)
+    for p in train[len(train) - n_val:]:
+        _move(p, croot / "validation" / "good" / p.name)
+    pub = croot / "test_public"
+    for d in sorted((croot / "test").iterdir()):
+        for p in sorted(d.iterdir()):
+            if d.name == "good":
+                _move(p, pub / "good" / p.name)
+            else:
+                _move(p, pub / "bad" / f"{d.name}_{p.name}")
+                _move(croot / "ground_truth" / d.name / f"{p.stem}_mask.png",
+                      pub / "ground_truth" / "bad" / f"{d.name}_{p.stem}_mask.png")
+    shutil.rmtree(croot / "test")
+    shutil.rmtree(croot / "ground_truth", ignore_errors=True)
+    n_public = sum(1 for _ in pub.glob("*/*.*"))
+    for sub, suffix in (("test_private", "regular"), ("test_private_mixed", "mixed")):
+        for i in range(n_public):
+            rng = _rng(seed, category, sub, i)
+            img, fg = _normal(spec, rng)
+            if i % 2:
+                img, _ = _defect(spec, img, fg, DEFECTS[i // 2 % len(DEFECTS)], rng)
+            _save(img, croot / sub / f"{i:03d}_{suffix}{spec.ext}", spec.grey)
+
+
+def _move(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    src.rename(dst)

@@ -39,7 +39,7 @@ def from_index(path: Path) -> Workload:
                 max_px = max(max_px, px)
                 if row["split"] == "train":
                     n_train, train_px = n_train + 1, train_px + px
-                else:
+                elif row["split"] == "test":  # not MVTec AD 2's private images: no stage but the submission's
                     n_test, test_px = n_test + 1, test_px + px
         _INDEX_CACHE[key] = Workload(n_train, n_test, train_px, test_px, max_px)
     return _INDEX_CACHE[key]
@@ -61,6 +61,9 @@ def _images(d: Path) -> list[Path]:
 def from_folder(folder: Path) -> Workload | None:
     """Counted from the files on disk (image headers only), for a folder dataset not yet indexed."""
     train, test = _images(folder / "train"), _images(folder / "test")
+    if (folder / "test_public").is_dir() or (folder / "validation").is_dir():  # MVTec AD 2's layout
+        train = train + _images(folder / "validation")
+        test = [p for p in _images(folder / "test_public") if "ground_truth" not in p.parts]
     if not train and not test:
         return None
     from PIL import Image  # one image header, for the size

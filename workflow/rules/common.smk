@@ -167,7 +167,7 @@ def category_ready(wildcards):
     ds = DATASETS[wildcards.dataset]
     if ds["kind"] == "synthetic":
         return dfr_plan.paths(config, wildcards.dataset, wildcards.category)["synthetic"]
-    if ds["kind"] in ("mvtec", "visa"):
+    if ds["kind"] in ("mvtec", "visa", "mvtec_ad2"):
         if not (Path(dataset_root(wildcards.dataset)) / wildcards.category / "train").is_dir():
             return f"{dataset_root(wildcards.dataset)}/.dfr-ready"
     return []

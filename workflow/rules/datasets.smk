@@ -1,9 +1,10 @@
 # Public datasets (MVTec AD, VisA): download (mirrors in order, resumable), verify sha256, extract safely,
-# convert VisA to MVTec layout. Runs only for categories missing under the dataset's root; `.dfr-ready` is
-# written last, so a failed or interrupted preparation is never trusted by a rerun.
+# convert VisA to MVTec layout; MVTec AD 2: extracted from the archive its licence page gives (`archive:`).
+# Runs only for categories missing under the dataset's root; `.dfr-ready` is written last, so a failed or
+# interrupted preparation is never trusted by a rerun.
 import re
 
-_DOWNLOADED = {dataset_root(d): d for d, ds in DATASETS.items() if ds["kind"] in ("mvtec", "visa")}
+_DOWNLOADED = {dataset_root(d): d for d, ds in DATASETS.items() if ds["kind"] in ("mvtec", "visa", "mvtec_ad2")}
 
 
 rule prepare_dataset:
