@@ -40,6 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--root", required=True)
     s.add_argument("--spec", type=_params, required=True)
 
+    s = sub.add_parser("submission-part", help="MVTec AD 2: one category's private anomaly images, into a tar")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--index", required=True)
+    s.add_argument("--category", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--batch-size", type=int, default=None)
+
+    s = sub.add_parser("submission", help="MVTec AD 2: the categories' tars joined into the archive to upload")
+    s.add_argument("--parts", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+
     s = sub.add_parser("index", help="validate and index one MVTec-layout category")
     s.add_argument("--root", required=True)
     s.add_argument("--category", required=True)
@@ -239,8 +251,9 @@ def _run(a: argparse.Namespace) -> int:
 
         df = data.index_category(a.root, a.category)
         data.write_index(df, a.out)
-        logging.info("indexed %s/%s: %d train, %d test (%d anomalous)", a.root, a.category,
-                     (df.split == "train").sum(), (df.split == "test").sum(), df.label.sum())
+        logging.info("indexed %s/%s: %d train, %d test (%d anomalous), %d private", a.root, a.category,
+                     (df.split == "train").sum(), (df.split == "test").sum(), (df.label == 1).sum(),
+                     (df.split == "private").sum())
     elif a.stage == "split":
         from . import data
 
@@ -316,6 +329,15 @@ def _run(a: argparse.Namespace) -> int:
             raise DFRError(f"{a.manifest}: not a study manifest (an object with a 'variants' list); "
                            "the study_manifest rule writes it")
         studies.compare(manifest, a.csv, a.md, a.best, a.plots, timing_csv=a.timing)
+    elif a.stage == "submission-part":
+        from . import submission
+
+        submission.category_tar(a.bundle, a.metrics, a.index, a.category, a.out, rt.get("device", "auto"),
+                                a.batch_size or rt.get("batch_size", 8))
+    elif a.stage == "submission":
+        from . import submission
+
+        print(f"{submission.archive(a.parts, a.out)} files -> {a.out}")
     elif a.stage == "timing":
         from . import timing
 

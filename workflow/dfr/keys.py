@@ -33,7 +33,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CODE_OWNERS = {"synthetic": "synthetic", "index": "data", "split": "data", "features": "features", "pca": "pca",
                "cae": "cae", "gaussian": "gaussian", "memory_bank": "memory_bank", "flow": "flow",
                "maps": "scoring", "ensemble": "ensemble", "scores": "scoring", "metrics": "metrics",
-               "plots": "plots", "tables": "tables", "bundle": "predict", "timing": "timing"}
+               "plots": "plots", "tables": "tables", "bundle": "predict", "timing": "timing",
+               "submission": "submission"}
 
 
 @functools.lru_cache(maxsize=None)

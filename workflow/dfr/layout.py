@@ -25,7 +25,7 @@ def patterns(results: str) -> dict[str, str]:
         "history": f"{models}/{{mkey}}/history.csv", "model_info": f"{models}/{{mkey}}/model.json",
         "maps": f"{models}/{{mkey}}/maps.h5", "ensemble_maps": f"{models}/{{ekey}}/maps.h5",
         "scores": f"{exp}/scores.csv", "metrics": f"{exp}/metrics.json", "plots": f"{exp}/plots",
-        "bundle": f"{exp}/bundle.pt",
+        "bundle": f"{exp}/bundle.pt", "submission_part": f"{exp}/submission.tar",
     }
 
 
@@ -48,6 +48,8 @@ _LOGS = {
     **{rule: f"{{experiment}}/{rule}/{{dataset}}/{{category}}.log" for rule in ("scores", "metrics", "plots", "bundle")},
     "study": "{experiment}/study.log", "study_manifest": "{experiment}/study_manifest.log",
     "study_timing": "{experiment}/study_timing.log",
+    "submission_part": "{experiment}/submission_part/{dataset}/{category}.log",
+    "submission": "{experiment}/submission/{dataset}.log",
 }
 
 
@@ -73,6 +75,11 @@ def record(results: str, rule: str, values: dict) -> str:
 def table_patterns(results: str) -> dict[str, str]:
     t = f"{results.rstrip('/')}/{{experiment}}/tables"
     return {"csv": f"{t}/{{dataset}}.csv", "md": f"{t}/{{dataset}}.md", "val": f"{t}/{{dataset}}_val_thresholds.csv"}
+
+
+def submission_pattern(results: str) -> str:
+    """MVTec AD 2's leaderboard archive of a dataset (dfr.submission)."""
+    return f"{results.rstrip('/')}/{{experiment}}/submission/{{dataset}}.tar.gz"
 
 
 def table_paths(cfg: dict, dataset: str) -> dict[str, str]:

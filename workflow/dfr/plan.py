@@ -331,12 +331,21 @@ class Plan:
             for d in self.config["datasets"]:
                 t = layout.table_paths(c, d)
                 out += [t["csv"], t["md"]]
+                if not self.study and self.has_private(d):  # MVTec AD 2's leaderboard archive
+                    out.append(layout.fill(layout.submission_pattern(c["results"]),
+                                           {"experiment": c["experiment"], "dataset": d}))
             for d, cat in self.categories():
                 p = paths(c, d, cat)
                 out += [p["plots"]] if self.study else [p["plots"], p["bundle"]]
         if self.study:
             out += list(self.comparison_paths().values())
         return out
+
+    def has_private(self, dataset: str) -> bool:
+        """Whether a dataset has MVTec AD 2's private test sets to submit: kind mvtec_ad2, or a synthetic one
+        written in its layout."""
+        ds = self.config["datasets"][dataset]
+        return ds["kind"] == "mvtec_ad2" or ds.get("synthetic", {}).get("layout") == "mvtec_ad2"
 
     def timed_categories(self) -> list[tuple[str, str]]:
         """Where a study's speeds are timed: each dataset's first category (a variant's cost per image depends

@@ -207,6 +207,21 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         minutes = 2 + 6 * 2 * max(mp, 0.1) / 60 * 2
     elif rule == "bundle":  # every member's model as loaded, and the bundle of them all being written
         mem += 2.5 * sum(model_file_mb(m, wl.n_train) for m in plan.members(cfg) or [cfg])
+    elif rule == "submission_part":  # dfr.submission: the bundle scores a batch of private images at a time
+        n = max(wl.n_private, 1)
+        ms = plan.members(cfg) or [cfg]
+        sets = {(m["features"]["backbone"], m["data"]["image_size"]) for m in ms}
+        per_image = (DECODE_S_PER_MPIXEL * max(mp, 0.05) * 3  # decode, upsample, encode (TIFF and PNG)
+                     + sum(BACKBONE_GFLOP.get(b, 20) * (sz / 224) ** 2 for b, sz in sets) / CPU_GFLOPS)
+        for m in ms:
+            per_image += max(estimate(m, "maps", dataset, category)["runtime"] - 2, 0) * 60 / 2 / max(
+                1, wl.n_train + wl.n_test)
+        minutes = 2 + n * per_image / 60 * 2
+        models = sum(model_file_mb(m, wl.n_train) for m in ms)
+        mem += 2.5 * models + sum(BACKBONE_MB.get(b, 300) for b, _ in sets) + 8 * 25 * len(sets) + 24 * mp
+    elif rule == "submission":  # the categories' tars streamed into one .tar.gz
+        mem = BASE_MB["light"] + 50
+        minutes = 10
     elif rule == "study":  # every variant's metrics.json and model.json (KB each), and matplotlib
         mem, minutes = BASE_MB["torch"] + 300, 10
     elif rule in ("split", "tables", "study_manifest"):

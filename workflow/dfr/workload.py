@@ -22,6 +22,7 @@ class Workload(NamedTuple):
     test_pixels: int
     max_image_pixels: int
     exact: bool = True  # False for a guess (nothing on disk, no known shape)
+    n_private: int = 0  # MVTec AD 2's unlabelled private test images (scored for the submission only)
 
 
 _INDEX_CACHE: dict[tuple[str, int], Workload] = {}
@@ -32,7 +33,7 @@ def from_index(path: Path) -> Workload:
     if key not in _INDEX_CACHE:
         import csv
 
-        n_train = n_test = train_px = test_px = max_px = 0
+        n_train = n_test = n_private = train_px = test_px = max_px = 0
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 px = int(row["width"]) * int(row["height"])
@@ -41,7 +42,9 @@ def from_index(path: Path) -> Workload:
                     n_train, train_px = n_train + 1, train_px + px
                 elif row["split"] == "test":  # not MVTec AD 2's private images: no stage but the submission's
                     n_test, test_px = n_test + 1, test_px + px
-        _INDEX_CACHE[key] = Workload(n_train, n_test, train_px, test_px, max_px)
+                else:
+                    n_private += 1
+        _INDEX_CACHE[key] = Workload(n_train, n_test, train_px, test_px, max_px, True, n_private)
     return _INDEX_CACHE[key]
 
 
@@ -61,9 +64,11 @@ def _images(d: Path) -> list[Path]:
 def from_folder(folder: Path) -> Workload | None:
     """Counted from the files on disk (image headers only), for a folder dataset not yet indexed."""
     train, test = _images(folder / "train"), _images(folder / "test")
+    private = 0
     if (folder / "test_public").is_dir() or (folder / "validation").is_dir():  # MVTec AD 2's layout
         train = train + _images(folder / "validation")
         test = [p for p in _images(folder / "test_public") if "ground_truth" not in p.parts]
+        private = len(_images(folder / "test_private")) + len(_images(folder / "test_private_mixed"))
     if not train and not test:
         return None
     from PIL import Image  # one image header, for the size
@@ -73,7 +78,7 @@ def from_folder(folder: Path) -> Workload | None:
             w, h = im.size
     except OSError:
         w, h = 1024, 1024
-    return from_shape(len(train), len(test), w, h)
+    return from_shape(len(train), len(test), w, h)._replace(n_private=private)
 
 
 def workload(cfg: dict, dataset: str, category: str) -> Workload:
@@ -91,8 +96,13 @@ def workload(cfg: dict, dataset: str, category: str) -> Workload:
             return from_shape(n_train, n_good + sum(per_kind), spec.width, spec.height)
         spec = shapes.CATEGORIES[category]
         n_test = g.get("n_test_good", 10) + g.get("n_test_defect", 5) * defects
-        return from_shape(g.get("n_train", 40), n_test, spec.width, spec.height)
+        private = 2 * n_test if g.get("layout") == "mvtec_ad2" else 0  # as dfr.synthetic.to_mvtec_ad2 writes
+        return from_shape(g.get("n_train", 40), n_test, spec.width, spec.height)._replace(n_private=private)
     table = {"mvtec": shapes.MVTEC_AD, "visa": shapes.VISA}.get(ds["kind"], {})
+    if ds["kind"] == "mvtec_ad2" and not (Path(layout.dataset_root(cfg, dataset)) / category).is_dir():
+        # before extraction: its private counts are known, the rest is a generous guess
+        return from_shape(1000, 250, 2500, 2000, exact=False)._replace(
+            n_private=2 * shapes.MVTEC_AD2_PRIVATE[category])
     if category in table:
         s = table[category]
         return from_shape(s.n_train, s.n_test_good + s.n_test_anomalous, s.width, s.height)

@@ -175,6 +175,7 @@ def category_ready(wildcards):
 
 PATHS = dfr_layout.patterns(R)  # wildcard patterns of every per-category artifact
 TABLES = dfr_layout.table_patterns(R)  # wildcard patterns of a dataset's tables
+SUBMISSION = dfr_layout.submission_pattern(R)  # MVTec AD 2's leaderboard archive of a dataset
 COMPARISON = PLAN.comparison_paths()  # a study's comparison
 
 
