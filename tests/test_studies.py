@@ -183,3 +183,28 @@ def test_an_ensemble_less_one_member_is_found_as_that_members_ablation():
     # members read as the table's other settings do
     assert studies._member({"cae.depthwise": True, "cae.kernel": 3}) == "cae.depthwise: true, cae.kernel: 3"
     assert studies._member({}) == "the config itself"
+
+
+def test_the_study_timing_interleaves_its_variants_and_keeps_each_ones_best_round(monkeypatch, tmp_path):
+    """Round by round, every variant once in turn (a drifting machine speeds or slows all alike); each keeps
+    its best round."""
+    from dfr import timing
+
+    calls = []
+    speeds = iter([10.0, 20.0, 30.0, 12.0, 18.0, 33.0])  # round 1: a, b, c; round 2: a, b, c
+
+    def fake(variants, images, batch, repeats, device):
+        calls.append((variants[0]["name"], repeats))
+        v = next(speeds)
+        return [{"variant": variants[0]["name"], "images": len(images), "batch": batch, "repeats": repeats,
+                 "score_ips": v, "backbone_ips": 2 * v, "decode_ips": 100.0}]
+
+    monkeypatch.setattr(timing, "time_variants", fake)
+    monkeypatch.setattr(timing, "assemble", lambda *a, **k: {})
+    monkeypatch.setattr(timing, "test_images", lambda index, n: ["x.png"] * n)
+    t = {"features": [], "models": [], "top_k": 3, "border": 0, "index": "i.csv", "dataset": "d", "category": "c"}
+    manifest = {"variants": [{"name": n, "timing": [t]} for n in "abc"]}
+    df = timing.study(manifest, tmp_path / "timing.csv", {"images": 4, "batch": 2, "repeats": 2})
+    assert calls == [("a", 1), ("b", 1), ("c", 1)] * 2
+    assert df.set_index("variant").score_ips.to_dict() == {"a": 12.0, "b": 20.0, "c": 33.0}
+    assert (df.repeats == 2).all() and (df.dataset == "d").all()

@@ -4,7 +4,8 @@ A job's wall time (Snakemake's benchmark record) includes the interpreter's, tor
 which dominates on small categories and grows with the number of jobs a configuration has, not with its cost
 per image. The speeds that choose something or are published come from here instead: in one process, on one
 machine, every variant of a study (or every bundle given) runs on the same test images, decoded and
-preprocessed once, in batches of the same size, after a warm-up batch; the best of ``repeats`` passes counts.
+preprocessed once, in batches of the same size, after a warm-up batch; the best of ``repeats`` passes counts
+(a study's passes interleaved across its variants, :func:`study`).
 
 Per variant it reports images/s of
 * ``score_ips``: f(x) (each feature setting's backbone once), every member's A(x), the ensemble's fusion and
@@ -33,7 +34,7 @@ from .resources import threads_default
 log = logging.getLogger(__name__)
 
 # The code version of the timing (what it measures and how): dfr.keys reads it (without importing this module).
-CODE_VERSIONS = {"timing": 1}
+CODE_VERSIONS = {"timing": 2}  # 2: a study's variants timed in interleaved rounds
 
 
 def machine(device: torch.device) -> dict:
@@ -118,18 +119,29 @@ def test_images(index_csv: str | Path, n: int) -> list[str]:
 def study(manifest: dict, out_csv: str | Path, params: dict, device: str = "auto",
           weights_files: dict | None = None) -> pd.DataFrame:
     """Time every variant of a study on each dataset's first category (the manifest's ``timing`` entries: its
-    models, fused maps and feature settings), in this one process. Writes one row per variant x dataset."""
-    rows = []
+    models, fused maps and feature settings), in this one process. Writes one row per variant x dataset.
+
+    The passes are interleaved: ``repeats`` rounds, each timing one pass of every variant in turn, and each
+    variant keeps its best round. A machine whose speed drifts during the timing (another tenant, the clock)
+    then slows or speeds every variant alike, where timing the variants one after another would charge the
+    drift to whichever ran during it."""
+    jobs = []
     for v in manifest["variants"]:
         for t in v["timing"]:
             wfs = [(weights_files or {}).get(fp["weights"]) for fp in t["features"]]
             bundle = assemble(t["models"], {"features": t["features"], "weights_files": wfs, "top_k": t["top_k"],
                                             "border": t["border"]}, t.get("maps"))
-            images = test_images(t["index"], params["images"])
-            (row,) = time_variants([{"name": v["name"], "bundle": bundle}], images, params["batch"],
-                                   params["repeats"], device)
-            rows.append({**row, "dataset": t["dataset"], "category": t["category"]})
-    df = pd.DataFrame(rows)
+            jobs.append(({"name": v["name"], "bundle": bundle}, test_images(t["index"], params["images"]), t))
+    best: dict[int, dict] = {}
+    for _ in range(params["repeats"]):
+        for j, (variant, images, t) in enumerate(jobs):
+            (row,) = time_variants([variant], images, params["batch"], 1, device)
+            if j not in best:
+                best[j] = {**row, "repeats": params["repeats"], "dataset": t["dataset"], "category": t["category"]}
+            else:
+                for k in ("score_ips", "backbone_ips", "decode_ips"):
+                    best[j][k] = max(best[j][k], row[k])
+    df = pd.DataFrame([best[j] for j in range(len(jobs))])
     with atomic_path(out_csv, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     return df
