@@ -385,3 +385,20 @@ def test_few_label_pixel_thresholds_segf1_and_au_pro_at_005_match_a_brute_force_
             f1s.append(rates(t, [i for i in test if i not in pick])[2])
         assert got[str(k)]["f1"] == pytest.approx(float(np.mean(f1s)), abs=1e-9)
         assert got[str(k)]["f1_std"] == pytest.approx(float(np.std(f1s)), abs=1e-9)
+
+
+def test_pixel_counts_compare_exactly_without_a_float64_copy():
+    """Counting pixels at or above a float64 threshold in float32 arrays: exactly as in float64 (a threshold
+    between two float32 values, on one, below all, above all), and searchsorted copies nothing."""
+    import tracemalloc
+
+    a = np.sort(np.random.default_rng(0).random(1_000_000).astype(np.float32))
+    v = float(a[500_000])
+    for t in (v, np.nextafter(v, 2.0), np.nextafter(v, -1.0), (v + float(np.nextafter(np.float32(v), 2))) / 2,
+              -1.0, 2.0):
+        want = int(np.count_nonzero(a.astype(np.float64) >= t))
+        assert metrics._pixel_counts(a, a, t) == (want, want), t
+    tracemalloc.start()
+    metrics._pixel_counts(a[:10], a, v)
+    assert tracemalloc.get_traced_memory()[1] < a.nbytes / 4
+    tracemalloc.stop()

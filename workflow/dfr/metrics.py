@@ -173,9 +173,18 @@ def pixel_f1_cut(pos: np.ndarray, neg: np.ndarray) -> float:
     return (t + float(max(below))) / 2 if below else t
 
 
+def _at_least(t: float, dtype=np.float32):
+    """The smallest value of ``dtype`` at or above ``t``: ``a >= _at_least(t)`` is exactly ``a >= t`` for an array
+    of that dtype, compared in it (a float64 ``t`` would make searchsorted copy the whole array to float64)."""
+    v = dtype(t)
+    return np.nextafter(v, dtype(np.inf)) if float(v) < float(t) else v  # compared in float64, not in dtype
+
+
 def _pixel_counts(pos: np.ndarray, neg_sorted: np.ndarray, t: float) -> tuple[int, int]:
-    """(anomalous pixels at or above t, anomaly-free pixels at or above t)."""
-    return int(np.count_nonzero(pos >= t)), int(neg_sorted.size - np.searchsorted(neg_sorted, t, "left"))
+    """(anomalous pixels at or above t, anomaly-free pixels at or above t), without a copy of either array."""
+    tp = _at_least(t, pos.dtype.type)
+    tn = _at_least(t, neg_sorted.dtype.type)
+    return int(np.count_nonzero(pos >= tp)), int(neg_sorted.size - np.searchsorted(neg_sorted, tn, "left"))
 
 
 def few_label_pixel(ev: "PixelEvaluator", maps: Maps, test_rows: np.ndarray, eval_size: int | None,
