@@ -100,14 +100,26 @@ RUNS: dict = {}  # what the session's runs measured (seconds), for the tests tha
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """TINY run once for the whole session through Snakemake. Tests read it or dry-run against it; a test that
-    changes a file or reruns works on ``tiny_copy``."""
+    changes a file or reruns works on ``tiny_copy``. Under pytest-xdist (``make test`` runs two workers) the
+    workers share one run: the first to need it makes it while holding a lock, the others wait for it."""
     import time
 
-    wd = tmp_path_factory.mktemp("tiny")
-    t0 = time.perf_counter()
-    r = snakemake(wd, TINY)
-    assert r.returncode == 0, r.stderr[-4000:]
-    RUNS["tiny"] = time.perf_counter() - t0
+    from filelock import FileLock
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        wd = tmp_path_factory.mktemp("tiny")
+    else:
+        wd = tmp_path_factory.getbasetemp().parent / "tiny-shared"
+    with FileLock(str(wd) + ".lock"):
+        done = Path(str(wd) + ".done")
+        if not done.is_file():
+            wd.mkdir(exist_ok=True)
+            t0 = time.perf_counter()
+            r = snakemake(wd, TINY)
+            assert r.returncode == 0, r.stderr[-4000:]
+            RUNS["tiny"] = time.perf_counter() - t0
+            done.touch()
     return wd
 
 

@@ -16,6 +16,7 @@ def _cache(tmp_path, n, shape=(256, 28, 28)):
     return path, split
 
 
+@pytest.mark.extended
 def test_streaming_trainer_memory_is_bounded(tmp_path):
     """10x more cached images (+170 MB on disk) must not raise the streaming trainer's peak RSS."""
     rss = {}
@@ -30,6 +31,7 @@ def test_streaming_trainer_memory_is_bounded(tmp_path):
     assert rss[500] < 3 * 1024
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_bench_prints_every_figure(tmp_path, capsys):
     out_json = tmp_path / "bench.json"

@@ -63,6 +63,7 @@ def test_every_job_is_sized_for_a_gpu_node(dataset, category):
         assert resources.estimate(cfg, rule, dataset, category)["mem_mb"] <= 32_000
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_runs_end_to_end_with_random_weights(tmp_path, monkeypatch):
     """The config itself, its side quartered (448 -> 112) and a tiny synthetic category instead of

@@ -8,7 +8,7 @@ import yaml
 from conftest import BOTTLE, ROOT
 from test_workflow import snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 @pytest.mark.skipif(not (BOTTLE / "bottle").is_dir(), reason=f"{BOTTLE} not present")

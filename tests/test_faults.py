@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, SNAKEMAKE, TINY, planned_jobs, snakemake, tiny_paths
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 CAT = "results/tiny/synth/disc"
 

@@ -88,6 +88,7 @@ def test_pixel_metrics_peak_at_most_8_bytes_per_pixel(big_category):
     assert per_pixel <= 8.0
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_pixel_metrics_same_values_as_the_original(big_category):
     """The bounded-memory rewrite gives the original's figures (its speed is printed, not asserted: a wall time

@@ -14,7 +14,7 @@ import yaml
 from conftest import ROOT
 from dfr import shapes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def extremes() -> list[str]:

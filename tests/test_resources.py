@@ -100,6 +100,7 @@ def test_rehearsal_collects_every_ensemble_members_jobs_once(tmp_path):
                                                           "ensemble", "scores", "metrics"]
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_two_visible_gpus_never_run_more_than_two_gpu_jobs_at_once(tiny_copy, monkeypatch):
     """Run locally, each GPU stage's job holds one of the GPUs visible (faked: CUDA_VISIBLE_DEVICES=0,1; the

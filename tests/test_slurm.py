@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from test_workflow import TINY, planned_jobs, snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def needs_slurm(test):

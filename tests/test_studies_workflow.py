@@ -105,6 +105,7 @@ def test_study_outputs(study_run):
         assert (study_run / "results" / "tst" / v / "tables" / "synth.md").is_file()
 
 
+@pytest.mark.extended
 def test_growing_a_grid_plans_only_the_new_variants_jobs(study_run):
     wd = study_run
     assert planned_jobs(snakemake(wd, STUDY, "-n").stdout) == {}
@@ -148,6 +149,7 @@ window.addEventListener('load', async () => {
 </script>"""
 
 
+@pytest.mark.extended
 def test_html_report_renders_every_category_and_figure(study_run, tmp_path):
     if not BROWSER:
         if os.environ.get("CI"):
@@ -183,6 +185,7 @@ def test_html_report_renders_every_category_and_figure(study_run, tmp_path):
         assert "image and pixel metrics" in views[f"Tables | tst/{v}"]
 
 
+@pytest.mark.extended
 def test_a_large_studys_manifest_travels_in_a_file(tmp_path):
     """config/study-select.yaml (15 variants x 15 categories): its manifest is longer than one command-line
     argument may be on Linux (128 KiB, where `study` once failed with 'Argument list too long'), so the

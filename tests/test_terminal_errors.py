@@ -175,6 +175,7 @@ def test_the_summary_reads_snakemakes_local_and_slurm_error_blocks(tmp_path, mon
     assert failures.summary([str(tmp_path / "missing.log")]) == ""
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_a_broken_file_is_named_on_the_terminal_and_the_other_categories_go_on(tiny_copy):
     """A newcomer breaks a training image of one category and runs Snakemake with --keep-going: the terminal

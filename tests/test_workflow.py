@@ -71,6 +71,7 @@ def test_every_artifact(tiny_run):
     assert not list((wd / "results").rglob(".*.tmp")), "temporary files left behind"
 
 
+@pytest.mark.extended
 def test_rerun_plans_touch_only_what_changed(tiny_run):
     """The key-completeness table of tests/test_keys.py, dry-run against the finished run: for one key of each
     set of artifacts it shapes, the plan is exactly those artifacts' jobs and what follows from them; every
@@ -101,6 +102,7 @@ def test_rerun_plans_touch_only_what_changed(tiny_run):
     assert not {"features", "pca", "split"} & set(jobs) and jobs.get("bundle") == 2  # shared cache and split
 
 
+@pytest.mark.extended
 def test_weights_and_code_versions_plan_their_stage_and_what_follows(tiny_copy, tmp_path):
     """The weights file replaced at the same path, and one stage's code version bumped: that stage and everything
     after it are planned, nothing before it. A touched file with the same content plans nothing."""
@@ -161,6 +163,7 @@ def test_bad_dataset_fails_naming_the_file(tmp_path):
     assert not (tmp_path / "results" / "prepared" / "mine" / "thing" / "index.csv").exists()
 
 
+@pytest.mark.extended
 def test_incremental_reruns_execute_only_what_changed(tiny_copy):
     """Measured for real on one category (what a rerun runs is decided per category): a CAE-only edit runs no
     feature job, a top-k edit no training job."""
@@ -203,6 +206,7 @@ def _plan(wd, cfg):
     return jobs
 
 
+@pytest.mark.extended
 def test_data_changes_rerun_their_category_only(data_run):
     import shutil
 
@@ -359,6 +363,7 @@ def test_an_ensemble_bundle_serves_the_ensembles_scores_and_maps(tiny_copy, tmp_
     np.testing.assert_allclose(s.numpy(), pr.scores(got), rtol=1e-5)
 
 
+@pytest.mark.extended
 def test_a_cut_scores_table_is_refused_and_the_printed_hint_remakes_it(tiny_copy):
     """scores.csv cut at a row boundary after a finished run: the rerun's metrics job refuses it (it used to
     rebuild the metrics from what was left) and prints a command; that command remakes it and what follows."""
@@ -378,6 +383,7 @@ def test_a_cut_scores_table_is_refused_and_the_printed_hint_remakes_it(tiny_copy
     assert m["n_test"] + m["n_val"] == len(lines) - 1
 
 
+@pytest.mark.extended
 def test_a_second_run_on_the_same_results_is_refused_naming_the_holder(tiny_copy):
     """Another working directory's run holding results/ (its lock names a live process): this run is refused
     before any job starts; once that run is over, the run goes through."""
@@ -401,6 +407,7 @@ def test_a_second_run_on_the_same_results_is_refused_naming_the_holder(tiny_copy
 
 # ---- the core count: a runtime-only setting that may move results only within README's tolerance ----
 
+@pytest.mark.extended
 def test_one_core_gives_the_two_core_results_within_the_stated_tolerance(tiny_run, tmp_path):
     """One category of TINY made again from scratch with --cores 1 (every job on one thread) against the
     session's --cores 2 run. Thread count changes the order of floating-point sums in the backbone and the CAE,
