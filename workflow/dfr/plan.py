@@ -288,7 +288,7 @@ def check(cfg: dict, source: str = "config") -> None:
             if absent:
                 raise DFRError(f"{source}: datasets.{name}: no folder {', '.join(str(root / c) for c in absent)} "
                                f"(datasets.{name}.root is {ds['root']!r}; a category is a folder with train/ "
-                               "and test/)")
+                               "and test/, or MVTec AD 2's train/, validation/ and test_public/)")
 
 
 class Plan:
