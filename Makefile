@@ -72,7 +72,7 @@ dry-run: setup
 
 # the dry run under profiles/slurm, and how many SLURM submissions it makes: make slurm-dry-run CONFIG=config/config.yaml
 slurm-dry-run: setup
-	$(BIN)/python -m dfr.submissions --configfile $(CONFIG)
+	$(BIN)/python -m dfr.slurm_plan --configfile $(CONFIG)
 
 clean:
 	rm -rf results logs benchmarks .snakemake

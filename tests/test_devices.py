@@ -92,7 +92,7 @@ def test_a_cluster_plan_keys_the_gpu_nodes_device_not_the_submitting_nodes(tmp_p
 
 
 def test_the_slurm_dry_run_says_how_many_submissions_it_makes(tmp_path):
-    """`python -m dfr.submissions` (make slurm-dry-run) runs the dry run under profiles/slurm and counts what
+    """`python -m dfr.slurm_plan` (make slurm-dry-run) runs the dry run under profiles/slurm and counts what
     reaches the queue: one submission per gpu_stages group job (each category's features, pca, train and maps),
     one per other job with outputs, none for the `default` target."""
     import subprocess
@@ -101,11 +101,11 @@ def test_the_slurm_dry_run_says_how_many_submissions_it_makes(tmp_path):
     import yaml
 
     from conftest import ROOT, planned_jobs
-    from dfr import submissions
+    from dfr import slurm_plan
 
     place_weights(tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
-    r = subprocess.run([sys.executable, "-m", "dfr.submissions", "--snakefile", str(ROOT / "Snakefile"),
+    r = subprocess.run([sys.executable, "-m", "dfr.slurm_plan", "--snakefile", str(ROOT / "Snakefile"),
                         "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
                        capture_output=True, text=True, cwd=ROOT / "workflow", timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
@@ -114,7 +114,7 @@ def test_the_slurm_dry_run_says_how_many_submissions_it_makes(tmp_path):
     local = sum(n for s, n in jobs.items() if s in ("synthetic", "split", "scores", "tables"))  # localrules
     single = sum(jobs.values()) - grouped - local
     n_cat = len(TINY["datasets"]["synth"]["categories"])
-    want = submissions.summary({"groups": n_cat, "grouped": grouped, "single": single, "local": local,
+    want = slurm_plan.summary({"groups": n_cat, "grouped": grouped, "single": single, "local": local,
                                 "submissions": n_cat + single})
     assert r.stdout.rstrip().endswith(want), r.stdout[-600:]
 
@@ -129,9 +129,9 @@ def test_submission_counting_reads_groups_local_and_target_jobs():
         "    [Mon Dec  7 04:29:14 2026]", "    rule maps:", "        output: m", "",
         "[Mon Dec  7 04:29:14 2026]", "rule default:", "    input: t", "",
         "Job stats:", "rule index:"])
-    from dfr import submissions
+    from dfr import slurm_plan
 
-    assert submissions.count(text) == {"groups": 1, "grouped": 2, "single": 1, "local": 1, "submissions": 2}
-    assert submissions.count(text, {"index"}) == {"groups": 1, "grouped": 2, "single": 0, "local": 2,
+    assert slurm_plan.count(text) == {"groups": 1, "grouped": 2, "single": 1, "local": 1, "submissions": 2}
+    assert slurm_plan.count(text, {"index"}) == {"groups": 1, "grouped": 2, "single": 0, "local": 2,
                                                   "submissions": 1}
-    assert {"split", "scores", "tables", "synthetic", "default"} <= submissions.local_rules()
+    assert {"split", "scores", "tables", "synthetic", "default"} <= slurm_plan.local_rules()

@@ -4,7 +4,7 @@ Snakemake's dry run lists the jobs it would run but not what reaches the queue: 
 ``gpu_stages``) is one submission for several stage jobs, a ``localrule`` runs on the submitting node, and a
 target rule without outputs (``default``) runs nowhere. ::
 
-    python -m dfr.submissions --configfile config/config.yaml      # any snakemake arguments after it
+    python -m dfr.slurm_plan --configfile config/config.yaml      # any snakemake arguments after it
 
 prints the dry run, then one line: the submissions, the stage jobs they carry, the jobs run on this node.
 """
