@@ -141,3 +141,55 @@ def test_config_readme_documents_every_schema_key():
     for key in schema_keys():
         key = key.replace("datasets.*.", "datasets.<name>.")
         assert rows.get(key), f"{key}: no description in the schema (config/README.md says nothing of it)"
+
+
+# ---- method presets (config/methods: no data sets) and data configs (config/data), combined on the command line ----
+
+PAIRS = {  # a complete config -> the data configs and the method preset that make it, in command-line order
+    "config.yaml": (["mvtec_ad", "visa"], "paper"),
+    "fast.yaml": (["shared"], "fast"),
+    "best.yaml": (["shared"], "best"),
+    "mvtec_ad2.yaml": (["mvtec_ad2"], "paper"),
+}
+
+
+def _combined(data: list[str], method: str) -> dict:
+    """The config Snakemake makes of `--configfile config/data/<d>.yaml ... config/methods/<m>.yaml` (each file
+    merged into the last, dicts recursively: snakemake.utils.update_config)."""
+    from snakemake.utils import update_config
+
+    cfg: dict = {}
+    for p in [ROOT / "config" / "data" / f"{d}.yaml" for d in data] + [ROOT / "config" / "methods" / f"{method}.yaml"]:
+        update_config(cfg, yaml.safe_load(p.read_text()))
+    return cfg
+
+
+@pytest.mark.parametrize("full", sorted(PAIRS))
+def test_a_method_preset_with_data_configs_is_the_complete_config(full):
+    data, method = PAIRS[full]
+    assert "datasets" not in yaml.safe_load((ROOT / "config" / "methods" / f"{method}.yaml").read_text())
+    for d in data:
+        assert set(yaml.safe_load((ROOT / "config" / "data" / f"{d}.yaml").read_text())) == {"datasets"}
+    want = dfr_config.validate(yaml.safe_load((ROOT / "config" / full).read_text()), full)
+    assert dfr_config.validate(_combined(data, method), "combined") == want
+
+
+def test_every_method_runs_on_every_data_config_and_plans_as_the_complete_config(tmp_path):
+    """Each preset validates with each data config; and the fast preset on the shared data plans exactly the jobs
+    of config/fast.yaml (same keys, same artifacts), in a dry run of each."""
+    import subprocess
+
+    from conftest import SNAKEMAKE
+
+    for m in sorted(p.stem for p in (ROOT / "config" / "methods").glob("*.yaml")):
+        for d in sorted(p.stem for p in (ROOT / "config" / "data").glob("*.yaml")):
+            dfr_config.validate(_combined([d], m), f"{d} + {m}")
+    runs = {}
+    for name, files in {"complete": ["config/fast.yaml"],
+                        "combined": ["config/data/shared.yaml", "config/methods/fast.yaml"]}.items():
+        r = subprocess.run([SNAKEMAKE, "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                            "--configfile", *[str(ROOT / f) for f in files], "--cores", "2"],
+                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        runs[name] = sorted(ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith("output:"))
+    assert runs["complete"] == runs["combined"] and runs["complete"]

@@ -263,7 +263,7 @@ def cost_records(cfg: dict, dataset: str, category: str) -> dict[str, list[str]]
 
 def check(cfg: dict, source: str = "config") -> None:
     """What can be known before any job runs: top-k and the border against the size of A(x) (the finest
-    member's for an ensemble), and that a folder dataset's categories are there."""
+    member's for an ensemble). Absent data folders are said, not refused (:func:`missing_folders`)."""
     where = f"{source}" + (f" ({cfg['study_variant']['name']})" if cfg.get("study_variant") else "")
     models = members(cfg) or [cfg]
     sides = [keys.grid_side(m) for m in models]
@@ -281,14 +281,23 @@ def check(cfg: dict, source: str = "config") -> None:
         if k > cells:
             raise DFRError(f"{where}: scoring.top_k: {k} is more than the {cells} cells of the map: {grid}"
                            + (f", without a border of {border}" if border else "") + f"; choose at most {cells}")
+
+
+def missing_folders(cfg: dict, source: str = "config") -> list[str]:
+    """One line per folder dataset whose category folders are absent. Not an error of the plan: a run that
+    needs them fails in their index jobs, which name them, and the other data sets go on (a data config
+    combined with a method preset may name data this machine lacks)."""
+    out = []
     for name, ds in cfg["datasets"].items():
         if ds["kind"] == "folder":
             root = Path(layout.dataset_root(cfg, name))
             absent = [c for c in ds["categories"] if not (root / c).is_dir()]
             if absent:
-                raise DFRError(f"{source}: datasets.{name}: no folder {', '.join(str(root / c) for c in absent)} "
-                               f"(datasets.{name}.root is {ds['root']!r}; a category is a folder with train/ "
-                               "and test/, or MVTec AD 2's train/, validation/ and test_public/)")
+                out.append(f"{source}: datasets.{name}: no folder {', '.join(str(root / c) for c in absent)} "
+                           f"(datasets.{name}.root is {ds['root']!r}; a category is a folder with train/ and "
+                           "test/, or MVTec AD 2's train/, validation/ and test_public/): the jobs that need them "
+                           "will fail")
+    return out
 
 
 class Plan:

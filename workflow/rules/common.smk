@@ -63,6 +63,8 @@ if not workflow.remote_exec:
     _FETCH = dfr_fetches.needed([m for c in CFGS.values() for m in [c, *dfr_plan.members(c)]])
     if _FETCH:
         print("This run will download:\n" + "\n".join(f"  - {f}" for f in _FETCH), file=sys.stderr)
+    for _line in dfr_plan.missing_folders(config):
+        print(f"Warning: {_line}", file=sys.stderr)
 _CONDA = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", "")).lower()
 
 
