@@ -123,3 +123,15 @@ def test_two_visible_gpus_never_run_more_than_two_gpu_jobs_at_once(tiny_copy, mo
             running.pop(m.group(3), None)
         most = max(most, sum(rule in ("features", "train", "maps") for rule in running.values()))
     assert out.count("rule features:") == 4 and most == 2, out[-3000:]
+
+
+def test_runtime_is_the_safety_factor_times_start_up_and_work_in_whole_minutes():
+    """One stated safety factor over start-up plus the estimated work, at least a minute: the tiny CI config's
+    jobs (0.4-20 s measured) each declare one minute; a job of an hour's estimated work declares two."""
+    from conftest import TINY
+
+    cfg = config.validate(TINY)
+    assert resources.limit_minutes(0) == 1 and resources.limit_minutes(3600) == 121
+    assert resources.limit_minutes(30 - resources.START_S) == 1 < resources.limit_minutes(31 - resources.START_S)
+    for rule in ("index", "features", "pca", "train", "maps", "scores", "metrics", "plots", "bundle", "split"):
+        assert resources.estimate(cfg, rule, "synth", "disc", "train")["runtime"] == 1, rule

@@ -8,6 +8,7 @@ baseline (Python, torch, libraries) plus a per-unit cost with headroom.
 
 from __future__ import annotations
 
+import math
 import os
 
 from . import plan, shapes, workload
@@ -39,6 +40,16 @@ BACKBONE_MB = {"resnet18": 60, "resnet34": 100, "resnet50": 120, "wide_resnet50_
 # GFLOP per 224² image up to layer3 / blocks[4] (torch.utils.flop_counter, the bench's measure)
 BACKBONE_GFLOP = {"resnet18": 2.4, "resnet34": 4.9, "resnet50": 6.6, "wide_resnet50_2": 17.5,
                   "tf_efficientnet_lite0": 0.55, "tf_efficientnet_lite1": 0.8, "tf_efficientnet_lite2": 1.1}
+# Runtime limits: a job's work estimated from rates measured on this project's machine (2 CPU cores), plus its
+# start-up (Snakemake's per-job work, the interpreter, torch's import: 3 s here, the log and benchmark record),
+# times one stated safety factor; Snakemake doubles it on each retry (profiles: retries).
+START_S = 15.0
+SAFETY = 2.0
+# Training a head on feature maps (the CAE, the flow): small matrix products, autograd, the optimiser and the
+# validation pass each epoch sustain far less: measured 9 GFLOPS for the paper's CAE on PIPED's 28x28 Lite0
+# features (15.6 s for 15 epochs x 32 images, one thread beside another job), 25 on the demo's (two threads);
+# the flow's affine couplings (many small ops, the log-determinants) a third of it
+TRAIN_GFLOPS = 12.0
 CPU_GFLOPS = 40.0  # a conservative sustained rate for the runtime limits (measured: 150-230 on 2 cores)
 MEM_GBPS = 4.0  # streaming through RAM: the coreset's greedy loop measured 7.5 GB/s on 2 idle cores, 3.3 beside another job
 DECODE_S_PER_MPIXEL = 0.06  # PNG/JPEG decode + resize, one core, with headroom (measured ~0.035)
@@ -105,23 +116,41 @@ def model_file_mb(cfg: dict, n_train: int = 0) -> float:
     return 4 * kernel ** 2 * 2 * (c * mid + mid * 2 * d + 2 * d * d) / MB + 1
 
 
+def limit_minutes(work_s: float) -> int:
+    """A job's runtime limit: ``SAFETY`` times its start-up and estimated work, whole minutes, at least one."""
+    return max(1, math.ceil(SAFETY * (START_S + work_s) / 60))
+
+
 def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | None = None,
              split: str | None = None) -> dict[str, int]:
     """``{"mem_mb": …, "runtime": …}`` that a job of ``rule`` asks for on its first attempt."""
+    mem, seconds = _estimate(cfg, rule, dataset, category, split)
     floor = cfg.get("resources", {}).get("mem_mb_min", 0)
+    return {"mem_mb": int(max(floor, mem * 1.25) + 0.5), "runtime": limit_minutes(seconds)}
+
+
+def work_seconds(cfg: dict, rule: str, dataset: str | None = None, category: str | None = None,
+                 split: str | None = None) -> float:
+    """A job's estimated work in seconds on this project's reference machine (2 CPU cores), start-up apart."""
+    return _estimate(cfg, rule, dataset, category, split)[1]
+
+
+def _estimate(cfg: dict, rule: str, dataset: str | None, category: str | None,
+              split: str | None) -> tuple[float, float]:
+    """(memory in MB before headroom, work in seconds) of a job of ``rule``."""
     wl = workload.workload(cfg, dataset, category) if dataset and category else None
     c, hw = _grid(cfg)
     mp = (wl.max_image_pixels if wl else 0) / 1e6
-    mem, minutes = float(BASE_MB["torch"]), 2.0
+    mem, seconds = float(BASE_MB["torch"]), 0.0
     if rule == "prepare_dataset":
-        mem, minutes = BASE_MB["light"] + 500, 240  # a multi-GB download and extraction
+        mem, seconds = BASE_MB["light"] + 500, 2 * 3600  # a multi-GB download and extraction: at least 20 MB/s
     elif rule == "synthetic":
         n = wl.n_train + wl.n_test
         mem = BASE_MB["light"] + 160 * mp + 50  # float64 planes of one image
-        minutes = 2 + n * 0.6 * max(mp, 0.05) / 60 * 2
+        seconds = n * 0.6 * max(mp, 0.05)
     elif rule == "index":
         mem = BASE_MB["light"] + 40 * mp  # one decoded image at a time (no torch: measured 78 MB at 1 MP)
-        minutes = 2 + (wl.n_train + wl.n_test) * DECODE_S_PER_MPIXEL * max(mp, 0.05) / 60 * 2
+        seconds = (wl.n_train + wl.n_test) * DECODE_S_PER_MPIXEL * max(mp, 0.05)
     elif rule == "features":
         f = cfg["features"]
         n = wl.n_train if split == "train" else wl.n_test
@@ -133,11 +162,11 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
                + workers * (BASE_MB["light"] + 2 * b * decoded_mb))
         per_image = (DECODE_S_PER_MPIXEL * max(mp, 0.05) / max(1, workers)
                      + BACKBONE_GFLOP.get(f["backbone"], 20) * scale / CPU_GFLOPS)
-        minutes = 2 + n * per_image / 60 * 2
+        seconds = n * per_image
     elif rule == "pca":
         samples = min(cfg["pca"]["max_samples"], wl.n_train * hw)
         mem = BASE_MB["torch"] + samples * c * 24 / MB  # float32 sample, float64 copy, centred copy
-        minutes = 2 + (2 * samples * c * c + 10 * c ** 3) / (CPU_GFLOPS * 1e9) / 60 * 2
+        seconds = (2 * samples * c * c + 10 * c ** 3) / (CPU_GFLOPS * 1e9)
     elif rule in ("train", "maps") and cfg.get("model") == "gaussian":
         k, ncov = cfg["gaussian"]["channels"] or c, _covariances(cfg, hw)
         if rule == "train":  # the float64 sums Σ x xᵀ, the float32 precisions, a 256 MB chunk being inverted
@@ -146,9 +175,9 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
             model_mb = ncov * k * k * 4 * 1.5 / MB
         mem = BASE_MB["torch"] + model_mb + cfg["features"]["batch_size"] * c * hw * 4 * 4 / MB
         n = wl.n_train if rule == "train" else wl.n_train + wl.n_test
-        minutes = 2 + n * hw * k * k * 4 / (CPU_GFLOPS * 1e9) / 60 * 2
+        seconds = n * hw * k * k * 4 / (CPU_GFLOPS * 1e9)
         if rule == "train":  # the float64 inverses: LAPACK one matrix at a time, ~a quarter of the GEMM rate
-            minutes += hw * 2 * k ** 3 / (CPU_GFLOPS / 4 * 1e9) / 60 * 2  # (measured 95 s for 3136 x 550²)
+            seconds += hw * 2 * k ** 3 / (CPU_GFLOPS / 4 * 1e9)  # (measured 95 s for 3136 x 550²)
     elif rule in ("train", "maps") and cfg.get("model") == "memory_bank":
         patches, kept = bank_size(cfg, wl.n_train)
         dim, bank_mb = min(cfg["memory_bank"]["projection"], c), model_file_mb(cfg, wl.n_train)
@@ -161,7 +190,7 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
             mem = (BASE_MB["torch"] + 2 * bank_mb + 2 * 4096 * kept * 4 / MB + 4 * batch_mb
                    + (wl.n_train + wl.n_test) * hw * 4 / MB)
             seconds = (wl.n_train + wl.n_test) * hw * kept * c * 2 / (CPU_GFLOPS * 1e9)
-        minutes = 2 + seconds / 60 * 2
+        seconds = seconds
     elif rule in ("train", "maps") and cfg.get("model") == "flow":
         fl = cfg["flow"]
         k, gflop = fl["channels"] or c, flow_size(cfg)[1] * hw  # per image, forward
@@ -170,20 +199,20 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         if rule == "train":
             cache = min(2 * 2**30, wl.n_train * c * hw * 4) / MB  # in RAM when it fits in 2 GiB, as the CAE's
             mem = BASE_MB["torch"] + 2 * cache + fl["batch_size"] * 3 * act_mb + 4 * model_file_mb(cfg)
-            minutes = 2 + fl["epochs"] * wl.n_train * 3 * gflop / CPU_GFLOPS / 60 * 2
+            seconds = fl["epochs"] * wl.n_train * 3 * gflop / (TRAIN_GFLOPS / 3)  # its couplings: a third of the rate
         else:
             mem = (BASE_MB["torch"] + cfg["features"]["batch_size"] * (c * hw * 4 * 2 / MB + act_mb)
                    + (wl.n_train + wl.n_test) * hw * 4 / MB)
-            minutes = 2 + (wl.n_train + wl.n_test) * gflop / CPU_GFLOPS / 60 * 2
+            seconds = (wl.n_train + wl.n_test) * gflop / CPU_GFLOPS
     elif rule == "train":
         cache = min(2 * 2**30, wl.n_train * c * hw * 4) / MB  # in RAM when it fits in 2 GiB (cae.in_memory)
         mem = BASE_MB["torch"] + 400 + 2 * cache + cfg["cae"]["batch_size"] * c * hw * 4 * 8 / MB  # + autograd, Adam
-        per_epoch = wl.n_train * 3 * _cae_gflop(cfg, c, hw) / CPU_GFLOPS
-        minutes = 2 + cfg["cae"]["epochs"] * per_epoch / 60 * 2
+        per_epoch = wl.n_train * 3 * _cae_gflop(cfg, c, hw) / TRAIN_GFLOPS
+        seconds = cfg["cae"]["epochs"] * per_epoch
     elif rule == "maps":
         mem = BASE_MB["torch"] + cfg["features"]["batch_size"] * c * hw * 4 * 8 / MB \
             + (wl.n_train + wl.n_test) * hw * 4 / MB
-        minutes = 2 + (wl.n_train + wl.n_test) * _cae_gflop(cfg, c, hw) / CPU_GFLOPS / 60 * 2
+        seconds = (wl.n_train + wl.n_test) * _cae_gflop(cfg, c, hw) / CPU_GFLOPS
     elif rule == "ensemble":  # every member's maps, z-scored and resized to the finest grid, in float64
         ms = plan.members(cfg) or [cfg]
         n, hw = wl.n_train + wl.n_test, max(_grid(m)[1] for m in ms)
@@ -201,10 +230,10 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
             mem = BASE_MB["torch"] + (8 * test_px + 8 * val_px) / MB + (1 + max(cfg["thresholds"]["few_labels"])) * one
         else:
             mem = BASE_MB["torch"] + max(8 * test_px, 4 * val_px) / MB + one
-        minutes = 2 + (test_px + val_px) * 0.3e-6 / 60 * 2
+        seconds = (test_px + val_px) * 0.3e-6
     elif rule == "plots":
         mem = BASE_MB["torch"] + 150 + 6 * 150 * mp  # matplotlib, and six example rows at full size
-        minutes = 2 + 6 * 2 * max(mp, 0.1) / 60 * 2
+        seconds = 6 * 2 * max(mp, 0.1)
     elif rule == "bundle":  # every member's model as loaded, and the bundle of them all being written
         mem += 2.5 * sum(model_file_mb(m, wl.n_train) for m in plan.members(cfg) or [cfg])
     elif rule == "submission_part":  # dfr.submission: the bundle scores a batch of private images at a time
@@ -214,21 +243,20 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
         per_image = (DECODE_S_PER_MPIXEL * max(mp, 0.05) * 3  # decode, upsample, encode (TIFF and PNG)
                      + sum(BACKBONE_GFLOP.get(b, 20) * (sz / 224) ** 2 for b, sz in sets) / CPU_GFLOPS)
         for m in ms:
-            per_image += max(estimate(m, "maps", dataset, category)["runtime"] - 2, 0) * 60 / 2 / max(
-                1, wl.n_train + wl.n_test)
-        minutes = 2 + n * per_image / 60 * 2
+            per_image += work_seconds(m, "maps", dataset, category) / max(1, wl.n_train + wl.n_test)
+        seconds = n * per_image
         models = sum(model_file_mb(m, wl.n_train) for m in ms)
         mem += 2.5 * models + sum(BACKBONE_MB.get(b, 300) for b, _ in sets) + 8 * 25 * len(sets) + 24 * mp
     elif rule == "submission":  # the categories' tars streamed into one .tar.gz
         mem = BASE_MB["light"] + 50
-        minutes = 10
+        seconds = 120  # measured 1-3 s for the tiny run's two categories
     elif rule == "study":  # every variant's metrics.json and model.json (KB each), and matplotlib
-        mem, minutes = BASE_MB["torch"] + 300, 10
+        mem, seconds = BASE_MB["torch"] + 300, 120
     elif rule in ("split", "tables", "study_manifest"):
         mem = BASE_MB["light"]
     else:
         raise KeyError(f"no resource estimate for rule {rule!r}")
-    return {"mem_mb": int(max(floor, mem * 1.25) + 0.5), "runtime": int(minutes + 0.999)}
+    return mem, seconds
 
 
 def _eval_size(cfg: dict, dataset: str) -> int | None:
@@ -249,8 +277,7 @@ def timing_estimate(cfgs: list[dict], timed: list[tuple[str, str]], timing: dict
             sets = {(m["features"]["backbone"], m["data"]["image_size"]) for m in ms}
             per_image += passes * sum(BACKBONE_GFLOP.get(b, 20) * (s / 224) ** 2 for b, s in sets) / CPU_GFLOPS
             for m in ms:
-                minutes = estimate(m, "maps", dataset, category)["runtime"] - 2  # its per-image part
-                per_image += passes * max(minutes, 0) * 60 / 2 / max(1, wl.n_train + wl.n_test)
+                per_image += passes * work_seconds(m, "maps", dataset, category) / max(1, wl.n_train + wl.n_test)
             seconds += n * per_image
             c, hw = _grid(cfg)
             models = sum(model_file_mb(m, wl.n_train) for m in ms)
@@ -259,4 +286,4 @@ def timing_estimate(cfgs: list[dict], timed: list[tuple[str, str]], timing: dict
                 m["data"]["image_size"] for m in ms) ** 2 / MB
             mem = max(mem, BASE_MB["torch"] + 2.5 * models + backbones + batch + 16 * wl.max_image_pixels / MB)
     floor = cfgs[0].get("resources", {}).get("mem_mb_min", 0) if cfgs else 0
-    return {"mem_mb": int(max(floor, mem * 1.25) + 0.5), "runtime": int(2 + seconds / 60 * 2 + 0.999)}
+    return {"mem_mb": int(max(floor, mem * 1.25) + 0.5), "runtime": limit_minutes(seconds)}
