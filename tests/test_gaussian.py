@@ -77,6 +77,7 @@ print(json.dumps({"peak_above_baseline_mb": measure.peak_rss_mb() - base, "exact
 """
 
 
+@pytest.mark.extended
 def test_fit_memory_is_the_sums_plus_the_float32_precisions(tmp_path):
     """28x28 locations x 384 channels: Σ x xᵀ in float64 (925 MB) and the float32 precisions (462 MB) are held,
     the covariances are formed in place and inverted in chunks (three float64 copies would be 3.2 GB)."""
