@@ -58,14 +58,27 @@ def test_the_gaussian_reference_and_an_ensemble_share_the_features(tmp_path):
 @pytest.fixture(scope="module")
 def study_run(tiny_run, tmp_path_factory):
     """The study in a copy of the session's tiny run: its base variant is TINY, so only the other variant's
-    models and every variant's scores, metrics, plots and tables are made."""
+    models and every variant's scores, metrics and tables, and the comparison, are made (not the variants'
+    per-category plots, which the tiny run covers: ``study_run_full`` makes them)."""
+    from dfr import layout
+
     wd = tmp_path_factory.mktemp("study") / "run"
     shutil.copytree(tiny_run, wd, symlinks=True)
     t0 = time.perf_counter()
-    r = snakemake(wd, STUDY)
+    tables = [f"results/tst/{v}/tables/synth.md" for v in ("base", "top_k-3", "latent_dim-4")]
+    comparison = [f"results/tst/{layout.COMPARISON}/{f}" for f in ("study.csv", "study.md", "best.json", "plots")]
+    r = snakemake(wd, STUDY, *tables, *comparison)
     assert r.returncode == 0, r.stderr[-4000:]
     print(f"tiny study: {time.perf_counter() - t0:.0f} s")
     return wd
+
+
+@pytest.fixture(scope="module")
+def study_run_full(study_run):
+    """The study run with everything its default target makes (the variants' plots too)."""
+    r = snakemake(study_run, STUDY)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return study_run
 
 
 def test_study_outputs(study_run):
@@ -106,8 +119,8 @@ def test_study_outputs(study_run):
 
 
 @pytest.mark.extended
-def test_growing_a_grid_plans_only_the_new_variants_jobs(study_run):
-    wd = study_run
+def test_growing_a_grid_plans_only_the_new_variants_jobs(study_run_full):
+    wd = study_run_full
     assert planned_jobs(snakemake(wd, STUDY, "-n").stdout) == {}
     # the timing reruns with the manifest: every variant timed again, in one process
     per_variant = {"scores": 2, "metrics": 2, "plots": 2, "tables": 1, "study_manifest": 1, "study_timing": 1,
@@ -150,12 +163,12 @@ window.addEventListener('load', async () => {
 
 
 @pytest.mark.extended
-def test_html_report_renders_every_category_and_figure(study_run, tmp_path):
+def test_html_report_renders_every_category_and_figure(study_run_full, tmp_path):
     if not BROWSER:
         if os.environ.get("CI"):
             pytest.fail("no chromium: .ci/run installs Debian's")
         pytest.skip("no chromium (apt-get install chromium)")
-    wd = study_run
+    wd = study_run_full
     r = snakemake(wd, STUDY, "--report", "report.html")
     assert r.returncode == 0, r.stderr[-3000:]
     html = (wd / "report.html").read_text()
