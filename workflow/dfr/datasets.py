@@ -103,14 +103,19 @@ def safe_extract(archive: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if dest.exists():
-        for child in tmp.iterdir():
-            target = dest / child.name
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            child.rename(target)
-        tmp.rmdir()
+        _move_contents(tmp, dest)
     else:
         tmp.rename(dest)
+
+
+def _move_contents(src: Path, dest: Path) -> None:
+    """Every entry of ``src`` renamed into ``dest`` (replacing one of the same name), then ``src`` removed."""
+    for child in src.iterdir():
+        target = dest / child.name
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        child.rename(target)
+    src.rmdir()
 
 
 VISA_EXPECTED = {("train", "normal"): 8659, ("test", "normal"): 962, ("test", "anomaly"): 1200}
@@ -224,12 +229,7 @@ def _lift_top_folder(root: Path, categories: list[str]) -> None:
     tops = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
     for top in tops:
         if any((top / c).is_dir() for c in categories):
-            for child in top.iterdir():
-                target = root / child.name
-                if target.exists():
-                    shutil.rmtree(target) if target.is_dir() else target.unlink()
-                child.rename(target)
-            top.rmdir()
+            _move_contents(top, root)
             return
 
 
