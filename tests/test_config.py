@@ -89,7 +89,7 @@ def test_feature_key_depends_only_on_what_shapes_features():
 @pytest.mark.parametrize("name, variant", [("best.yaml", "best-ens-lite012"), ("fast.yaml", "paper")])
 def test_the_recommendations_are_the_study_variants_they_were_chosen_as(name, variant):
     """config/best.yaml and config/fast.yaml make exactly the config/study-select.yaml variants that its selection
-    rule chose (README, "The recommended configuration"), and config/study-members.yaml's full ensemble is
+    rule chose (docs/recommended.md), and config/study-members.yaml's full ensemble is
     best.yaml's; nothing in them names a category."""
     rec = dfr_config.load(ROOT / "config" / name)
     select = plan.variants(dfr_config.load(ROOT / "config" / "study-select.yaml"))

@@ -405,13 +405,13 @@ def test_a_second_run_on_the_same_results_is_refused_naming_the_holder(tiny_copy
     assert not lock.exists()
 
 
-# ---- the core count: a runtime-only setting that may move results only within README's tolerance ----
+# ---- the core count: a runtime-only setting that may move results only within the tolerance docs/reruns-and-guards.md states ----
 
 @pytest.mark.extended
 def test_one_core_gives_the_two_core_results_within_the_stated_tolerance(tiny_run, tmp_path):
     """One category of TINY made again from scratch with --cores 1 (every job on one thread) against the
     session's --cores 2 run. Thread count changes the order of floating-point sums in the backbone and the CAE,
-    so f(x) may round to the neighbouring float16 and training drifts by float rounding. README states the
+    so f(x) may round to the neighbouring float16 and training drifts by float rounding. docs/reruns-and-guards.md states the
     tolerance this test holds: f(x) within one float16 step or 1e-4 (at most 1 % of values moved), s(x) within 5 %
     relative, image AUROC within 0.05 — not bit-equal."""
     target = "results/tiny/synth/disc/metrics.json"

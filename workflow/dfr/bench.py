@@ -238,7 +238,7 @@ def cae_gflop_per_image(c: int, d: int, hw: int) -> float:
     return 3 * cae_gflop(c, d, hw)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dfr.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=128, help="training images of the synthetic category")
@@ -258,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-decode-workers", type=int, default=16, help="CPU decode workers on a GPU node")
     p.add_argument("--workdir", default=None, help="keep the benchmark's files here (default: a temp folder)")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
 
     from . import backbones, data, shapes, synthetic
 

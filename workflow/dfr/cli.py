@@ -26,7 +26,8 @@ def _params(s: str) -> dict:
         raise argparse.ArgumentTypeError(f"--params is not JSON: {e}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The ``dfr`` command line (its subcommands and flags; tests check the documented commands against it)."""
     p = argparse.ArgumentParser(prog="dfr", description=__doc__)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (the rule's threads)")
     sub = p.add_subparsers(dest="stage", required=True)
@@ -177,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--images", nargs="+", default=[], help="image files, folders or globs (with --bundle)")
     s.add_argument("--device", default=None, help="auto, cpu or cuda (default: the run's, else auto)")
     s.add_argument("--out", required=True, help="timing.csv (with --manifest) or a JSON file (with --bundle)")
+    return p
 
-    args = p.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     t0 = time.perf_counter()

@@ -308,7 +308,7 @@ def report(cfg: dict, jobs: pd.DataFrame, proj: dict | None, elapsed_s: float | 
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dfr.rehearsal", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configfile", required=True)
@@ -316,7 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", default="all")
     p.add_argument("--no-projection", action="store_true", help="skip the backbone measurement and projection")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     try:
         cfg = dfr_config.load(a.configfile)
     except DFRError as e:

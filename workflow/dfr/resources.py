@@ -2,7 +2,7 @@
 
 The Snakemake rules declare ``mem_mb`` and ``runtime`` from these functions, computed from what a job
 processes (images, pixels, channels, epochs) and multiplied by the attempt number, so that a retry asks for
-more. The constants are measured (see README, "Full-size rehearsal"): each estimate is a start-up
+more. The constants are measured (see docs/benchmark.md, "Full-size rehearsal"): each estimate is a start-up
 baseline (Python, torch, libraries) plus a per-unit cost with headroom.
 """
 

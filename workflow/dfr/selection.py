@@ -1,6 +1,6 @@
 """Choosing a configuration from a study without the test labels of the data it is reported on.
 
-The rule (fixed before any candidate ran; README, "The recommended configuration"): a variant *qualifies* on
+The rule (fixed before any candidate ran; docs/recommended.md): a variant *qualifies* on
 some data sets when, on each of them, its mean image AUROC, pixel AUROC and AU-PRO are each at least the
 reference variant's (the paper's configuration); among the qualifying variants, the one with the highest mean
 AU-PRO over those data sets' categories wins (image AUROC where no category has masks). The reference
