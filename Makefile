@@ -8,18 +8,23 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: setup demo bottle bottle-best study report rehearsal test test-all test-fast bench dry-run slurm-dry-run config-readme clean
+.PHONY: setup compile demo bottle bottle-best study report rehearsal test test-all test-fast bench dry-run slurm-dry-run config-readme clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile $(TORCH)
-	$(BIN)/pip install --quiet --no-compile -e '.[test,lite]'
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[test,lite]'
 	touch $@
 
-demo: setup
+# byte-compile the package (where PYTHONDONTWRITEBYTECODE is set, nothing else would: every job would compile
+# what it imports from source); up-to-date files are skipped, stale ones are never read
+compile: setup
+	$(BIN)/python -m compileall -q workflow/dfr
+
+demo: setup compile
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 	@echo; cat results/demo/tables/synthetic.md
 
@@ -48,13 +53,13 @@ rehearsal: setup
 # CI's suite: every stage end to end at least once (the tiny run, each head, an ensemble, a study, MVTec AD 2's
 # submission), under 10 minutes on 2 cores; one pytest-xdist worker per core, a test file per worker at a time
 # (the workers share the session's tiny run: tests/conftest.py)
-test: setup
+test: setup compile
 	$(BIN)/python -m pytest -ra --durations=30 -m "not extended" -n auto --dist loadfile
 
 # everything: also reruns, faults, GPU scheduling, real data, benchmarks, the browser-rendered report (Debian's
 # chromium) and a real single-node SLURM cluster (as root on Debian: scripts/slurm-cluster.sh install); the
 # last two are skipped where their tools are missing
-test-all: setup
+test-all: setup compile
 	$(BIN)/python -m pytest -ra --durations=30 -n auto --dist loadfile
 
 test-fast: setup

@@ -135,3 +135,19 @@ def test_runtime_is_the_safety_factor_times_start_up_and_work_in_whole_minutes()
     assert resources.limit_minutes(30 - resources.START_S) == 1 < resources.limit_minutes(31 - resources.START_S)
     for rule in ("index", "features", "pca", "train", "maps", "scores", "metrics", "plots", "bundle", "split"):
         assert resources.estimate(cfg, rule, "synth", "disc", "train")["runtime"] == 1, rule
+
+
+def test_the_rehearsal_names_jobs_longer_than_declared_and_declarations_over_three_times_their_time():
+    jobs = pd.DataFrame([
+        {"rule": "train", "dataset": "d", "category": "a", "split": None, "wall_s": 35.0, "declared_min": 2},  # loose
+        {"rule": "train", "dataset": "d", "category": "b", "split": None, "wall_s": 41.0, "declared_min": 2},  # 3x: fine
+        {"rule": "index", "dataset": "d", "category": "a", "split": None, "wall_s": 2.0, "declared_min": 1},  # 1 min floor
+        {"rule": "metrics", "dataset": "d", "category": "a", "split": None, "wall_s": 61.0, "declared_min": 1},  # over
+        {"rule": "features", "dataset": "d", "category": "a", "split": "test", "wall_s": 5.0, "declared_min": None},
+    ])
+    over, loose = rehearsal.runtime_check(jobs)
+    assert list(over.rule) == ["metrics"] and list(loose.category) == ["a"] and list(loose.rule) == ["train"]
+    lines = rehearsal.runtime_lines(jobs)
+    assert lines[0].startswith("runtime: 2 of 4 jobs declare at most max(1 min, 3x their wall time)")
+    assert "longer than declared: metrics d/a : 61 s measured, 1 min declared" in lines[1]
+    assert "declared loosely: train d/a : 35 s measured, 2 min declared" in lines[2]

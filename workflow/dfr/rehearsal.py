@@ -83,14 +83,45 @@ def stage_summary(jobs: pd.DataFrame) -> pd.DataFrame:
     for rule in [s for s in STAGES if s in set(jobs.rule)]:
         j = jobs[jobs.rule == rule]
         top = j.loc[j.peak_mb.idxmax()]
+        ratio = (_declared_s(j) / j.wall_s.clip(lower=0.1)).dropna()
         out.append({"stage": rule, "jobs": len(j), "total_wall_s": j.wall_s.sum(), "longest_s": j.wall_s.max(),
                     "largest_peak_mb": top.peak_mb, "declared_mb_of_that_job": top.declared_mb,
-                    "min_headroom": (j.declared_mb / j.peak_mb.clip(lower=1)).min()})
+                    "min_headroom": (j.declared_mb / j.peak_mb.clip(lower=1)).min(),
+                    "runtime_ratio": (ratio.min(), ratio.max()) if len(ratio) else (float("nan"),) * 2})
     return pd.DataFrame(out)
 
 
 def over_declared(jobs: pd.DataFrame) -> pd.DataFrame:
     return jobs[jobs.peak_mb > jobs.declared_mb]
+
+
+def runtime_check(jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Jobs whose wall time exceeded their declared ``runtime`` (on SLURM: killed at the limit), and jobs that
+    declared more than max(1 minute, 3x their wall time) (on SLURM: a longer queue wait, less backfill)."""
+    j = jobs[_declared_s(jobs).notna()]
+    declared_s = _declared_s(j)
+    return j[j.wall_s > declared_s], j[declared_s > (3 * j.wall_s).clip(lower=60)]
+
+
+def _declared_s(jobs: pd.DataFrame) -> pd.Series:
+    """Each job's declared runtime in seconds (NaN where none was declared)."""
+    if "declared_min" not in jobs:
+        return pd.Series(float("nan"), index=jobs.index)
+    return pd.to_numeric(jobs.declared_min, errors="coerce") * 60
+
+
+def runtime_lines(jobs: pd.DataFrame, show: int = 5) -> list[str]:
+    over, loose = runtime_check(jobs)
+    n = int(_declared_s(jobs).notna().sum())
+    out = [f"runtime: {n - len(over) - len(loose)} of {n} jobs declare at most max(1 min, 3x their wall time) and "
+           f"no less than it; {len(over)} ran longer than declared, {len(loose)} declare more"]
+    for label, bad, key in (("longer than declared", over, lambda d: d.wall_s / (d.declared_min * 60)),
+                            ("declared loosely", loose, lambda d: d.declared_min * 60 / d.wall_s.clip(lower=1))):
+        for r in bad.assign(_k=key(bad)).sort_values("_k", ascending=False).head(show).itertuples():
+            split = r.split if isinstance(r.split, str) else ""
+            out.append(f"  {label}: {r.rule} {r.dataset}/{r.category or ''} {split}: "
+                       f"{r.wall_s:.0f} s measured, {r.declared_min:g} min declared")
+    return out
 
 
 # ---- projection of the real benchmark ----
@@ -268,13 +299,14 @@ def report(cfg: dict, jobs: pd.DataFrame, proj: dict | None, elapsed_s: float | 
     s = stage_summary(jobs)
     lines.append("")
     lines.append("| stage | jobs | total wall | longest job | largest peak RSS | declared mem_mb (that job) |"
-                 " min declared/peak | real benchmark, this machine | real benchmark, one GPU node |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 " min declared/peak | declared/measured runtime | real benchmark, this machine | real benchmark, one GPU node |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in s.itertuples():
         cpu = _fmt_s(proj["cpu_job_seconds"][r.stage]) if proj and r.stage in proj["cpu_job_seconds"] else "—"
         gpu = _fmt_s(proj["gpu_node_seconds"][r.stage]) if proj and r.stage in proj["gpu_node_seconds"] else "—"
         lines.append(f"| {r.stage} | {r.jobs} | {_fmt_s(r.total_wall_s)} | {_fmt_s(r.longest_s)} | "
-                     f"{r.largest_peak_mb:.0f} MB | {r.declared_mb_of_that_job:.0f} | {r.min_headroom:.2f} | {cpu} | {gpu} |")
+                     f"{r.largest_peak_mb:.0f} MB | {r.declared_mb_of_that_job:.0f} | {r.min_headroom:.2f} | "
+                     f"{r.runtime_ratio[0]:.1f}-{r.runtime_ratio[1]:.1f}x | {cpu} | {gpu} |")
     if proj:
         lines.append("")
         re_, rl = proj["rehearsal"], proj["real"]
@@ -298,6 +330,7 @@ def report(cfg: dict, jobs: pd.DataFrame, proj: dict | None, elapsed_s: float | 
                      f"{_fmt_s(proj['gpu_node_total_s'])}")
     bad = over_declared(jobs)
     lines.append("")
+    lines += runtime_lines(jobs)
     if len(bad):
         lines.append(f"{len(bad)} job(s) peaked above their declared mem_mb:")
         for r in bad.itertuples():
