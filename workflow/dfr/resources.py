@@ -53,6 +53,12 @@ TRAIN_GFLOPS = 12.0
 CPU_GFLOPS = 40.0  # a conservative sustained rate for the runtime limits (measured: 150-230 on 2 cores)
 MEM_GBPS = 4.0  # streaming through RAM: the coreset's greedy loop measured 7.5 GB/s on 2 idle cores, 3.3 beside another job
 DECODE_S_PER_MPIXEL = 0.06  # PNG/JPEG decode + resize, one core, with headroom (measured ~0.035)
+# Rates of the light stages, per megapixel of the images they read or write, fitted to the full-size MVTec-shaped
+# rehearsal's records (2026-12-07, 181 jobs, the machine in a slow phase): the estimate is about the measured work
+# there, SAFETY gives the margin (before: 2-5x the measured work, so every such job declared more than 3x its time)
+INDEX_S_PER_MPIXEL = 0.015  # the index opens every image and mask (measured 0.003-0.022 s per megapixel)
+SYNTHETIC_S_PER_MPIXEL = 0.3  # drawing and writing an image with its mask (measured 0.16-0.32)
+METRICS_S_PER_PIXEL = 0.15e-6  # the exact pixel metrics, per test and held-out pixel (measured 0.11-0.2e-6)
 
 
 def _grid(cfg: dict) -> tuple[int, int]:
@@ -147,10 +153,10 @@ def _estimate(cfg: dict, rule: str, dataset: str | None, category: str | None,
     elif rule == "synthetic":
         n = wl.n_train + wl.n_test
         mem = BASE_MB["light"] + 160 * mp + 50  # float64 planes of one image
-        seconds = n * 0.6 * max(mp, 0.05)
+        seconds = n * SYNTHETIC_S_PER_MPIXEL * max(mp, 0.05)
     elif rule == "index":
         mem = BASE_MB["light"] + 40 * mp  # one decoded image at a time (no torch: measured 78 MB at 1 MP)
-        seconds = (wl.n_train + wl.n_test) * DECODE_S_PER_MPIXEL * max(mp, 0.05)
+        seconds = (wl.n_train + wl.n_test) * INDEX_S_PER_MPIXEL * max(mp, 0.05)
     elif rule == "features":
         f = cfg["features"]
         n = wl.n_train if split == "train" else wl.n_test
@@ -230,7 +236,7 @@ def _estimate(cfg: dict, rule: str, dataset: str | None, category: str | None,
             mem = BASE_MB["torch"] + (8 * test_px + 8 * val_px) / MB + (1 + max(cfg["thresholds"]["few_labels"])) * one
         else:
             mem = BASE_MB["torch"] + max(8 * test_px, 4 * val_px) / MB + one
-        seconds = (test_px + val_px) * 0.3e-6
+        seconds = (test_px + val_px) * METRICS_S_PER_PIXEL
     elif rule == "plots":
         mem = BASE_MB["torch"] + 150 + 6 * 150 * mp  # matplotlib, and six example rows at full size
         seconds = 6 * 2 * max(mp, 0.1)
