@@ -98,9 +98,8 @@ def over_declared(jobs: pd.DataFrame) -> pd.DataFrame:
 def runtime_check(jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Jobs whose wall time exceeded their declared ``runtime`` (on SLURM: killed at the limit), and jobs that
     declared more than max(1 minute, 3x their wall time) (on SLURM: a longer queue wait, less backfill)."""
-    j = jobs[_declared_s(jobs).notna()]
-    declared_s = _declared_s(j)
-    return j[j.wall_s > declared_s], j[declared_s > (3 * j.wall_s).clip(lower=60)]
+    declared_s = _declared_s(jobs)
+    return jobs[jobs.wall_s > declared_s], jobs[declared_s > (3 * jobs.wall_s).clip(lower=60)]
 
 
 def _declared_s(jobs: pd.DataFrame) -> pd.Series:
@@ -115,8 +114,8 @@ def runtime_lines(jobs: pd.DataFrame, show: int = 5) -> list[str]:
     n = int(_declared_s(jobs).notna().sum())
     out = [f"runtime: {n - len(over) - len(loose)} of {n} jobs declare at most max(1 min, 3x their wall time) and "
            f"no less than it; {len(over)} ran longer than declared, {len(loose)} declare more"]
-    for label, bad, key in (("longer than declared", over, lambda d: d.wall_s / (d.declared_min * 60)),
-                            ("declared loosely", loose, lambda d: d.declared_min * 60 / d.wall_s.clip(lower=1))):
+    for label, bad, key in (("longer than declared", over, lambda d: d.wall_s / _declared_s(d)),
+                            ("declared loosely", loose, lambda d: _declared_s(d) / d.wall_s.clip(lower=1))):
         for r in bad.assign(_k=key(bad)).sort_values("_k", ascending=False).head(show).itertuples():
             split = r.split if isinstance(r.split, str) else ""
             out.append(f"  {label}: {r.rule} {r.dataset}/{r.category or ''} {split}: "
