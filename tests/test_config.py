@@ -60,6 +60,8 @@ def test_defaults_are_those_snakemake_utils_validate_sets():
     (lambda c: c["features"].update(backbone="vgg"), r"features.backbone: 'vgg' is not one of"),
     (lambda c: c.update(typo=1), r"Additional properties are not allowed \('typo' was unexpected\)"),
     (lambda c: c["datasets"]["synthetic"].update(categories=["moon"]), r"unknown synthetic categories"),
+    (lambda c: c["datasets"]["synthetic"].update(categories=["can"], synthetic={"shape": "mvtec_ad2"}),
+     r"datasets.synthetic.synthetic: shape mvtec_ad2 needs layout: mvtec_ad2"),
     (lambda c: c["datasets"].update(m={"kind": "mvtec", "categories": ["bottle", "cat"]}),
      r"datasets.m.categories: \['cat'\] not in mvtec"),
 ])

@@ -103,8 +103,32 @@ def test_shaped_counts_at_full_scale_add_up_to_the_benchmarks():
     for name, table in shapes.BENCHMARKS.items():
         for cat, s in table.items():
             n_train, n_good, per_kind = shapes.shaped_counts(cat, name, 1.0)
-            assert (n_train, n_good, sum(per_kind)) == (s.n_train, s.n_test_good, s.n_test_anomalous)
+            assert (n_train, n_good, sum(per_kind)) == (s.n_train + s.n_validation, s.n_test_good, s.n_test_anomalous)
             assert max(per_kind) - min(per_kind) <= 1
+    ad2 = shapes.MVTEC_AD2.values()
+    assert {"train": sum(s.n_train for s in ad2), "validation": sum(s.n_validation for s in ad2),
+            "test_public": sum(s.n_test_good + s.n_test_anomalous for s in ad2),
+            "test_private": sum(s.n_private for s in ad2)} == shapes.MVTEC_AD2_TOTALS
+    assert {c: shapes.MVTEC_AD2[c].n_validation for c in shapes.MVTEC_AD2_VALIDATION_KNOWN} == \
+        shapes.MVTEC_AD2_VALIDATION_KNOWN
+
+
+def test_mvtec_ad2_shaped_category_has_its_layout_sizes_and_private_counts(tmp_path):
+    from dfr import data, shapes
+
+    synthetic.generate_category(tmp_path, "sheet_metal", shape="mvtec_ad2", scale=0.04, size_scale=0.05, seed=0,
+                                layout="mvtec_ad2")
+    s, croot = shapes.MVTEC_AD2["sheet_metal"], tmp_path / "sheet_metal"
+    count = lambda sub: len(list((croot / sub).glob("*.png")))  # noqa: E731
+    assert count("validation/good") == shapes.shaped_validation("sheet_metal", "mvtec_ad2", 0.04) == 2  # 19 x 0.04, at least 2
+    assert count("train/good") == round(s.n_train * 0.04)
+    assert count("test_public/good") == round(s.n_test_good * 0.04)
+    assert count("test_public/bad") == count("test_public/ground_truth/bad") == round(s.n_test_anomalous * 0.04)
+    assert count("test_private") == count("test_private_mixed") == round(s.n_private * 0.04) == 6
+    df = data.index_category(tmp_path, "sheet_metal")
+    assert set(zip(df.width, df.height)) == {(211, 53)}  # 4224 x 1056, times 0.05
+    with Image.open(df.path.iloc[0]) as im:
+        assert im.mode == "L"  # sheet_metal is grey-scale
 
 
 def test_shaped_unknown_category_or_shape_is_refused(tmp_path):

@@ -75,6 +75,9 @@ def validate(cfg: dict, source: str = "config") -> dict:
             if unknown:
                 raise DFRError(f"{source}: datasets.{name}.categories: unknown synthetic categories {unknown}; "
                                f"choose from {known}" + (f" (synthetic.shape: {shape})" if shape else ""))
+            if shape == "mvtec_ad2" and ds["synthetic"]["layout"] != "mvtec_ad2":
+                raise DFRError(f"{source}: datasets.{name}.synthetic: shape mvtec_ad2 needs layout: mvtec_ad2 "
+                               "(its validation/ and private test sets are written in MVTec AD 2's layout)")
         known = {"mvtec": MVTEC_CATEGORIES, "visa": VISA_CATEGORIES, "mvtec_ad2": MVTEC_AD2_CATEGORIES}.get(ds["kind"])
         if known:
             unknown = [c for c in ds["categories"] if c not in known]

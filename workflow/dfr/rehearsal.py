@@ -1,15 +1,16 @@
 """Full-size rehearsal of the benchmark, and what Snakemake's benchmark records say about any run.
 
     python -m dfr.rehearsal --configfile config/rehearsal.yaml --run    # make rehearsal: run, then report
+    python -m dfr.rehearsal --configfile config/rehearsal_ad2.yaml --run   # MVTec AD 2's shape
     python -m dfr.rehearsal --configfile config/demo.yaml               # report on an earlier run
 
 The rehearsal config generates synthetic categories shaped like MVTec AD's 15 (counts, sizes, grey-scale,
-file formats: ``synthetic.shape``) and runs the whole DAG on them with the offline EfficientNet-Lite0
+file formats: ``synthetic.shape``; or MVTec AD 2's 8, with its validation and private sets) and runs the whole DAG on them with the offline EfficientNet-Lite0
 backbone. The report reads every job's benchmark record (``<results>/benchmarks/…tsv``: wall time, sampled peak
 RSS of the process tree) and the exact peak RSS that each job logs, and prints per stage: jobs, total and
 longest wall time, the largest peak RSS beside what that job declared (``mem_mb``); every job whose peak
 exceeded its declaration is listed and makes the command fail. It then projects the real benchmark (MVTec
-AD + VisA, ResNet50, 50 epochs) on this machine, from the measured per-image and per-pixel costs and the
+AD + VisA, or MVTec AD 2 with its submission, ResNet50, 50 epochs) on this machine, from the measured per-image and per-pixel costs and the
 backbones' images/s measured here, and on one GPU node from stated assumptions.
 """
 
@@ -32,7 +33,8 @@ from .plan import members
 from .io import DFRError, read_json
 
 STAGES = ["synthetic", "index", "features", "split", "pca", "train", "maps", "ensemble", "scores", "metrics",
-          "plots", "bundle", "tables"]
+          "plots", "bundle", "submission_part", "submission", "tables"]
+PER_DATASET = ("tables", "submission")
 MODEL_STAGES = ("features", "split", "pca", "train", "maps")  # an ensemble's members each run these
 PEAK_RE = re.compile(r"peak RSS (\d+) MB")
 
@@ -58,18 +60,18 @@ def collect(cfg: dict, workdir: str | Path = ".") -> pd.DataFrame:
     rows, seen = [], set()
     ms = members(cfg)
     for d, ds in cfg["datasets"].items():
-        jobs = [("tables", None, None, cfg)]
+        jobs = [(r, None, None, cfg) for r in PER_DATASET]
         for c in ds["categories"]:
             jobs += [(r, c, s, m) for m in ms or [cfg] for r in MODEL_STAGES
                      for s in (("train", "test") if r == "features" else (None,))]
-            jobs += [(r, c, None, cfg) for r in STAGES if r not in (*MODEL_STAGES, "tables")]
+            jobs += [(r, c, None, cfg) for r in STAGES if r not in (*MODEL_STAGES, *PER_DATASET)]
         for rule, c, s, m in jobs:
             log = plan.log_paths(m, d, c or "", s or "")[rule]
             tsv = wd / layout.benchmark_path(log)
             if not tsv.is_file() or log in seen:  # members that share a cache, split or PCA ran it once
                 continue
             seen.add(log)
-            est = resources.estimate(m, rule, d, c, s) if c or rule == "tables" else {}
+            est = resources.estimate(m, rule, d, c, s) if c or rule in PER_DATASET else {}
             r = {"rule": rule, "dataset": d, "category": c, "split": s, **_bench_row(tsv),
                  "log_peak_mb": _log_peak(wd / log), "declared_mb": est.get("mem_mb"),
                  "declared_min": est.get("runtime")}
@@ -132,19 +134,37 @@ GPU_JOB_STARTUP_S = 15.0  # Python + torch import + CUDA initialisation per job 
 HDF5_READ_MB_S = 700.0  # measured on this machine (python -m dfr.bench); a node's local disk is similar
 
 
-def real_workload() -> dict:
-    """Images and pixels of the real MVTec AD + VisA benchmark (dfr.shapes)."""
-    n_train = n_test = train_mp = test_mp = 0.0
+GROUPS = {"MVTec AD + VisA": ("mvtec_ad", "visa"), "MVTec AD 2": ("mvtec_ad2",)}
+
+
+def real_group(cfg: dict) -> str:
+    """The real benchmark a rehearsal stands for: MVTec AD 2 when its categories are shaped like MVTec AD 2's."""
+    ad2 = any(ds.get("synthetic", {}).get("shape") == "mvtec_ad2" or ds["kind"] == "mvtec_ad2"
+              for ds in cfg["datasets"].values())
+    return "MVTec AD 2" if ad2 else "MVTec AD + VisA"
+
+
+def real_workload(group: str = "MVTec AD + VisA") -> dict:
+    """Images and pixels of a real benchmark (dfr.shapes): ``n_train`` includes the held-out normals
+    (MVTec AD 2's validation images, 10 % of the others' training images), ``n_fit`` the images a model is
+    fitted on, ``n_private`` the images of MVTec AD 2's two private test sets (scored for the submission)."""
+    w = dict.fromkeys(("n_train", "n_test", "n_fit", "n_held", "n_private", "train_mp", "test_mp", "private_mp"), 0.0)
     cats = 0
-    for table in shapes.BENCHMARKS.values():
-        for s in table.values():
+    for name in GROUPS[group]:
+        for s in shapes.BENCHMARKS[name].values():
             mp = s.width * s.height / 1e6
-            n_train += s.n_train
-            n_test += s.n_test_good + s.n_test_anomalous
-            train_mp += s.n_train * mp
-            test_mp += (s.n_test_good + s.n_test_anomalous) * mp
+            n_train, n_test = s.n_train + s.n_validation, s.n_test_good + s.n_test_anomalous
+            held = s.n_validation or 0.1 * s.n_train
+            w["n_train"] += n_train
+            w["n_test"] += n_test
+            w["n_fit"] += n_train - held
+            w["n_held"] += held
+            w["n_private"] += 2 * s.n_private
+            w["train_mp"] += n_train * mp
+            w["test_mp"] += n_test * mp
+            w["private_mp"] += 2 * s.n_private * mp
             cats += 1
-    return {"categories": cats, "n_train": n_train, "n_test": n_test, "train_mp": train_mp, "test_mp": test_mp}
+    return {"group": group, "categories": cats, "datasets": len(GROUPS[group]), **w}
 
 
 def measure_backbones(backbones: list[str], threads: int) -> dict[str, float]:
@@ -204,6 +224,17 @@ def fit_stage(jobs: pd.DataFrame, rule: str, units) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def _held(cfg: dict, dataset: str, category: str, wl: workload.Workload) -> float:
+    """The held-out normals of a rehearsal category: MVTec AD 2's validation images in its layout, else
+    val_fraction of the training images."""
+    g = cfg["datasets"][dataset].get("synthetic", {})
+    if g.get("shape") and (n := shapes.shaped_validation(category, g["shape"], g.get("scale", 1.0))):
+        return n
+    if g.get("layout") == "mvtec_ad2" or cfg["datasets"][dataset]["kind"] == "mvtec_ad2":
+        return max(2, wl.n_train // 4)  # as dfr.synthetic.to_mvtec_ad2 takes them
+    return wl.n_train * cfg["data"]["val_fraction"]
+
+
 def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s: dict[str, float],
             elapsed_s: float | None) -> dict:
     """Per stage: seconds of the real benchmark as job time on this machine and on one GPU node.
@@ -212,28 +243,33 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
     image-epoch) over the rehearsal's jobs; the backbone and the CAE are rescaled to ResNet50's (C=1536,
     d=100) by their costs measured here, the data each image moves by the channel ratio.
     """
-    wls = {(r.dataset, r.category): workload.workload(cfg, r.dataset, r.category)
-           for r in jobs[jobs.category.notna()].itertuples()}
+    wls = {(d, c): workload.workload(cfg, d, c) for d, ds in cfg["datasets"].items() for c in ds["categories"]}
     wl = lambda r: wls[(r.dataset, r.category)]  # noqa: E731
+    held = {k: _held(cfg, *k, w) for k, w in wls.items()}
+    hl = lambda r: held[(r.dataset, r.category)]  # noqa: E731
     reh = {"n_train": sum(w.n_train for w in wls.values()), "n_test": sum(w.n_test for w in wls.values()),
+           "n_private": sum(w.n_private for w in wls.values()),
            "train_mp": sum(w.train_pixels for w in wls.values()) / 1e6,
            "test_mp": sum(w.test_pixels for w in wls.values()) / 1e6, "categories": len(wls)}
-    real = real_workload()
+    private_mp = lambda d: sum(w.n_private * w.max_image_pixels for (dd, _), w in wls.items() if dd == d) / 1e6  # noqa: E731
+    real = real_workload(real_group(cfg))
     c_reh, hw = resources._grid(cfg)
     ch = REAL_C / c_reh
-    val = cfg["data"]["val_fraction"]
     epochs = cfg["cae"]["epochs"]
     fits = {
         "index": fit_stage(jobs, "index", lambda r: (wl(r).train_pixels + wl(r).test_pixels) / 1e6),
         "features": fit_stage(jobs, "features", lambda r: wl(r).n_train if r.split == "train" else wl(r).n_test),
         "split": fit_stage(jobs, "split", lambda r: 0),
         "pca": fit_stage(jobs, "pca", lambda r: 0),
-        "train": fit_stage(jobs, "train", lambda r: wl(r).n_train * (1 - val) * epochs),
-        "maps": fit_stage(jobs, "maps", lambda r: wl(r).n_train * val + wl(r).n_test),
+        "train": fit_stage(jobs, "train", lambda r: (wl(r).n_train - hl(r)) * epochs),
+        "maps": fit_stage(jobs, "maps", lambda r: hl(r) + wl(r).n_test),
         "scores": fit_stage(jobs, "scores", lambda r: 0),
         "metrics": fit_stage(jobs, "metrics", lambda r: wl(r).test_pixels / 1e6),
         "plots": fit_stage(jobs, "plots", lambda r: 0),
         "bundle": fit_stage(jobs, "bundle", lambda r: 0),
+        "submission_part": fit_stage(jobs, "submission_part",
+                                     lambda r: wl(r).n_private * wl(r).max_image_pixels / 1e6),
+        "submission": fit_stage(jobs, "submission", lambda r: private_mp(r.dataset)),
         "tables": fit_stage(jobs, "tables", lambda r: 0),
     }
     backbone = cfg["features"]["backbone"]
@@ -241,12 +277,17 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
     mean_mp = (reh["train_mp"] + reh["test_mp"]) / (reh["n_train"] + reh["n_test"])
     decode_per_mp = max(0.0, fits["features"][1] - s_reh) / mean_mp
     all_mp, images = real["train_mp"] + real["test_mp"], real["n_train"] + real["n_test"]
-    real_epochs = real["n_train"] * 0.9 * REAL_EPOCHS
-    real_maps = real["n_train"] * 0.1 + real["n_test"]
+    real_epochs = real["n_fit"] * REAL_EPOCHS
+    real_maps = real["n_held"] + real["n_test"]
     step_real, step_reh = cae_s["real"], cae_s["rehearsal"]
     train_per = step_real + max(0.0, fits["train"][1] - step_reh) * ch  # CAE step + data moved per image-epoch
     maps_per = step_real / 3 + max(0.0, fits["maps"][1] - step_reh / 3) * ch  # forward only
-    cats, nds = real["categories"], len(shapes.BENCHMARKS)
+    cats, nds = real["categories"], real["datasets"]
+    # a private image: decoded, encoded and written as the rehearsal's were (per megapixel, its backbone and
+    # forward pass apart), through ResNet50 and the real CAE's forward pass
+    reh_private_mp = sum(private_mp(d) for d in cfg["datasets"])
+    sub_per_mp = (max(0.0, fits["submission_part"][1] * reh_private_mp - reh["n_private"] * (s_reh + step_reh / 3))
+                  / reh_private_mp) if reh_private_mp else 0.0
     a = {k: v[0] for k, v in fits.items()}
     up = a["split"]  # the interpreter's and torch's start-up: split does nothing else
     cpu = {
@@ -262,6 +303,10 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
         "bundle": cats * a["bundle"],
         "tables": nds * a["tables"],
     }
+    if real["n_private"]:
+        cpu["submission_part"] = (cats * a["submission_part"] + sub_per_mp * real["private_mp"]
+                                  + real["n_private"] * (s_real + step_real / 3))
+        cpu["submission"] = nds * a["submission"] + fits["submission"][1] * real["private_mp"]
     # one GPU node: backbone and CAE on the GPU, decoding on its cores, the CPU stages spread over its cores
     from .bench import cae_gflop_per_image
 
@@ -277,6 +322,10 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
     }
     for k in ("index", "split", "pca", "scores", "metrics", "plots", "bundle", "tables"):
         gpu[k] = cpu[k] * cores_here / GPU_NODE_CORES  # this machine's core-seconds over the node's cores
+    if real["n_private"]:  # decoding and encoding on the node's cores, the networks on the GPU; one gzip stream
+        gpu["submission_part"] = (cats * GPU_JOB_STARTUP_S + sub_per_mp * real["private_mp"] * cores_here
+                                  / GPU_NODE_CORES)
+        gpu["submission"] = cpu["submission"]
     total_cpu = sum(cpu.values())
     reh_total = float(jobs.wall_s.sum())  # all jobs of the run, whose elapsed time is known
     return {"rehearsal": reh, "real": real, "fits": fits, "cae_step_s_per_image": cae_s,
@@ -310,8 +359,10 @@ def report(cfg: dict, jobs: pd.DataFrame, proj: dict | None, elapsed_s: float | 
         lines.append("")
         re_, rl = proj["rehearsal"], proj["real"]
         lines.append(f"rehearsal: {re_['categories']} categories, {re_['n_train']} train + {re_['n_test']} test images, "
-                     f"{re_['test_mp']:.0f} M test pixels; real: MVTec AD + VisA, {rl['categories']} categories, "
-                     f"{rl['n_train']:.0f} + {rl['n_test']:.0f} images, {rl['test_mp']:.0f} M test pixels")
+                     f"{re_['test_mp']:.0f} M test pixels; real: {rl['group']}, {rl['categories']} categories, "
+                     f"{rl['n_train']:.0f} + {rl['n_test']:.0f} images, {rl['test_mp']:.0f} M test pixels"
+                     + (f", {rl['n_private']:.0f} private test images ({rl['private_mp']:.0f} M pixels)"
+                        if rl["n_private"] else ""))
         ips = ", ".join(f"{k} {v:.1f} img/s" for k, v in proj["backbone_images_per_s"].items())
         cs = proj["cae_step_s_per_image"]
         f = proj["fits"]
@@ -322,9 +373,9 @@ def report(cfg: dict, jobs: pd.DataFrame, proj: dict | None, elapsed_s: float | 
                      f"{f['train'][1] * 1e3:.2f} ms per image-epoch here, {proj['train_s_per_image_epoch'] * 1e3:.1f} ms "
                      f"projected for ResNet50; metrics {f['metrics'][1]:.3f} s per megapixel")
         el = proj["cpu_elapsed_s"]
-        lines.append(f"projected real benchmark on this machine: {_fmt_s(proj['cpu_total_job_seconds'])} of job time"
+        lines.append(f"projected {rl['group']} on this machine: {_fmt_s(proj['cpu_total_job_seconds'])} of job time"
                      + (f", about {_fmt_s(el)} elapsed with --cores all (the rehearsal's parallelism)" if el else ""))
-        lines.append(f"projected real benchmark on one GPU node ({GPU_TFLOPS:.0f} TFLOP/s achieved, {GPU_NODE_CORES} cores, "
+        lines.append(f"projected {rl['group']} on one GPU node ({GPU_TFLOPS:.0f} TFLOP/s achieved, {GPU_NODE_CORES} cores, "
                      f"{GPU_JOB_STARTUP_S:.0f} s start-up per GPU job; assumptions, not measured): "
                      f"{_fmt_s(proj['gpu_node_total_s'])}")
     bad = over_declared(jobs)

@@ -59,6 +59,7 @@ DECODE_S_PER_MPIXEL = 0.06  # PNG/JPEG decode + resize, one core, with headroom 
 INDEX_S_PER_MPIXEL = 0.015  # the index opens every image and mask (measured 0.003-0.022 s per megapixel)
 SYNTHETIC_S_PER_MPIXEL = 0.3  # drawing and writing an image with its mask (measured 0.16-0.32)
 METRICS_S_PER_PIXEL = 0.15e-6  # the exact pixel metrics, per test and held-out pixel (measured 0.11-0.2e-6)
+ARCHIVE_S_PER_MPIXEL = 0.04  # gzip of the submission's zlib float16 TIFFs (measured 0.036 s per megapixel)
 
 
 def _grid(cfg: dict) -> tuple[int, int]:
@@ -151,7 +152,7 @@ def _estimate(cfg: dict, rule: str, dataset: str | None, category: str | None,
     if rule == "prepare_dataset":
         mem, seconds = BASE_MB["light"] + 500, 2 * 3600  # a multi-GB download and extraction: at least 20 MB/s
     elif rule == "synthetic":
-        n = wl.n_train + wl.n_test
+        n = wl.n_train + wl.n_test + wl.n_private
         mem = BASE_MB["light"] + 160 * mp + 50  # float64 planes of one image
         seconds = n * SYNTHETIC_S_PER_MPIXEL * max(mp, 0.05)
     elif rule == "index":
@@ -255,7 +256,9 @@ def _estimate(cfg: dict, rule: str, dataset: str | None, category: str | None,
         mem += 2.5 * models + sum(BACKBONE_MB.get(b, 300) for b, _ in sets) + 8 * 25 * len(sets) + 24 * mp
     elif rule == "submission":  # the categories' tars streamed into one .tar.gz
         mem = BASE_MB["light"] + 50
-        seconds = 120  # measured 1-3 s for the tiny run's two categories
+        private_mp = sum(w.n_private * w.max_image_pixels for w in (
+            workload.workload(cfg, dataset, c) for c in cfg["datasets"][dataset]["categories"])) / 1e6
+        seconds = private_mp * ARCHIVE_S_PER_MPIXEL
     elif rule == "study":  # every variant's metrics.json and model.json (KB each), and matplotlib
         mem, seconds = BASE_MB["torch"] + 300, 120
     elif rule in ("split", "tables", "study_manifest"):

@@ -9,6 +9,8 @@ datasets (``dfr.synthetic``, ``shape: mvtec_ad`` or ``visa``).
 * VisA (Zou et al., ECCV 2022), counts of the official one-class split (``split_csv/1cls.csv``): totals
   8,659 / 962 / 1,200. Images are JPEGs of roughly 1.5 megapixels that vary by category; 1500×1000 is used
   for every category here (an upper-end size for memory and time estimates), masks PNG at the image's size.
+* MVTec AD 2 (Heckler-Kram et al., arXiv 2503.21622), see ``MVTEC_AD2``: what is known per category (image
+  size, private test counts, three validation counts) and what is an even share of a published total.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Shape(NamedTuple):
     grey: bool = False
     ext: str = ".png"
     texture: bool = False
+    n_validation: int = 0  # MVTec AD 2: the normal images of validation/ (its held-out normals)
+    n_private: int = 0     # MVTec AD 2: the images of test_private, and as many of test_private_mixed
 
 
 def _mvtec(train, good, bad, side, grey=False, texture=False):
@@ -71,12 +75,46 @@ VISA = {
     "pipe_fryum": _visa(450, 50, 100),
 }
 
-BENCHMARKS = {"mvtec_ad": MVTEC_AD, "visa": VISA}
-# MVTec AD 2's categories, and the images of each of its two private test sets (test_private and
-# test_private_mixed: the counts MVTec's submission checker expects). Its training, validation and public
-# test counts and image sizes are not in this table: they are read from the data once it is there.
+# MVTec AD 2: 8 categories. Known per category: the private test sets (the counts MVTec's submission checker
+# expects, 2,045 in all), the image size (width × height, as a public repository measured them on the data;
+# sheet_metal, vial and wallplugs grey-scale as another's presets have them) and three validation counts that
+# a third cites from the paper (sheet_metal 19, fruit_jelly 37, walnuts 48). Known only as totals (counted on
+# the data by the repository that measured the sizes; its test_private total agrees with the checker's):
+# 2,528 train, 302 validation, 1,789 public test images. Those are shared evenly here (316 train per category;
+# the 198 unknown validation images over five categories; 224 or 223 public test images, half of them
+# anomalous), so per-category counts are estimates and only the totals are the benchmark's. ``texture`` only
+# chooses the look of a synthetic stand-in (bulk goods and fabric fill the frame).
+MVTEC_AD2_TOTALS = {"train": 2528, "validation": 302, "test_public": 1789, "test_private": 2045}
+MVTEC_AD2_VALIDATION_KNOWN = {"sheet_metal": 19, "fruit_jelly": 37, "walnuts": 48}
 MVTEC_AD2_PRIVATE = {"can": 321, "fabric": 314, "fruit_jelly": 255, "rice": 277, "sheet_metal": 142, "vial": 276,
                      "wallplugs": 232, "walnuts": 228}
+_AD2_LOOK = {  # category: (width, height, grey, texture)
+    "can": (2232, 1024, False, False), "fabric": (2448, 2048, False, True),
+    "fruit_jelly": (2100, 1520, False, False), "rice": (2448, 2048, False, True),
+    "sheet_metal": (4224, 1056, True, False), "vial": (1400, 1900, True, False),
+    "wallplugs": (2448, 2048, True, False), "walnuts": (2448, 2048, False, True),
+}
+
+
+def _even_shares(total: int, names: list[str]) -> dict[str, int]:
+    n, r = divmod(total, len(names))
+    return {c: n + (1 if i < r else 0) for i, c in enumerate(names)}
+
+
+def _mvtec_ad2() -> dict[str, Shape]:
+    cats = list(_AD2_LOOK)
+    train = _even_shares(MVTEC_AD2_TOTALS["train"], cats)
+    unknown = [c for c in cats if c not in MVTEC_AD2_VALIDATION_KNOWN]
+    val = {**MVTEC_AD2_VALIDATION_KNOWN, **_even_shares(
+        MVTEC_AD2_TOTALS["validation"] - sum(MVTEC_AD2_VALIDATION_KNOWN.values()), unknown)}
+    public = _even_shares(MVTEC_AD2_TOTALS["test_public"], cats)
+    return {c: Shape(train[c], public[c] - public[c] // 2, public[c] // 2, w, h, grey, ".png", texture, val[c],
+                     MVTEC_AD2_PRIVATE[c])
+            for c, (w, h, grey, texture) in _AD2_LOOK.items()}
+
+
+MVTEC_AD2 = _mvtec_ad2()
+BENCHMARKS = {"mvtec_ad": MVTEC_AD, "visa": VISA, "mvtec_ad2": MVTEC_AD2}
 
 # ---- backbones and generated categories: facts the planning modules need without importing torch ----
 
@@ -142,11 +180,23 @@ def shaped_spec(category: str, shape: str, size_scale: float = 1.0) -> CategoryS
 
 def shaped_counts(category: str, shape: str, scale: float = 1.0, n_kinds: int = len(DEFECTS)
                   ) -> tuple[int, int, list[int]]:
-    """(train, test good, anomalous test images per defect kind) of a shaped category at ``scale``."""
+    """(train, test good, anomalous test images per defect kind) of a shaped category at ``scale``. For
+    MVTec AD 2, train includes the validation images (dfr.synthetic moves them to validation/)."""
     s = BENCHMARKS[shape][category]
     n_bad = max(1, round(s.n_test_anomalous * scale))
     kinds = min(n_kinds, n_bad)
     per_kind = [n_bad // kinds + (1 if i < n_bad % kinds else 0) for i in range(kinds)]
-    return max(2, round(s.n_train * scale)), max(1, round(s.n_test_good * scale)), per_kind
+    n_train = max(2, round(s.n_train * scale)) + (shaped_validation(category, shape, scale) or 0)
+    return n_train, max(1, round(s.n_test_good * scale)), per_kind
 
 
+def shaped_validation(category: str, shape: str, scale: float = 1.0) -> int | None:
+    """MVTec AD 2's validation images of a shaped category at ``scale`` (None for a benchmark without them)."""
+    s = BENCHMARKS[shape][category]
+    return max(2, round(s.n_validation * scale)) if s.n_validation else None
+
+
+def shaped_private(category: str, shape: str, scale: float = 1.0) -> int | None:
+    """Images of each of MVTec AD 2's two private test sets of a shaped category at ``scale`` (None without)."""
+    s = BENCHMARKS[shape][category]
+    return max(1, round(s.n_private * scale)) if s.n_private else None

@@ -33,7 +33,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .io import DFRError, write_json
-from .shapes import CATEGORIES, DEFECTS, CategorySpec, shaped_counts, shaped_spec
+from .shapes import CATEGORIES, DEFECTS, CategorySpec, shaped_counts, shaped_private, shaped_spec, shaped_validation
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +173,18 @@ def generate_category(out_root: str | Path, category: str, *, n_train: int = 40,
                       layout: str = "mvtec") -> Path:
     """Write one synthetic category in MVTec layout under ``out_root/category`` (atomically).
 
-    With ``shape`` (mvtec_ad | visa) the category is one of that benchmark's, with its counts (times
+    With ``shape`` (mvtec_ad | visa | mvtec_ad2) the category is one of that benchmark's, with its counts (times
     ``scale``) and image size (times ``size_scale``); ``n_train``, ``n_test_good``, ``n_test_defect`` are
-    then ignored. With ``layout: mvtec_ad2``, in MVTec AD 2's layout (:func:`to_mvtec_ad2`).
+    then ignored. With ``layout: mvtec_ad2``, in MVTec AD 2's layout (:func:`to_mvtec_ad2`; with shape
+    mvtec_ad2, its validation and private counts).
     """
     for d in defects:
         if d not in DEFECTS:
             raise DFRError(f"unknown synthetic defect kind {d!r}; choose from {', '.join(DEFECTS)}")
+    n_val = n_private = None
     if shape:
         spec = shaped_spec(category, shape, size_scale)
+        n_val, n_private = shaped_validation(category, shape, scale), shaped_private(category, shape, scale)
         n_train, n_test_good, per_kind = shaped_counts(category, shape, scale, len(defects))
         kinds = list(zip(defects, per_kind))
     else:
@@ -214,20 +217,22 @@ def generate_category(out_root: str | Path, category: str, *, n_train: int = 40,
         "defects": [d for d, _ in kinds], "seed": seed, "shape": shape, "scale": scale, "size_scale": size_scale,
     })
     if layout == "mvtec_ad2":
-        to_mvtec_ad2(tmp, spec, seed, category)
+        to_mvtec_ad2(tmp, spec, seed, category, n_val=n_val, n_private=n_private)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     log.info("wrote synthetic category %s to %s", category, final)
     return final
 
 
-def to_mvtec_ad2(croot: Path, spec: "CategorySpec", seed: int, category: str) -> None:
-    """Rearrange a generated MVTec-layout category into MVTec AD 2's, in place: the last quarter (at least two)
-    of train/good moves to validation/good; test/ becomes test_public/ with every defect kind in bad/ (named
-    <kind>_<nnn>) and its masks in test_public/ground_truth/bad/; test_private/ and test_private_mixed/ get
-    unlabelled images, normal and defective, named NNN_regular and NNN_mixed."""
+def to_mvtec_ad2(croot: Path, spec: "CategorySpec", seed: int, category: str, *, n_val: int | None = None,
+                 n_private: int | None = None) -> None:
+    """Rearrange a generated MVTec-layout category into MVTec AD 2's, in place: the last ``n_val`` (default a
+    quarter, at least two) of train/good move to validation/good; test/ becomes test_public/ with every defect
+    kind in bad/ (named <kind>_<nnn>) and its masks in test_public/ground_truth/bad/; test_private/ and
+    test_private_mixed/ get ``n_private`` (default: as many as test_public) unlabelled images each, normal and
+    defective, named NNN_regular and NNN_mixed."""
     train = sorted((croot / "train" / "good").iterdir())
-    n_val = max(2, len(train) // 4)
+    n_val = n_val or max(2, len(train) // 4)
     for p in train[len(train) - n_val:]:
         _move(p, croot / "validation" / "good" / p.name)
     pub = croot / "test_public"
@@ -241,9 +246,9 @@ def to_mvtec_ad2(croot: Path, spec: "CategorySpec", seed: int, category: str) ->
                       pub / "ground_truth" / "bad" / f"{d.name}_{p.stem}_mask.png")
     shutil.rmtree(croot / "test")
     shutil.rmtree(croot / "ground_truth", ignore_errors=True)
-    n_public = sum(1 for _ in pub.glob("*/*.*"))
+    n_private = n_private or sum(1 for _ in pub.glob("*/*.*"))
     for sub, suffix in (("test_private", "regular"), ("test_private_mixed", "mixed")):
-        for i in range(n_public):
+        for i in range(n_private):
             rng = _rng(seed, category, sub, i)
             img, fg = _normal(spec, rng)
             if i % 2:

@@ -90,19 +90,24 @@ def workload(cfg: dict, dataset: str, category: str) -> Workload:
     if ds["kind"] == "synthetic":
         g = ds.get("synthetic", {})
         defects = len(g.get("defects", shapes.DEFECTS))
+        ad2 = g.get("layout") == "mvtec_ad2"
         if g.get("shape"):
             spec = shapes.shaped_spec(category, g["shape"], g.get("size_scale", 1.0))
             n_train, n_good, per_kind = shapes.shaped_counts(category, g["shape"], g.get("scale", 1.0), defects)
-            return from_shape(n_train, n_good + sum(per_kind), spec.width, spec.height)
+            n_test = n_good + sum(per_kind)
+            private = shapes.shaped_private(category, g["shape"], g.get("scale", 1.0)) or n_test
+            return from_shape(n_train, n_test, spec.width, spec.height)._replace(n_private=2 * private if ad2 else 0)
         spec = shapes.CATEGORIES[category]
         n_test = g.get("n_test_good", 10) + g.get("n_test_defect", 5) * defects
-        private = 2 * n_test if g.get("layout") == "mvtec_ad2" else 0  # as dfr.synthetic.to_mvtec_ad2 writes
+        private = 2 * n_test if ad2 else 0  # as dfr.synthetic.to_mvtec_ad2 writes
         return from_shape(g.get("n_train", 40), n_test, spec.width, spec.height)._replace(n_private=private)
     table = {"mvtec": shapes.MVTEC_AD, "visa": shapes.VISA}.get(ds["kind"], {})
     if ds["kind"] == "mvtec_ad2" and not (Path(layout.dataset_root(cfg, dataset)) / category).is_dir():
-        # before extraction: its private counts are known, the rest is a generous guess
-        return from_shape(1000, 250, 2500, 2000, exact=False)._replace(
-            n_private=2 * shapes.MVTEC_AD2_PRIVATE[category])
+        # before extraction: its image size and private counts are known, the other counts are even shares
+        # of the published totals (dfr.shapes.MVTEC_AD2)
+        s = shapes.MVTEC_AD2[category]
+        return from_shape(s.n_train + s.n_validation, s.n_test_good + s.n_test_anomalous, s.width, s.height,
+                          exact=False)._replace(n_private=2 * s.n_private)
     if category in table:
         s = table[category]
         return from_shape(s.n_train, s.n_test_good + s.n_test_anomalous, s.width, s.height)
