@@ -151,3 +151,40 @@ def test_the_rehearsal_names_jobs_longer_than_declared_and_declarations_over_thr
     assert lines[0].startswith("runtime: 2 of 4 jobs declare at most max(1 min, 3x their wall time)")
     assert "longer than declared: metrics d/a : 61 s measured, 1 min declared" in lines[1]
     assert "declared loosely: train d/a : 35 s measured, 2 min declared" in lines[2]
+
+
+def test_a_training_job_is_sized_with_the_latent_dim_its_pca_chose_once_pca_has_run(tmp_path):
+    """Snakemake sizes a job when it is ready to run: by then PCA's pca.json exists and its d replaces the C/4
+    guess (for ResNet50, 384 against PCA's ~100: twice the work)."""
+    from dfr.io import write_json
+
+    cfg = config.validate({"results": str(tmp_path / "results"), "features": {"backbone": "resnet50"},
+                           "datasets": {"m": {"kind": "synthetic", "categories": ["screw"],
+                                              "synthetic": {"shape": "mvtec_ad"}}}})
+    guess = resources.work_seconds(cfg, "train", "m", "screw")
+    assert resources._latent(cfg, 1536, "m", "screw") == 384
+    write_json(plan.paths(cfg, "m", "screw")["pca"], {"latent_dim": 100})
+    assert resources._latent(cfg, 1536, "m", "screw") == 100
+    chosen = resources.work_seconds(cfg, "train", "m", "screw")
+    c, hw = resources._grid(cfg)
+    step = resources.cae_step_s(cfg, c, 100, hw)
+    wl = workload.workload(cfg, "m", "screw")
+    held = workload.held_out(cfg, wl)
+    assert chosen == pytest.approx(50 * ((wl.n_train - held) * step + held * step / 3))
+    assert 1.5 < guess / chosen < 2.5
+    cfg["cae"]["latent_dim"] = 64  # a configured d is taken as it is
+    assert resources._latent(cfg, 1536, "m", "screw") == 64
+
+
+def test_mvtec_ad2_holds_out_its_validation_images_before_and_after_indexing(tmp_path):
+    cfg = config.validate({"results": str(tmp_path / "results"), "datasets": {"a": {
+        "kind": "synthetic", "categories": ["vial"],
+        "synthetic": {"shape": "mvtec_ad2", "layout": "mvtec_ad2", "scale": 0.05, "size_scale": 0.05}}}})
+    before = workload.workload(cfg, "a", "vial")
+    assert workload.held_out(cfg, before) == shapes.shaped_validation("vial", "mvtec_ad2", 0.05) == 2
+    root = layout.dataset_root(cfg, "a")
+    synthetic.generate_category(root, "vial", shape="mvtec_ad2", scale=0.05, size_scale=0.05, layout="mvtec_ad2")
+    data.write_index(data.index_category(root, "vial"), plan.paths(cfg, "a", "vial")["index"])
+    after = workload.workload(cfg, "a", "vial")
+    assert after == before and after.n_private == 2 * 14
+    assert workload.n_fit_images(cfg, "a", "vial") == after.n_train - 2

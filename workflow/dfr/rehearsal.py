@@ -1,7 +1,7 @@
 """Full-size rehearsal of the benchmark, and what Snakemake's benchmark records say about any run.
 
     python -m dfr.rehearsal --configfile config/rehearsal.yaml --run    # make rehearsal: run, then report
-    python -m dfr.rehearsal --configfile config/rehearsal_ad2.yaml --run   # MVTec AD 2's shape
+    python -m dfr.rehearsal --configfile config/rehearsal-ad2.yaml --run   # MVTec AD 2's shape
     python -m dfr.rehearsal --configfile config/demo.yaml               # report on an earlier run
 
 The rehearsal config generates synthetic categories shaped like MVTec AD's 15 (counts, sizes, grey-scale,
@@ -224,17 +224,6 @@ def fit_stage(jobs: pd.DataFrame, rule: str, units) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def _held(cfg: dict, dataset: str, category: str, wl: workload.Workload) -> float:
-    """The held-out normals of a rehearsal category: MVTec AD 2's validation images in its layout, else
-    val_fraction of the training images."""
-    g = cfg["datasets"][dataset].get("synthetic", {})
-    if g.get("shape") and (n := shapes.shaped_validation(category, g["shape"], g.get("scale", 1.0))):
-        return n
-    if g.get("layout") == "mvtec_ad2" or cfg["datasets"][dataset]["kind"] == "mvtec_ad2":
-        return max(2, wl.n_train // 4)  # as dfr.synthetic.to_mvtec_ad2 takes them
-    return wl.n_train * cfg["data"]["val_fraction"]
-
-
 def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s: dict[str, float],
             elapsed_s: float | None) -> dict:
     """Per stage: seconds of the real benchmark as job time on this machine and on one GPU node.
@@ -245,7 +234,7 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
     """
     wls = {(d, c): workload.workload(cfg, d, c) for d, ds in cfg["datasets"].items() for c in ds["categories"]}
     wl = lambda r: wls[(r.dataset, r.category)]  # noqa: E731
-    held = {k: _held(cfg, *k, w) for k, w in wls.items()}
+    held = {k: workload.held_out(cfg, w) for k, w in wls.items()}
     hl = lambda r: held[(r.dataset, r.category)]  # noqa: E731
     reh = {"n_train": sum(w.n_train for w in wls.values()), "n_test": sum(w.n_test for w in wls.values()),
            "n_private": sum(w.n_private for w in wls.values()),

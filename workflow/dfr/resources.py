@@ -8,10 +8,13 @@ baseline (Python, torch, libraries) plus a per-unit cost with headroom.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 
 from . import plan, shapes, workload
+from .io import DFRError
 
 MB = 2**20
 
@@ -45,10 +48,14 @@ BACKBONE_GFLOP = {"resnet18": 2.4, "resnet34": 4.9, "resnet50": 6.6, "wide_resne
 # times one stated safety factor; Snakemake doubles it on each retry (profiles: retries).
 START_S = 15.0
 SAFETY = 2.0
-# Training a head on feature maps (the CAE, the flow): small matrix products, autograd, the optimiser and the
-# validation pass each epoch sustain far less: measured 9 GFLOPS for the paper's CAE on PIPED's 28x28 Lite0
-# features (15.6 s for 15 epochs x 32 images, one thread beside another job), 25 on the demo's (two threads);
-# the flow's affine couplings (many small ops, the log-determinants) a third of it
+# The CAE's training step per image (forward, backward, Adam), fitted to in-process timings of 12 (C, d, h·w)
+# points on this machine (C 152-1536, d 34-384, h·w 784-12544; docs/benchmark.md, "Declared runtimes"): its
+# convolutions at CAE_GFLOPS plus the activations it moves at CAE_ACT_MB_S. Measured/fitted 0.8-1.4 for
+# grids up to 56x56; a 112x112 grid ran 1.8x the fit (its batch's activations far outgrow the caches).
+CAE_GFLOPS = 116.0
+CAE_ACT_MB_S = 620.0
+# The flow's training: its affine couplings (many small ops, the log-determinants) sustain less; measured
+# 9-25 GFLOPS for the CAE's older loop, a third of that assumed for the couplings
 TRAIN_GFLOPS = 12.0
 CPU_GFLOPS = 40.0  # a conservative sustained rate for the runtime limits (measured: 150-230 on 2 cores)
 MEM_GBPS = 4.0  # streaming through RAM: the coreset's greedy loop measured 7.5 GB/s on 2 idle cores, 3.3 beside another job
@@ -59,7 +66,11 @@ DECODE_S_PER_MPIXEL = 0.06  # PNG/JPEG decode + resize, one core, with headroom 
 INDEX_S_PER_MPIXEL = 0.015  # the index opens every image and mask (measured 0.003-0.022 s per megapixel)
 SYNTHETIC_S_PER_MPIXEL = 0.3  # drawing and writing an image with its mask (measured 0.16-0.32)
 METRICS_S_PER_PIXEL = 0.15e-6  # the exact pixel metrics, per test and held-out pixel (measured 0.11-0.2e-6)
-ARCHIVE_S_PER_MPIXEL = 0.04  # gzip of the submission's zlib float16 TIFFs (measured 0.036 s per megapixel)
+# and to the MVTec-AD-2-shaped rehearsal's (2026-12-07, 106 jobs at 2.3-5 megapixels per image)
+PLOT_S_PER_MPIXEL = 0.6  # one example row drawn and saved (measured 0.4-0.6 s per megapixel; was 2)
+SUBMISSION_S_PER_MPIXEL = 0.12  # a private image decoded, its map upsampled, TIFF and PNG encoded (0.1-0.15)
+ARCHIVE_S_PER_MPIXEL = 0.04  # gzip of the submission's TIFFs: 0.017 s per megapixel of the rehearsal's maps,
+# 0.036 for a smooth random map (their sizes: 0.39 and 1.5 MB per megapixel)
 
 
 def _grid(cfg: dict) -> tuple[int, int]:
@@ -68,9 +79,18 @@ def _grid(cfg: dict) -> tuple[int, int]:
     return shapes.FUSED_CHANNELS.get(cfg["features"]["backbone"], 1536), side * side
 
 
-def _latent(cfg: dict, c: int) -> int:
+def _latent(cfg: dict, c: int, dataset: str | None = None, category: str | None = None) -> int:
+    """The CAE's latent d: the configured one, or PCA's once its pca.json exists (Snakemake sizes a job when
+    it is ready to run, so a training job sees it), else a generous guess (C/4)."""
     d = cfg["cae"]["latent_dim"]
-    return int(d) if d != "auto" else max(1, c // 4)  # PCA's d is unknown before it runs: a generous guess
+    if d != "auto":
+        return int(d)
+    if dataset and category:
+        try:
+            return int(json.loads(Path(plan.paths(cfg, dataset, category)["pca"]).read_text())["latent_dim"])
+        except (DFRError, OSError, ValueError, KeyError, TypeError):  # not there yet (or no key to find it by)
+            pass
+    return max(1, c // 4)
 
 
 def cae_gflop(c: int, d: int, hw: int, kernel: int = 1, depthwise: bool = False) -> float:
@@ -84,8 +104,12 @@ def cae_gflop(c: int, d: int, hw: int, kernel: int = 1, depthwise: bool = False)
     return dense * kernel ** 2
 
 
-def _cae_gflop(cfg: dict, c: int, hw: int) -> float:
-    return cae_gflop(c, _latent(cfg, c), hw, cfg["cae"]["kernel"], cfg["cae"]["depthwise"])
+def cae_step_s(cfg: dict, c: int, d: int, hw: int) -> float:
+    """Seconds of one CAE training step per image (forward, backward, Adam) on this project's machine; a
+    forward pass alone takes a third."""
+    mid = (c + 2 * d) // 2
+    act_mb = (2 * c + 2 * mid + 5 * d) * hw * 4 / MB  # every layer's input and output, normalised and activated
+    return 3 * cae_gflop(c, d, hw, cfg["cae"]["kernel"], cfg["cae"]["depthwise"]) / CAE_GFLOPS + act_mb / CAE_ACT_MB_S
 
 
 def bank_size(cfg: dict, n_train: int) -> tuple[int, int]:
@@ -211,15 +235,15 @@ def _estimate(cfg: dict, rule: str, dataset: str | None, category: str | None,
             mem = (BASE_MB["torch"] + cfg["features"]["batch_size"] * (c * hw * 4 * 2 / MB + act_mb)
                    + (wl.n_train + wl.n_test) * hw * 4 / MB)
             seconds = (wl.n_train + wl.n_test) * gflop / CPU_GFLOPS
-    elif rule == "train":
+    elif rule == "train":  # each epoch: a step per fitted image, the validation loss on the held-out ones
         cache = min(2 * 2**30, wl.n_train * c * hw * 4) / MB  # in RAM when it fits in 2 GiB (cae.in_memory)
         mem = BASE_MB["torch"] + 400 + 2 * cache + cfg["cae"]["batch_size"] * c * hw * 4 * 8 / MB  # + autograd, Adam
-        per_epoch = wl.n_train * 3 * _cae_gflop(cfg, c, hw) / TRAIN_GFLOPS
-        seconds = cfg["cae"]["epochs"] * per_epoch
+        step, held = cae_step_s(cfg, c, _latent(cfg, c, dataset, category), hw), workload.held_out(cfg, wl)
+        seconds = cfg["cae"]["epochs"] * ((wl.n_train - held) * step + held * step / 3)
     elif rule == "maps":
         mem = BASE_MB["torch"] + cfg["features"]["batch_size"] * c * hw * 4 * 8 / MB \
             + (wl.n_train + wl.n_test) * hw * 4 / MB
-        seconds = (wl.n_train + wl.n_test) * _cae_gflop(cfg, c, hw) / CPU_GFLOPS
+        seconds = (wl.n_train + wl.n_test) * cae_step_s(cfg, c, _latent(cfg, c, dataset, category), hw) / 3
     elif rule == "ensemble":  # every member's maps, z-scored and resized to the finest grid, in float64
         ms = plan.members(cfg) or [cfg]
         n, hw = wl.n_train + wl.n_test, max(_grid(m)[1] for m in ms)
@@ -240,14 +264,14 @@ def _estimate(cfg: dict, rule: str, dataset: str | None, category: str | None,
         seconds = (test_px + val_px) * METRICS_S_PER_PIXEL
     elif rule == "plots":
         mem = BASE_MB["torch"] + 150 + 6 * 150 * mp  # matplotlib, and six example rows at full size
-        seconds = 6 * 2 * max(mp, 0.1)
+        seconds = 6 * PLOT_S_PER_MPIXEL * max(mp, 0.1)
     elif rule == "bundle":  # every member's model as loaded, and the bundle of them all being written
         mem += 2.5 * sum(model_file_mb(m, wl.n_train) for m in plan.members(cfg) or [cfg])
     elif rule == "submission_part":  # dfr.submission: the bundle scores a batch of private images at a time
         n = max(wl.n_private, 1)
         ms = plan.members(cfg) or [cfg]
         sets = {(m["features"]["backbone"], m["data"]["image_size"]) for m in ms}
-        per_image = (DECODE_S_PER_MPIXEL * max(mp, 0.05) * 3  # decode, upsample, encode (TIFF and PNG)
+        per_image = (SUBMISSION_S_PER_MPIXEL * max(mp, 0.05)  # decode, upsample, encode (TIFF and PNG)
                      + sum(BACKBONE_GFLOP.get(b, 20) * (sz / 224) ** 2 for b, sz in sets) / CPU_GFLOPS)
         for m in ms:
             per_image += work_seconds(m, "maps", dataset, category) / max(1, wl.n_train + wl.n_test)

@@ -23,6 +23,7 @@ class Workload(NamedTuple):
     max_image_pixels: int
     exact: bool = True  # False for a guess (nothing on disk, no known shape)
     n_private: int = 0  # MVTec AD 2's unlabelled private test images (scored for the submission only)
+    n_validation: int = 0  # MVTec AD 2's validation images (within n_train): its held-out normals
 
 
 _INDEX_CACHE: dict[tuple[str, int], Workload] = {}
@@ -33,18 +34,19 @@ def from_index(path: Path) -> Workload:
     if key not in _INDEX_CACHE:
         import csv
 
-        n_train = n_test = n_private = train_px = test_px = max_px = 0
+        n_train = n_test = n_private = n_val = train_px = test_px = max_px = 0
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 px = int(row["width"]) * int(row["height"])
                 max_px = max(max_px, px)
                 if row["split"] == "train":
                     n_train, train_px = n_train + 1, train_px + px
+                    n_val += row["image_id"].startswith("validation/")  # as dfr.data.holdout_split takes them
                 elif row["split"] == "test":  # not MVTec AD 2's private images: no stage but the submission's
                     n_test, test_px = n_test + 1, test_px + px
                 else:
                     n_private += 1
-        _INDEX_CACHE[key] = Workload(n_train, n_test, train_px, test_px, max_px, True, n_private)
+        _INDEX_CACHE[key] = Workload(n_train, n_test, train_px, test_px, max_px, True, n_private, n_val)
     return _INDEX_CACHE[key]
 
 
@@ -64,8 +66,9 @@ def _images(d: Path) -> list[Path]:
 def from_folder(folder: Path) -> Workload | None:
     """Counted from the files on disk (image headers only), for a folder dataset not yet indexed."""
     train, test = _images(folder / "train"), _images(folder / "test")
-    private = 0
+    private = n_val = 0
     if (folder / "test_public").is_dir() or (folder / "validation").is_dir():  # MVTec AD 2's layout
+        n_val = len(_images(folder / "validation"))
         train = train + _images(folder / "validation")
         test = [p for p in _images(folder / "test_public") if "ground_truth" not in p.parts]
         private = len(_images(folder / "test_private")) + len(_images(folder / "test_private_mixed"))
@@ -78,7 +81,7 @@ def from_folder(folder: Path) -> Workload | None:
             w, h = im.size
     except OSError:
         w, h = 1024, 1024
-    return from_shape(len(train), len(test), w, h)._replace(n_private=private)
+    return from_shape(len(train), len(test), w, h)._replace(n_private=private, n_validation=n_val)
 
 
 def workload(cfg: dict, dataset: str, category: str) -> Workload:
@@ -96,23 +99,35 @@ def workload(cfg: dict, dataset: str, category: str) -> Workload:
             n_train, n_good, per_kind = shapes.shaped_counts(category, g["shape"], g.get("scale", 1.0), defects)
             n_test = n_good + sum(per_kind)
             private = shapes.shaped_private(category, g["shape"], g.get("scale", 1.0)) or n_test
-            return from_shape(n_train, n_test, spec.width, spec.height)._replace(n_private=2 * private if ad2 else 0)
+            n_val = shapes.shaped_validation(category, g["shape"], g.get("scale", 1.0)) or max(2, n_train // 4)
+            return from_shape(n_train, n_test, spec.width, spec.height)._replace(
+                n_private=2 * private if ad2 else 0, n_validation=n_val if ad2 else 0)
         spec = shapes.CATEGORIES[category]
         n_test = g.get("n_test_good", 10) + g.get("n_test_defect", 5) * defects
-        private = 2 * n_test if ad2 else 0  # as dfr.synthetic.to_mvtec_ad2 writes
-        return from_shape(g.get("n_train", 40), n_test, spec.width, spec.height)._replace(n_private=private)
+        n_train = g.get("n_train", 40)
+        return from_shape(n_train, n_test, spec.width, spec.height)._replace(  # as dfr.synthetic.to_mvtec_ad2 writes
+            n_private=2 * n_test if ad2 else 0, n_validation=max(2, n_train // 4) if ad2 else 0)
     table = {"mvtec": shapes.MVTEC_AD, "visa": shapes.VISA}.get(ds["kind"], {})
     if ds["kind"] == "mvtec_ad2" and not (Path(layout.dataset_root(cfg, dataset)) / category).is_dir():
         # before extraction: its image size and private counts are known, the other counts are even shares
         # of the published totals (dfr.shapes.MVTEC_AD2)
         s = shapes.MVTEC_AD2[category]
         return from_shape(s.n_train + s.n_validation, s.n_test_good + s.n_test_anomalous, s.width, s.height,
-                          exact=False)._replace(n_private=2 * s.n_private)
+                          exact=False)._replace(n_private=2 * s.n_private, n_validation=s.n_validation)
     if category in table:
         s = table[category]
         return from_shape(s.n_train, s.n_test_good + s.n_test_anomalous, s.width, s.height)
     found = from_folder(Path(layout.dataset_root(cfg, dataset)) / category)
     return found or from_shape(1000, 250, 1500, 1000, exact=False)
+
+
+def held_out(cfg: dict, wl: Workload) -> int:
+    """The held-out normal images of a category, as dfr.data.holdout_split takes them: MVTec AD 2's validation
+    images, else val_fraction of the training images (at least one when the fraction is above 0)."""
+    if wl.n_validation:
+        return wl.n_validation
+    f = cfg["data"]["val_fraction"]
+    return max(1, int(round(f * wl.n_train))) if f > 0 else 0
 
 
 def n_fit_images(cfg: dict, dataset: str, category: str) -> int | None:
@@ -121,6 +136,4 @@ def n_fit_images(cfg: dict, dataset: str, category: str) -> int | None:
     wl = workload(cfg, dataset, category)
     if not wl.exact:
         return None
-    f = cfg["data"]["val_fraction"]
-    n_val = max(1, int(round(f * wl.n_train))) if f > 0 else 0
-    return max(0, wl.n_train - n_val)
+    return max(0, wl.n_train - held_out(cfg, wl))
