@@ -133,6 +133,9 @@ def test_runtime_is_the_safety_factor_times_start_up_and_work_in_whole_minutes()
     cfg = config.validate(TINY)
     assert resources.limit_minutes(0) == 1 and resources.limit_minutes(3600) == 121
     assert resources.limit_minutes(30 - resources.START_S) == 1 < resources.limit_minutes(31 - resources.START_S)
+    assert cfg["resources"]["start_s"] == resources.START_S == 10
+    slow = config.validate({**TINY, "resources": {"start_s": 45}})  # a cluster's slower start-up: 2 minutes
+    assert resources.estimate(slow, "split", "synth", "disc")["runtime"] == 2
     for rule in ("index", "features", "pca", "train", "maps", "scores", "metrics", "plots", "bundle", "split"):
         assert resources.estimate(cfg, rule, "synth", "disc", "train")["runtime"] == 1, rule
 

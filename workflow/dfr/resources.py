@@ -44,9 +44,11 @@ BACKBONE_MB = {"resnet18": 60, "resnet34": 100, "resnet50": 120, "wide_resnet50_
 BACKBONE_GFLOP = {"resnet18": 2.4, "resnet34": 4.9, "resnet50": 6.6, "wide_resnet50_2": 17.5,
                   "tf_efficientnet_lite0": 0.55, "tf_efficientnet_lite1": 0.8, "tf_efficientnet_lite2": 1.1}
 # Runtime limits: a job's work estimated from rates measured on this project's machine (2 CPU cores), plus its
-# start-up (Snakemake's per-job work, the interpreter, torch's import: 3 s here, the log and benchmark record),
-# times one stated safety factor; Snakemake doubles it on each retry (profiles: retries).
-START_S = 15.0
+# start-up (the interpreter, torch's import, reading its inputs: 5-6 s for a torch stage here, about 1 s for a
+# light one), times one stated safety factor; Snakemake doubles it on each retry (profiles: retries). The
+# start-up allowance is the config's resources.start_s (default START_S; raise it where nodes import torch
+# from a slow shared filesystem).
+START_S = 10.0
 SAFETY = 2.0
 # The CAE's training step per image (forward, backward, Adam), fitted to in-process timings of 12 (C, d, h·w)
 # points on this machine (C 152-1536, d 34-384, h·w 784-12544; docs/benchmark.md, "Declared runtimes"): its
@@ -147,9 +149,9 @@ def model_file_mb(cfg: dict, n_train: int = 0) -> float:
     return 4 * kernel ** 2 * 2 * (c * mid + mid * 2 * d + 2 * d * d) / MB + 1
 
 
-def limit_minutes(work_s: float) -> int:
+def limit_minutes(work_s: float, start_s: float = START_S) -> int:
     """A job's runtime limit: ``SAFETY`` times its start-up and estimated work, whole minutes, at least one."""
-    return max(1, math.ceil(SAFETY * (START_S + work_s) / 60))
+    return max(1, math.ceil(SAFETY * (start_s + work_s) / 60))
 
 
 def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | None = None,
@@ -157,7 +159,8 @@ def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | N
     """``{"mem_mb": …, "runtime": …}`` that a job of ``rule`` asks for on its first attempt."""
     mem, seconds = _estimate(cfg, rule, dataset, category, split)
     floor = cfg.get("resources", {}).get("mem_mb_min", 0)
-    return {"mem_mb": int(max(floor, mem * 1.25) + 0.5), "runtime": limit_minutes(seconds)}
+    return {"mem_mb": int(max(floor, mem * 1.25) + 0.5),
+            "runtime": limit_minutes(seconds, cfg.get("resources", {}).get("start_s", START_S))}
 
 
 def work_seconds(cfg: dict, rule: str, dataset: str | None = None, category: str | None = None,
@@ -318,5 +321,6 @@ def timing_estimate(cfgs: list[dict], timed: list[tuple[str, str]], timing: dict
             batch = timing["batch"] * sum(25 * (s / 224) ** 2 for _, s in sets) + n * 3 * 4 * max(
                 m["data"]["image_size"] for m in ms) ** 2 / MB
             mem = max(mem, BASE_MB["torch"] + 2.5 * models + backbones + batch + 16 * wl.max_image_pixels / MB)
-    floor = cfgs[0].get("resources", {}).get("mem_mb_min", 0) if cfgs else 0
-    return {"mem_mb": int(max(floor, mem * 1.25) + 0.5), "runtime": limit_minutes(seconds)}
+    res = cfgs[0].get("resources", {}) if cfgs else {}
+    return {"mem_mb": int(max(res.get("mem_mb_min", 0), mem * 1.25) + 0.5),
+            "runtime": limit_minutes(seconds, res.get("start_s", START_S))}
