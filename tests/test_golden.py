@@ -142,7 +142,7 @@ def _run_chain(d):
         "memory_bank": {"coreset": 0.25}, "scoring": {"top_k": 3},
         "thresholds": {"few_labels": [0, 1], "few_label_draws": 2}})
     # the fixture's settings (not where it lies) are part of every stage's input
-    io, fixture = {}, digest({k: v for k, v in cfg.items() if k != "datasets"})
+    io, fixture = {}, digest({k: v for k, v in cfg.items() if k not in ("datasets", "resources")})  # runtime-only apart
 
     def rel(df):
         return df.assign(path=df.path.str.replace(str(d), ""), mask_path=df.mask_path.str.replace(str(d), ""))

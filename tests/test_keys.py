@@ -32,6 +32,7 @@ ROWS = {
     "device": [("cuda", {"features", "train", "maps"}), ("cuda:1", {"features", "train", "maps"})],  # dfr.devices
     "cluster": [(True, set())],  # TINY runs on the CPU (device: cpu); tests/test_devices.py for auto
     "resources.gpu": [(0, set())], "resources.threads": [(1, set())], "resources.mem_mb_min": [(4000, set())],
+    "resources.start_s": [(45, set())],
     "datasets.*.root": [("elsewhere", set())],  # a generated dataset lives under results/
     "datasets.*.archive": [("x.tar", set())], "datasets.*.sha256": [("0" * 64, set())],
     "datasets.*.urls": [(["https://example.invalid/x.tar"], set())],

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
 CODE_VERSIONS = {"cae": 1}
 # tests/test_golden.py: per version, the digests of the stage's fixed tiny input and of its rounded output
-GOLDEN = {"cae": {1: ("f601b33d8c54d6a7", "a5ef1c2e1acba51d")}}
+GOLDEN = {"cae": {1: ("0e7195d6279aef7f", "a5ef1c2e1acba51d")}}
 
 
 def _block(cin: int, cout: int, act: bool, bn: bool, kernel: int = 1, padding: str = "reflect",

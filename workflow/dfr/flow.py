@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
 CODE_VERSIONS = {"flow": 1}
 # tests/test_golden.py: per version, the digests of the stage's fixed tiny input and of its rounded output
-GOLDEN = {"flow": {1: ("a7b357ba0297ef55", "341f2dbcedb2259c")}}
+GOLDEN = {"flow": {1: ("a698e44fbd259846", "341f2dbcedb2259c")}}
 
 
 class Coupling(nn.Module):

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
 CODE_VERSIONS = {"gaussian": 1}  # covariance: shared is new in its own key value (version 1 unchanged)
 # tests/test_golden.py: per version, the digests of the stage's fixed tiny input and of its rounded output
-GOLDEN = {"gaussian": {1: ("a7b357ba0297ef55", "025495c1f1fd7dd3")}}
+GOLDEN = {"gaussian": {1: ("a698e44fbd259846", "025495c1f1fd7dd3")}}
 
 
 class Gaussian(nn.Module):
