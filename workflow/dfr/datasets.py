@@ -231,6 +231,19 @@ def check_visa_counts(counts: dict[str, dict[str, int]], split_csv: Path) -> Non
 MVTEC_AD2_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad-2"
 
 
+def local_archive(spec: dict, expected: str | None) -> Path:
+    """The dataset's ``archive`` file, verified against ``expected`` (its sha256) when one is known."""
+    archive = Path(spec["archive"])
+    if not archive.is_file():
+        raise DFRError(f"{archive}: archive not found (the dataset's 'archive' key points at it)")
+    if expected:
+        got = sha256(archive)
+        if got != expected:
+            raise DFRError(f"{archive}: sha256 {got} does not match the expected {expected}; the file is "
+                           "corrupt or not that archive")
+    return archive
+
+
 def _lift_top_folder(root: Path, categories: list[str]) -> None:
     """An archive that holds one top folder (``mvtec_ad_2/<category>/``): its categories moved up into root."""
     if any((root / c).is_dir() for c in categories):
@@ -253,15 +266,8 @@ def prepare_mvtec_ad2(root: Path, spec: dict) -> None:
     missing = [c for c in spec["categories"] if not (root / c / "train").is_dir()]
     if missing:
         src = SOURCES["mvtec_ad2"]
-        if spec.get("archive"):
-            archive = Path(spec["archive"])
-            if not archive.is_file():
-                raise DFRError(f"{archive}: archive not found (the dataset's 'archive' key points at it)")
-            if spec.get("sha256"):
-                got = sha256(archive)
-                if got != spec["sha256"]:
-                    raise DFRError(f"{archive}: sha256 {got} does not match the configured {spec['sha256']}; "
-                                   "the file is corrupt or another archive")
+        if spec.get("archive"):  # whole or per category: checked by its layout, and its sha256 when given
+            archive = local_archive(spec, spec.get("sha256"))
         else:
             dest = root.parent / "downloads" / src["file"]
             log.info("%s: categories %s missing; fetching %s (about 33 GB)", root, missing, src["file"])
@@ -300,13 +306,7 @@ def prepare(root: str | Path, spec: dict) -> None:
         src = SOURCES[kind]
         expected = spec.get("sha256") or src["sha256"]
         if spec.get("archive"):
-            archive = Path(spec["archive"])
-            if not archive.is_file():
-                raise DFRError(f"{archive}: archive not found (the dataset's 'archive' key points at it)")
-            got = sha256(archive)
-            if got != expected:
-                raise DFRError(f"{archive}: sha256 {got} does not match the expected {expected}; "
-                               "the file is corrupt or not the published archive")
+            archive = local_archive(spec, expected)
         else:
             archive = root.parent / "downloads" / src["file"]
             log.info("%s: categories %s missing; fetching %s", root, missing, src["file"])

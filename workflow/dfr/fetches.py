@@ -2,9 +2,9 @@
 
 Planning-side (no torch). A benchmark data set (``kind: mvtec``, ``visa`` or ``mvtec_ad2``) is downloaded
 when a category folder it needs is missing and no local ``archive`` is given; torchvision's ImageNet weights
-when a ResNet backbone asks for ``imagenet`` and torch's cache holds no file of that model. The sizes are approximate (the archives' published sizes; the
-weights' parameter counts × 4 bytes): a user on a metered or slow link, or a compute node without internet,
-learns it before the run starts.
+when a ResNet backbone asks for ``imagenet`` and torch's cache holds no file of that model. The sizes are
+approximate (the archives' published sizes; the weights' parameter counts × 4 bytes): a user on a metered or
+slow link, or a compute node without internet, learns it before the run starts.
 """
 
 from __future__ import annotations

@@ -240,9 +240,8 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
     reh = {"n_train": sum(w.n_train for w in wls.values()), "n_test": sum(w.n_test for w in wls.values()),
            "n_private": sum(w.n_private for w in wls.values()),
            "train_mp": sum(w.train_pixels for w in wls.values()) / 1e6,
-           "test_mp": sum(w.test_pixels for w in wls.values()) / 1e6, "categories": len(wls)}
-    private_mp = lambda d: sum(  # noqa: E731
-        w.n_private * w.max_image_pixels for (dd, _), w in wls.items() if dd == d) / 1e6
+           "test_mp": sum(w.test_pixels for w in wls.values()) / 1e6, "categories": len(wls),
+           "private_mp": sum(w.n_private * w.max_image_pixels for w in wls.values()) / 1e6}
     real = real_workload(real_group(cfg))
     c_reh, hw = resources._grid(cfg)
     ch = REAL_C / c_reh
@@ -275,7 +274,7 @@ def project(jobs: pd.DataFrame, cfg: dict, backbone_ips: dict[str, float], cae_s
     cats, nds = real["categories"], real["datasets"]
     # a private image: decoded, encoded and written as the rehearsal's were (per megapixel, its backbone and
     # forward pass apart), through ResNet50 and the real CAE's forward pass
-    reh_private_mp = sum(private_mp(d) for d in cfg["datasets"])
+    reh_private_mp = reh["private_mp"]
     sub_per_mp = (max(0.0, fits["submission_part"][1] * reh_private_mp - reh["n_private"] * (s_reh + step_reh / 3))
                   / reh_private_mp) if reh_private_mp else 0.0
     a = {k: v[0] for k, v in fits.items()}

@@ -196,6 +196,12 @@ def shaped_validation(category: str, shape: str, scale: float = 1.0) -> int | No
     return max(2, round(s.n_validation * scale)) if s.n_validation else None
 
 
+def ad2_validation_default(n_train: int) -> int:
+    """The validation images a generated MVTec-AD-2-layout category holds out of its ``n_train`` normal images
+    when no count is given (dfr.synthetic.to_mvtec_ad2): a quarter, at least two."""
+    return max(2, n_train // 4)
+
+
 def shaped_private(category: str, shape: str, scale: float = 1.0) -> int | None:
     """Images of each of MVTec AD 2's two private test sets of a shaped category at ``scale`` (None without)."""
     s = BENCHMARKS[shape][category]

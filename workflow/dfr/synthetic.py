@@ -33,7 +33,8 @@ from PIL import Image
 from scipy import ndimage
 
 from .io import DFRError, write_json
-from .shapes import CATEGORIES, DEFECTS, CategorySpec, shaped_counts, shaped_private, shaped_spec, shaped_validation
+from .shapes import (CATEGORIES, DEFECTS, CategorySpec, ad2_validation_default, shaped_counts, shaped_private,
+                     shaped_spec, shaped_validation)
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def to_mvtec_ad2(croot: Path, spec: "CategorySpec", seed: int, category: str, *,
     test_private_mixed/ get ``n_private`` (default: as many as test_public) unlabelled images each, normal and
     defective, named NNN_regular and NNN_mixed."""
     train = sorted((croot / "train" / "good").iterdir())
-    n_val = n_val or max(2, len(train) // 4)
+    n_val = n_val or ad2_validation_default(len(train))
     for p in train[len(train) - n_val:]:
         _move(p, croot / "validation" / "good" / p.name)
     pub = croot / "test_public"

@@ -99,14 +99,15 @@ def workload(cfg: dict, dataset: str, category: str) -> Workload:
             n_train, n_good, per_kind = shapes.shaped_counts(category, g["shape"], g.get("scale", 1.0), defects)
             n_test = n_good + sum(per_kind)
             private = shapes.shaped_private(category, g["shape"], g.get("scale", 1.0)) or n_test
-            n_val = shapes.shaped_validation(category, g["shape"], g.get("scale", 1.0)) or max(2, n_train // 4)
+            n_val = (shapes.shaped_validation(category, g["shape"], g.get("scale", 1.0))
+                     or shapes.ad2_validation_default(n_train))
             return from_shape(n_train, n_test, spec.width, spec.height)._replace(
                 n_private=2 * private if ad2 else 0, n_validation=n_val if ad2 else 0)
         spec = shapes.CATEGORIES[category]
         n_test = g.get("n_test_good", 10) + g.get("n_test_defect", 5) * defects
         n_train = g.get("n_train", 40)
         return from_shape(n_train, n_test, spec.width, spec.height)._replace(  # as dfr.synthetic.to_mvtec_ad2 writes
-            n_private=2 * n_test if ad2 else 0, n_validation=max(2, n_train // 4) if ad2 else 0)
+            n_private=2 * n_test if ad2 else 0, n_validation=shapes.ad2_validation_default(n_train) if ad2 else 0)
     table = {"mvtec": shapes.MVTEC_AD, "visa": shapes.VISA}.get(ds["kind"], {})
     if ds["kind"] == "mvtec_ad2" and not (Path(layout.dataset_root(cfg, dataset)) / category).is_dir():
         # before extraction: its image size and private counts are known, the other counts are even shares
