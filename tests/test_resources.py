@@ -191,3 +191,20 @@ def test_mvtec_ad2_holds_out_its_validation_images_before_and_after_indexing(tmp
     after = workload.workload(cfg, "a", "vial")
     assert after == before and after.n_private == 2 * 14
     assert workload.n_fit_images(cfg, "a", "vial") == after.n_train - 2
+
+
+def test_a_folder_dataset_is_counted_once_per_state_of_its_folders(tmp_path):
+    import shutil
+    import time
+
+    root = tmp_path / "data"
+    synthetic.generate_category(root, "disc", n_train=6, n_test_good=2, n_test_defect=1, defects=("scratch",))
+    folder = root / "disc"
+    first = workload.from_folder(folder)
+    assert (first.n_train, first.n_test) == (6, 3)
+    assert workload.from_folder(folder) is first  # the same state: counted once
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    img = sorted((folder / "test" / "scratch").glob("*.png"))[0]
+    shutil.copyfile(img, img.with_name("added.png"))
+    (sorted((folder / "train" / "good").glob("*.png"))[0]).unlink()
+    assert (workload.from_folder(folder).n_train, workload.from_folder(folder).n_test) == (5, 4)

@@ -55,22 +55,47 @@ def from_shape(n_train: int, n_test: int, width: int, height: int, exact: bool =
     return Workload(n_train, n_test, n_train * px, n_test * px, px, exact)
 
 
-def _images(d: Path) -> list[Path]:
-    """The images of a folder as the index counts them (no hidden files)."""
-    if not d.is_dir():
-        return []
-    return [Path(r) / n for r, _, files in os.walk(d) for n in sorted(files)
+def _images(d: Path) -> list[str]:
+    """The images of a folder as the index counts them (no hidden files); none when it does not exist."""
+    return [os.path.join(r, n) for r, _, files in os.walk(d) for n in sorted(files)
             if not n.startswith(".") and os.path.splitext(n)[1].lower() in shapes.IMAGE_EXTENSIONS]
 
 
+_FOLDER_CACHE: dict[tuple, Workload | None] = {}
+
+
+def _stamp(folder: Path) -> tuple:
+    """The modification times of a category folder, of its split folders and of theirs: MVTec AD's layout puts
+    every image one level below a split, so adding, removing or renaming one changes a time here."""
+    try:
+        with os.scandir(folder) as it:
+            splits = sorted(e.path for e in it if e.is_dir())
+    except OSError:
+        return ()
+    out = [(os.fspath(folder), os.stat(folder).st_mtime_ns)]
+    for d in splits:
+        with os.scandir(d) as it:
+            out += sorted((e.path, e.stat().st_mtime_ns) for e in it if e.is_dir())
+        out.append((d, os.stat(d).st_mtime_ns))
+    return tuple(out)
+
+
 def from_folder(folder: Path) -> Workload | None:
-    """Counted from the files on disk (image headers only), for a folder dataset not yet indexed."""
+    """Counted from the files on disk (image headers only), for a folder dataset not yet indexed; once per state
+    of its folders in a process (Snakemake sizes every job of a category, a study many per category)."""
+    key = (os.fspath(folder), _stamp(folder))
+    if key not in _FOLDER_CACHE:
+        _FOLDER_CACHE[key] = _count_folder(folder)
+    return _FOLDER_CACHE[key]
+
+
+def _count_folder(folder: Path) -> Workload | None:
     train, test = _images(folder / "train"), _images(folder / "test")
     private = n_val = 0
     if (folder / "test_public").is_dir() or (folder / "validation").is_dir():  # MVTec AD 2's layout
         n_val = len(_images(folder / "validation"))
         train = train + _images(folder / "validation")
-        test = [p for p in _images(folder / "test_public") if "ground_truth" not in p.parts]
+        test = [p for p in _images(folder / "test_public") if "ground_truth" not in Path(p).parts]
         private = len(_images(folder / "test_private")) + len(_images(folder / "test_private_mixed"))
     if not train and not test:
         return None
