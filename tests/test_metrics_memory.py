@@ -20,6 +20,7 @@ sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import numpy as np
 from dfr import measure, metrics
 from dfr.scoring import Maps
+import scipy.ndimage, sklearn.metrics  # imported by metrics when first used: the baseline's, not per pixel
 d = sys.argv[3]
 params = {"alpha": 3.0, "percentile": 99.0, "pixel_fpr": 0.01, "eval_size": None, "pixel": True,
           "pro_fpr_limit": 0.3, "dataset": "big", "category": "big"}

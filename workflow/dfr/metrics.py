@@ -27,8 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy import ndimage
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from .data import load_mask
 from .io import DFRError, provenance, remake_hint, write_json
@@ -238,6 +236,8 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     y = np.asarray(labels)
     if len(np.unique(y)) < 2:
         return float("nan")
+    from sklearn.metrics import roc_auc_score  # here: the bundle and plots jobs import upsample, not this (2 s)
+
     return float(roc_auc_score(y, scores))
 
 
@@ -305,6 +305,8 @@ class PixelEvaluator:
         self.neg[i:j] = neg
         self._n_neg = j
         del neg
+        from scipy import ndimage
+
         lab, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))  # 8-connected regions
         if n:
             i, j = self._n_pos, self._n_pos + int(np.count_nonzero(mask))
@@ -513,6 +515,8 @@ def evaluate(scores_csv: str | Path, maps_h5: str | Path, out: str | Path, param
                                       int(params["seed"]), params["alpha"], picks)}
     curves: dict = {}
     if len(np.unique(y)) == 2:
+        from sklearn.metrics import roc_curve
+
         fpr, tpr, _ = roc_curve(y, s)
         curves["image_roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
 
