@@ -206,6 +206,19 @@ def main(argv: list[str] | None = None) -> int:
                      measure.cpu_seconds(), measure.peak_rss_mb())
 
 
+def entry() -> None:
+    """The command line (``dfr``, ``python -m dfr``, each Snakemake job): :func:`main`, then out of the process
+    without the interpreter's teardown, which with torch and torch._dynamo loaded costs 0.7-2 s of CPU per
+    process here (a job's start-up again). By then every file is written and closed (each writer is a context
+    manager, a data loader's workers are joined when it is exhausted) and the streams are flushed here; an
+    exception that escapes main() leaves the ordinary way, with its traceback."""
+    rc = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc if isinstance(rc, int) else 0)
+
+
 _FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file would exceed the size limit",
          errno.EDQUOT: "the disk quota is exceeded"}
 
