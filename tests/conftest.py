@@ -132,3 +132,29 @@ def tiny_copy(tiny_run, tmp_path):
     dest = tmp_path / "run"
     shutil.copytree(tiny_run, dest, symlinks=True)
     return dest
+
+
+# ---- pytest-xdist: the long files first ----
+# xdist hands each worker whole files (--dist loadfile), the files with most tests first; the end-to-end files
+# hold one to a few tests each, so they came last and one worker ran the last of them alone (44 s of a 559 s
+# run). These go first, in this order: one worker takes the first (it makes the shared tiny run), the other
+# the next two, which do not need it; the rest follow as xdist orders them.
+LONG_FIRST = ["test_workflow.py", "test_mvtec_ad2_workflow.py", "test_docs.py", "test_studies_workflow.py",
+              "test_heads_workflow.py", "test_datasets.py", "test_terminal_errors.py"]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            if not getattr(self, "_ordered", False):
+                rank = {name: i for i, name in enumerate(LONG_FIRST)}
+                for scope in sorted(self.workqueue, key=lambda s: rank.get(Path(s).name, len(rank))):
+                    self.workqueue.move_to_end(scope)
+                self._ordered = True
+            super()._assign_work_unit(node)
+
+    if config.getoption("dist") == "loadfile":
+        return LongFirst(config, log)
+    return None

@@ -360,6 +360,7 @@ def test_a_dry_run_plans_every_mvtec_ad2_category_and_says_what_it_downloads(tmp
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = planned_jobs(r.stdout)
     assert jobs["prepare_dataset"] == 1 and jobs["index"] == 8 and jobs["metrics"] == 8
+    assert jobs["submission_part"] == 8 and jobs["submission"] == 1  # the default target: the leaderboard archive
     assert "MVTec AD 2 (8709 images, about 32.7 GB to download" in r.stdout + r.stderr
     with pytest.raises(DFRError, match=r"\['bolt'\] not in mvtec_ad2"):
         dfr_config.validate(_cfg(tmp_path, {"kind": "mvtec_ad2", "categories": ["can", "bolt"]}), "x.yaml")
