@@ -197,19 +197,26 @@ class Checker:
         return [f"{what}: {p}: no such file or folder"]
 
     def configs(self, p: str) -> list[str]:
-        """The complete configs, those whose experiment (or study) is the path's first folder first."""
+        """The complete configs that could plan a path under results/: for an experiment's folder, those of
+        that experiment (or study); for a folder the experiments share (datasets, features, models...), those
+        that hold the data set it names. Any other config plans none of it, so it is not tried (a path that
+        nothing plans was tried against every config at every level: 120 plans)."""
         import yaml
+
+        from dfr import layout
 
         if self._configs is None:
             self._configs = []
             for f in sorted((self.root / "config").glob("*.yaml")):
                 cfg = yaml.safe_load(f.read_text()) or {}
                 if "datasets" in cfg:
-                    self._configs.append((str(f.relative_to(self.root)), cfg.get("experiment"),
+                    self._configs.append((str(f.relative_to(self.root)), cfg.get("experiment") or "dfr",
                                           set(cfg["datasets"])))
+        shared = {Path(v).parts[1] for v in layout.patterns("results").values()} - {"{experiment}"}
         parts = Path(p).parts + ("", "")
-        # the experiment's config first, then those that hold the data set a shared artifact's path names
-        return [c for c, _, _ in sorted(self._configs, key=lambda c: (c[1] != parts[1], parts[2] not in c[2]))]
+        if parts[1] in shared | {"logs", "benchmarks"}:
+            return [c for c, _, ds in self._configs if not parts[2] or parts[2] in ds]
+        return [c for c, experiment, _ in self._configs if experiment == parts[1]]
 
     def file(self, md: Path) -> dict:
         got = {"checked": 0, "unchecked": [], "problems": []}
