@@ -126,13 +126,17 @@ def test_two_visible_gpus_never_run_more_than_two_gpu_jobs_at_once(tiny_copy, mo
 
 
 def test_runtime_is_the_safety_factor_times_start_up_and_work_in_whole_minutes():
-    """One stated safety factor over start-up plus the estimated work, at least a minute: the tiny CI config's
+    """One stated safety factor over start-up plus the estimated work, in whole minutes rounded so as to stay
+    within 3x the estimate, at least a minute: the tiny CI config's
     jobs (0.4-20 s measured) each declare one minute; a job of an hour's estimated work declares two."""
     from conftest import TINY
 
     cfg = config.validate(TINY)
     assert resources.limit_minutes(0) == 1 and resources.limit_minutes(3600) == 121
-    assert resources.limit_minutes(30 - resources.START_S) == 1 < resources.limit_minutes(31 - resources.START_S)
+    assert resources.limit_minutes(39 - resources.START_S) == 1 < resources.limit_minutes(40 - resources.START_S)
+    for e in range(1, 4000):  # within [1.5x, 3x] of the estimate, but for the one-minute floor
+        minutes = resources.limit_minutes(e - resources.START_S)
+        assert 1.5 * e <= 60 * minutes and (minutes == 1 or 60 * minutes <= 3 * e), e
     assert cfg["resources"]["start_s"] == resources.START_S == 10
     slow = config.validate({**TINY, "resources": {"start_s": 45}})  # a cluster's slower start-up: 2 minutes
     assert resources.estimate(slow, "split", "synth", "disc")["runtime"] == 2

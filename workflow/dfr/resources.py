@@ -150,8 +150,14 @@ def model_file_mb(cfg: dict, n_train: int = 0) -> float:
 
 
 def limit_minutes(work_s: float, start_s: float = START_S) -> int:
-    """A job's runtime limit: ``SAFETY`` times its start-up and estimated work, whole minutes, at least one."""
-    return max(1, math.ceil(SAFETY * (start_s + work_s) / 60))
+    """A job's runtime limit: ``SAFETY`` times its start-up and estimated work, in whole minutes, at least one.
+    Rounded up, unless that would pass 3x the estimate, then down: an estimate of 30-40 s declares one minute
+    (1.5-2x), where rounding up gave two (3-4x); from 60 s on, rounding up stays within 3x."""
+    e = start_s + work_s
+    m = math.ceil(SAFETY * e / 60)
+    if m * 60 > 3 * e:
+        m -= 1
+    return max(1, m)
 
 
 def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | None = None,
