@@ -216,7 +216,7 @@ def entry() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(rc if isinstance(rc, int) else 0)
+    os._exit(rc)
 
 
 _FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file would exceed the size limit",
