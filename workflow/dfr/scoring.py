@@ -5,18 +5,22 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
-from . import backbones, heads
-from .features import FeatureCache
 from .io import FORMATS, DFRError, atomic_path, check_format, check_space, read_json, remake_hint, versions, device_info
 
+if TYPE_CHECKING:
+    import torch
+
+    from .features import FeatureCache
+
 log = logging.getLogger(__name__)
+# torch is imported where tensors are made (A(x) from a model, the border and s(x)): the metrics and plots jobs
+# read maps.h5 and scores.csv through this module without it (its import is 3-4 s of CPU a job)
 
 # The code version of the error maps A(x) (maps.h5) and the image scores s(x) (scores.csv): dfr.keys reads it (without importing
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
@@ -42,6 +46,8 @@ def replicate_border(a: torch.Tensor, border: int) -> torch.Tensor:
     (traceable: ``border`` is a Python int)."""
     if not border:
         return a
+    import torch.nn.functional as F
+
     b = border
     return F.pad(a[:, None, b:-b, b:-b], (b, b, b, b), mode="replicate")[:, 0]
 
@@ -62,6 +68,8 @@ def without_border(a: np.ndarray, border: int) -> np.ndarray:
     if not border:
         return a
     _check_border(a, border)
+    import torch
+
     a = np.asarray(a)
     t = torch.from_numpy(np.ascontiguousarray(a.reshape(-1, *a.shape[-2:])))
     return replicate_border(t, border).numpy().reshape(a.shape)
@@ -70,6 +78,8 @@ def without_border(a: np.ndarray, border: int) -> np.ndarray:
 def top_k_score(a: np.ndarray | torch.Tensor, k: int, border: int = 0) -> np.ndarray:
     """s(x) = mean of the k largest values of A(x) (of its interior, without ``border`` cells at each edge);
     ``a`` has shape [N, H, W] (or [H, W]). Checks k and the border, then :func:`top_k_mean`."""
+    import torch
+
     a = torch.as_tensor(np.asarray(a, dtype=np.float32))
     if a.ndim == 2:
         a = a[None]
@@ -82,14 +92,16 @@ def top_k_score(a: np.ndarray | torch.Tensor, k: int, border: int = 0) -> np.nda
     return top_k_mean(a, k, border).numpy()
 
 
-@torch.no_grad()
 def _maps(model: torch.nn.Module, cache: FeatureCache, positions: np.ndarray, device: torch.device,
           batch: int) -> np.ndarray:
+    import torch
+
     out = []
     for start in range(0, len(positions), batch):
         f = torch.from_numpy(cache.read(positions[start:start + batch])).to(device)
         f = f.contiguous(memory_format=torch.channels_last)
-        a = model.anomaly_map(f).cpu().numpy()
+        with torch.no_grad():
+            a = model.anomaly_map(f).cpu().numpy()
         if not np.isfinite(a).all():
             ok = np.isfinite(a).reshape(len(a), -1).all(axis=1)
             bad = cache.ids[positions[start + int(np.nonzero(~ok)[0][0])]]
@@ -105,6 +117,9 @@ def _maps(model: torch.nn.Module, cache: FeatureCache, positions: np.ndarray, de
 def anomaly_maps(model_path: str | Path, train_features: str | Path, test_features: str | Path,
                  split_json: str | Path, out: str | Path, params: dict) -> None:
     """A(x) at the feature grid for every validation (held-out normal) and test image, into one HDF5."""
+    from . import backbones, heads
+    from .features import FeatureCache
+
     device = backbones.resolve_device(params.get("device", "auto"), params.get("device_class", "cpu"))
     model = heads.load(model_path, device)
     split = read_json(split_json)
