@@ -2,7 +2,7 @@ from collections import deque
 
 import numpy as np
 import pytest
-from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score, roc_auc_score, roc_curve
 
 from dfr import metrics
 from dfr.io import DFRError
@@ -43,7 +43,18 @@ def test_f1_sweep_against_brute_force(y, s):
 
 @pytest.mark.parametrize("y,s", list(_score_sets()))
 def test_image_auroc_matches_sklearn(y, s):
-    assert metrics.image_auroc(y, s) == pytest.approx(roc_auc_score(y, s))
+    assert metrics.image_auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+@pytest.mark.parametrize("y,s", list(_score_sets()))
+def test_image_roc_is_sklearns_exact_curve(y, s):
+    """Every distinct score a point, from (0, 0), as scikit-learn's curve without its collinear points dropped;
+    its trapezoid area is the AUROC."""
+    fpr, tpr = metrics.image_roc(y, s)
+    ref_fpr, ref_tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_array_equal(fpr, ref_fpr)
+    np.testing.assert_array_equal(tpr, ref_tpr)
+    assert np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2) == pytest.approx(metrics.image_auroc(y, s), abs=1e-12)
 
 
 def test_validation_thresholds():

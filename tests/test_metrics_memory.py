@@ -20,7 +20,7 @@ sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import numpy as np
 from dfr import measure, metrics
 from dfr.scoring import Maps
-import scipy.ndimage, sklearn.metrics  # imported by metrics when first used: the baseline's, not per pixel
+import scipy.ndimage  # imported by metrics when first used: the baseline's, not per pixel
 d = sys.argv[3]
 params = {"alpha": 3.0, "percentile": 99.0, "pixel_fpr": 0.01, "eval_size": None, "pixel": True,
           "pro_fpr_limit": 0.3, "dataset": "big", "category": "big"}
@@ -31,7 +31,7 @@ m = metrics.evaluate(f"{d}/scores.csv", f"{d}/maps.h5", f"{d}/metrics.json", par
 seconds = time.perf_counter() - t
 peak = measure.peak_rss_mb() - base
 out = {"seconds": seconds, "peak_above_baseline_mb": peak, "exact_peak": exact, **m["pixel"],
-       "loaded": sorted(k for k in ("torch", "torchvision", "timm") if k in sys.modules)}
+       "loaded": sorted(k for k in ("torch", "torchvision", "timm", "sklearn") if k in sys.modules)}
 if sys.argv[4] == "reference":
     import reference_metrics as ref
     maps = Maps(f"{d}/maps.h5")
@@ -88,7 +88,8 @@ def test_pixel_metrics_peak_at_most_8_bytes_per_pixel(big_category):
     print(f"{n / 1e6:.1f} M pixels: peak {out['peak_above_baseline_mb']:.0f} MB above baseline = "
           f"{per_pixel:.2f} B/pixel, {out['seconds']:.1f} s (exact peak: {out['exact_peak']})")
     assert per_pixel <= 8.0
-    # a metrics job (Ã(x) is numpy, scoring's readers need no torch) starts without torch's 3-4 s of import
+    # a metrics job (Ã(x) and the image ROC are numpy, scoring's readers need no torch) starts without the 3-4 s
+    # of CPU that importing torch, or scikit-learn, costs
     assert out["loaded"] == []
 
 
