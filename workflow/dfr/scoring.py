@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from .features import FeatureCache
 
 log = logging.getLogger(__name__)
-# torch is imported where tensors are made (A(x) from a model, the border and s(x)): the metrics and plots jobs
-# read maps.h5 and scores.csv through this module without it (its import is 3-4 s of CPU a job)
+# torch is imported where tensors are made (A(x) from a model, the border and s(x)): the metrics job reads
+# maps.h5 and scores.csv through this module without it (its import is 3-4 s of CPU a job)
 
 # The code version of the error maps A(x) (maps.h5) and the image scores s(x) (scores.csv): dfr.keys reads it (without importing
 # this module) into the params and keys of what it makes. Bump it when a change alters what is written.
