@@ -95,21 +95,27 @@ def confusion_at(labels: np.ndarray, scores: np.ndarray, t: float) -> dict:
                 error_pct=100.0 * (fp + fn) / len(y))
 
 
-def f1_sweep(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F1(t) at every distinct score t (descending), computed exactly with cumulative sums."""
+def counts_at_scores(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, TP(t), FP(t)) at every distinct score t, descending: the images with s(x) ≥ t, counted with
+    cumulative sums over the scores sorted once (ties in one step)."""
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
+    order = np.argsort(-s, kind="stable")
     s, y = s[order], y[order]
     last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each run of ties
     tp = np.cumsum(y)[last]
-    fp = np.cumsum(~y)[last]
-    pos = y.sum()
+    return s[last], tp, last + 1 - tp
+
+
+def f1_sweep(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F1(t) at every distinct score t (descending), computed exactly with cumulative sums."""
+    t, tp, fp = counts_at_scores(labels, scores)
+    pos = np.asarray(labels).astype(bool).sum()
     precision = tp / (tp + fp)
     recall = tp / pos if pos else np.zeros_like(tp, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return s[last], f1
+    return t, f1
 
 
 def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -274,13 +280,7 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
 def image_roc(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The exact image ROC: (FPR, TPR) from (0, 0) at every distinct score, descending (its trapezoid area is
     :func:`image_auroc`)."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last image at each distinct score
-    tp = np.cumsum(y)[last]
-    fp = last + 1 - tp
+    _, tp, fp = counts_at_scores(labels, scores)
     return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
 
 
