@@ -212,9 +212,9 @@ class Checker:
                 if "datasets" in cfg:
                     self._configs.append((str(f.relative_to(self.root)), cfg.get("experiment") or "dfr",
                                           set(cfg["datasets"])))
-        shared = {Path(v).parts[1] for v in layout.patterns("results").values()} - {"{experiment}"}
+            self._shared = {Path(v).parts[1] for v in layout.patterns("results").values()} - {"{experiment}"}
         parts = Path(p).parts + ("", "")
-        if parts[1] in shared | {"logs", "benchmarks"}:
+        if parts[1] in self._shared | {"logs", "benchmarks"}:
             return [c for c, _, ds in self._configs if not parts[2] or parts[2] in ds]
         return [c for c, experiment, _ in self._configs if experiment == parts[1]]
 
