@@ -49,7 +49,7 @@ BACKBONE_GFLOP = {"resnet18": 2.4, "resnet34": 4.9, "resnet50": 6.6, "wide_resne
 # start-up allowance is the config's resources.start_s (default START_S; raise it where nodes import torch
 # from a slow shared filesystem).
 START_S = 10.0
-SAFETY = 2.0
+SAFETY = math.sqrt(3)  # the geometric middle of [1x, 3x] the estimate (see limit_minutes)
 # The CAE's training step per image (forward, backward, Adam), fitted to in-process timings of 12 (C, d, h·w)
 # points on this machine (C 152-1536, d 34-384, h·w 784-12544; docs/benchmark.md, "Declared runtimes"): its
 # convolutions at CAE_GFLOPS plus the activations it moves at CAE_ACT_MB_S. Measured/fitted 0.8-1.4 for
@@ -151,14 +151,16 @@ def model_file_mb(cfg: dict, n_train: int = 0) -> float:
 
 
 def limit_minutes(work_s: float, start_s: float = START_S) -> int:
-    """A job's runtime limit: ``SAFETY`` times its start-up and estimated work, in whole minutes, at least one.
-    Rounded up, unless that would pass 3x the estimate, then down: an estimate of 30-40 s declares one minute
-    (1.5-2x), where rounding up gave two (3-4x); from 60 s on, rounding up stays within 3x."""
+    """A job's runtime limit in whole minutes, at least one: the whole minute nearest ``SAFETY`` times its
+    start-up and estimated work ``e``, nearest on a log scale. Since SAFETY is √3, the middle of [e, 3e] on
+    that scale, this is the whole minute that leaves the most room both ways: the job may run up to D/e
+    times longer than estimated, or 3e/D times shorter, and still be within "at least its time, at most 3x"."""
     e = start_s + work_s
-    m = math.ceil(SAFETY * e / 60)
-    if m * 60 > 3 * e:
-        m -= 1
-    return max(1, m)
+    target = SAFETY * e / 60
+    m = max(1, math.floor(target))
+    if target * target > m * (m + 1):  # nearer m + 1 than m on a log scale (their geometric mean)
+        m += 1
+    return m
 
 
 def estimate(cfg: dict, rule: str, dataset: str | None = None, category: str | None = None,
