@@ -9,7 +9,7 @@ import torch
 
 from dfr import keys
 from dfr import cae
-from dfr.features import write_cache_meta
+from dfr.cache import write_cache_meta
 from dfr.io import DFRError
 
 
@@ -186,7 +186,7 @@ def test_early_stopping_stops_at_best_plus_patience_and_keeps_the_best_weights(t
     assert int(h.epoch.iloc[-1]) == r["best_epoch"] + patience == _stop_epoch(h, patience)
     assert r["best_epoch"] == int(h.epoch[h.val_loss.idxmin()]) and r["epoch"] == r["best_epoch"]
     model = cae.load(tmp_path / "m.pt")
-    from dfr.features import FeatureCache
+    from dfr.cache import FeatureCache
 
     with FeatureCache(feats) as c:
         f = torch.from_numpy(c.read(c.positions(json.loads(split.read_text())["val"]))).float()

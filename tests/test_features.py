@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dfr import keys
-from dfr import backbones, data, features, shapes
+from dfr import backbones, cache, data, features, shapes
 from dfr.io import DFRError
 
 
@@ -101,7 +101,7 @@ def test_extract_to_hdf5(synth_root, tmp_path):
         assert "torch" in json.loads(f.attrs["versions"])
         assert f["label"][()].sum() == 8
     assert not list(tmp_path.glob(".test.h5.*"))  # no temporary left behind
-    with features.FeatureCache(out) as c:
+    with cache.FeatureCache(out) as c:
         x = c.read([3, 0, 3])
         assert x.dtype == np.float32 and x.shape == (3, 384, 8, 8)
         np.testing.assert_array_equal(x[0], x[2])

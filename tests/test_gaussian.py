@@ -8,7 +8,7 @@ import torch
 from dfr import keys
 from dfr import gaussian, heads
 from dfr import config as dfr_config
-from dfr.features import FeatureCache
+from dfr.cache import FeatureCache
 from dfr.io import DFRError
 from test_cae import _cache
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dfr import cae, data, features, metrics, scoring, tables
+from dfr import cache, cae, data, features, metrics, scoring, tables
 from dfr.io import DFRError
 from test_cae import _cache
 
@@ -129,7 +129,7 @@ def test_non_finite_values_in_a_cache_are_refused_when_read(tmp_path):
     feats, split = _cache(tmp_path / "train.h5")
     with h5py.File(feats, "a") as f:
         f["features"][3, 0, 0, 0] = np.inf
-    with features.FeatureCache(feats) as c, pytest.raises(DFRError, match=r"train\.h5: non-finite features "
+    with cache.FeatureCache(feats) as c, pytest.raises(DFRError, match=r"train\.h5: non-finite features "
                                                                           r"\(NaN/inf\) for train/good/003; remake it"):
         c.read([2, 3])
 
@@ -151,7 +151,7 @@ def test_a_channel_constant_in_training_does_not_blow_up(tmp_path):
         x = f["features"][()]
         x[:, 5] = 0.0  # a ReLU channel that never fires on the training images
         f["features"][...] = x
-    with features.FeatureCache(feats) as c:
+    with cache.FeatureCache(feats) as c:
         mean, std = cae.channel_stats(c, np.arange(20))
     live = np.median(std[np.arange(16) != 5])
     assert std[5] == pytest.approx(cae.STD_FLOOR * live, rel=1e-6)  # relative to the features' scale, not 1e-6
@@ -159,7 +159,7 @@ def test_a_channel_constant_in_training_does_not_blow_up(tmp_path):
               "early_stopping": 0, "seed": 0, "device": "cpu"}
     cae.train(feats, split, tmp_path / "m.pt", tmp_path / "h.csv", params)
     model = cae.load(tmp_path / "m.pt")
-    with features.FeatureCache(feats) as c:
+    with cache.FeatureCache(feats) as c:
         f = torch.from_numpy(c.read([21]))
     dev = f.clone()
     dev[:, 5] += float(live)  # one typical std in the dead channel
@@ -206,17 +206,17 @@ def test_truncated_corrupt_or_foreign_feature_cache(tmp_path):
     shutil.copy(feats, tmp_path / "t.h5")
     _truncate(tmp_path / "t.h5", 0.6)
     with pytest.raises(DFRError, match=r"t\.h5: not a readable HDF5 feature cache, truncated or corrupt .*--forcerun"):
-        features.FeatureCache(tmp_path / "t.h5")
+        cache.FeatureCache(tmp_path / "t.h5")
     shutil.copy(feats, tmp_path / "v.h5")
     with h5py.File(tmp_path / "v.h5", "a") as f:
         f.attrs["format"] = 0
     with pytest.raises(DFRError, match=r"v\.h5: features file with format 0, this version of DFR reads format 1"):
-        features.FeatureCache(tmp_path / "v.h5")
+        cache.FeatureCache(tmp_path / "v.h5")
     shutil.copy(feats, tmp_path / "m.h5")
     with h5py.File(tmp_path / "m.h5", "a") as f:
         del f["image_id"]
     with pytest.raises(DFRError, match=r"m\.h5: not a complete DFR feature cache"):
-        features.FeatureCache(tmp_path / "m.h5")
+        cache.FeatureCache(tmp_path / "m.h5")
 
 
 def test_a_corrupt_chunk_is_named_when_read(tmp_path):
@@ -224,14 +224,14 @@ def test_a_corrupt_chunk_is_named_when_read(tmp_path):
     with h5py.File(path, "w") as f:  # compressed chunks: damage to one makes its decompression fail
         f.create_dataset("features", data=np.random.default_rng(0).random((4, 8, 4, 4)).astype(np.float16),
                          chunks=(1, 8, 4, 4), compression="gzip")
-        features.write_cache_meta(f, pd.DataFrame({"image_id": [f"i{i}" for i in range(4)], "defect": "",
+        cache.write_cache_meta(f, pd.DataFrame({"image_id": [f"i{i}" for i in range(4)], "defect": "",
                                                    "path": "", "mask_path": "", "label": 0, "height": 8,
                                                    "width": 8}), {})
         offset = f["features"].id.get_chunk_info(2).byte_offset
     with open(path, "r+b") as fh:
         fh.seek(offset + 4)
         fh.write(b"\xff" * 24)
-    with features.FeatureCache(path) as c:
+    with cache.FeatureCache(path) as c:
         c.read([0, 1])
         with pytest.raises(DFRError, match=r"c\.h5: the features of i2 cannot be read \(corrupt or truncated "
                                            r"file: .*\); remake it"):
@@ -338,7 +338,7 @@ def test_checkpoint_last_or_best_val(tmp_path):
     assert last["epoch"] == 6 and best["epoch"] == int(h.val_loss.idxmin()) + 1
     assert torch.load(tmp_path / "l.pt", weights_only=True)["checkpoint"] == "last"
     # the saved weights are the last epoch's: the validation loss of the loaded model is the last one
-    with features.FeatureCache(feats) as c:
+    with cache.FeatureCache(feats) as c:
         v = torch.from_numpy(c.read(c.positions(json.loads(split.read_text())["val"])))
     with torch.no_grad():
         loss = cae.reconstruction_loss(v, cae.load(tmp_path / "l.pt")(v)).item()

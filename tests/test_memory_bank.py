@@ -8,7 +8,7 @@ import torch
 
 from dfr import config as dfr_config
 from dfr import heads, keys, memory_bank, resources
-from dfr.features import FeatureCache
+from dfr.cache import FeatureCache
 from dfr.io import DFRError
 from test_cae import _cache
 

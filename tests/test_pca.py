@@ -42,7 +42,7 @@ def test_subsampling_takes_a_seeded_share_of_each_images_locations(tmp_path):
     that ignored the seed, or took the first locations, fails)."""
     import math
 
-    from dfr.features import FeatureCache
+    from dfr.cache import FeatureCache
     from test_cae import _cache
 
     feats, split = _cache(tmp_path / "train.h5", n=24, c=16, hw=4)  # 20 training images x 16 locations
@@ -62,3 +62,20 @@ def test_subsampling_takes_a_seeded_share_of_each_images_locations(tmp_path):
     r = pca.run(feats, split, tmp_path / "pca.json", {"variance": 0.95, "max_samples": 100, "seed": 1})
     d, cum = pca.select_latent_dim(a.astype(np.float64), 0.95)
     assert r["n_samples"] == len(a) and r["latent_dim"] == d
+
+
+def test_the_pca_stage_reads_the_feature_cache_without_torch(tmp_path):
+    """A PCA job reads f(x) through dfr.cache and loads no torch (its import is most of a small job's time)."""
+    import subprocess
+    import sys
+
+    from test_cae import _cache
+
+    feats, split = _cache(tmp_path / "train.h5", n=12, c=8, hw=4)
+    code = ("import sys, json; from dfr import pca; "
+            f"pca.run({str(feats)!r}, {str(split)!r}, {str(tmp_path / 'pca.json')!r}, "
+            "{'variance': 0.95, 'max_samples': 100, 'seed': 0}); "
+            "print(json.dumps(sorted(k for k in ('torch', 'torchvision', 'timm') if k in sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [] and (tmp_path / "pca.json").is_file()

@@ -148,7 +148,7 @@ def stage_features(index: str, out: str, params: dict, threads: int) -> dict:
 def stage_hdf5(path: str, n: int, shape: list[int], batch: int) -> dict:
     import h5py
 
-    from .features import FeatureCache
+    from .cache import FeatureCache
 
     rng = np.random.default_rng(0)
     block = rng.standard_normal((batch, *shape)).astype(np.float16)
@@ -156,7 +156,7 @@ def stage_hdf5(path: str, n: int, shape: list[int], batch: int) -> dict:
     t = time.perf_counter()
     import pandas as pd
 
-    from .features import write_cache_meta
+    from .cache import write_cache_meta
 
     with h5py.File(path, "w") as f:
         ds = f.create_dataset("features", shape=(n, *shape), dtype=np.float16, chunks=(1, *shape))

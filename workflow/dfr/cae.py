@@ -25,7 +25,7 @@ from torch import nn
 
 from . import backbones
 from .checkpoint import content_digest, save_sealed
-from .features import FeatureCache
+from .cache import FeatureCache
 from .io import FORMATS, DFRError, atomic_path, check_format, provenance, read_json, remake_hint, write_model_info
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from torch import nn
 
 from .cae import FeatureBatches, _fits_in_ram, channel_stats
 from .checkpoint import write_fitted
-from .features import FeatureCache, channel_subset
+from .cache import FeatureCache
+from .features import channel_subset
 from .io import DFRError, read_json
 
 log = logging.getLogger(__name__)

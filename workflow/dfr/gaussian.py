@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .features import FeatureCache, channel_subset
+from .cache import FeatureCache
+from .features import channel_subset
 from .checkpoint import write_fitted
 from .io import DFRError, read_json
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import FeatureCache
+from .cache import FeatureCache
 from .checkpoint import write_fitted
 from .io import DFRError, read_json
 

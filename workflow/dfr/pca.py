@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.decomposition import PCA
 
-from .features import FeatureCache
+from .cache import FeatureCache
 from .io import DFRError, provenance, read_json, write_json
 
 log = logging.getLogger(__name__)

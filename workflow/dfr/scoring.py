@@ -16,7 +16,7 @@ from .io import FORMATS, DFRError, atomic_path, check_format, check_space, read_
 if TYPE_CHECKING:
     import torch
 
-    from .features import FeatureCache
+    from .cache import FeatureCache
 
 log = logging.getLogger(__name__)
 # torch is imported where tensors are made (A(x) from a model, the border and s(x)): the metrics job reads
@@ -118,7 +118,7 @@ def anomaly_maps(model_path: str | Path, train_features: str | Path, test_featur
                  split_json: str | Path, out: str | Path, params: dict) -> None:
     """A(x) at the feature grid for every validation (held-out normal) and test image, into one HDF5."""
     from . import backbones, heads
-    from .features import FeatureCache
+    from .cache import FeatureCache
 
     device = backbones.resolve_device(params.get("device", "auto"), params.get("device_class", "cpu"))
     model = heads.load(model_path, device)
