@@ -187,7 +187,7 @@ def test_a_training_job_is_sized_with_the_latent_dim_its_pca_chose_once_pca_has_
     step = resources.cae_step_s(cfg, c, 100, hw)
     wl = workload.workload(cfg, "m", "screw")
     held = workload.held_out(cfg, wl)
-    assert chosen == pytest.approx(50 * ((wl.n_train - held) * step + held * step / 3))
+    assert chosen == pytest.approx(resources.CAE_JOB_FACTOR * 50 * ((wl.n_train - held) * step + held * step / 3))
     assert 1.5 < guess / chosen < 2.5
     cfg["cae"]["latent_dim"] = 64  # a configured d is taken as it is
     assert resources._latent(cfg, 1536, "m", "screw") == 64
