@@ -76,8 +76,9 @@ METRICS_S_PER_PIXEL = 0.15e-6  # the exact pixel metrics, per test and held-out 
 PLOT_S_PER_MPIXEL = 0.6  # one example row drawn and saved (measured 0.4-0.6 s per megapixel; was 2)
 SUBMISSION_S_PER_MPIXEL = 0.12  # a private image decoded, its map upsampled, TIFF and PNG encoded (0.1-0.15)
 ARCHIVE_S_PER_MPIXEL = 0.02  # gzip of the submission's TIFFs: 0.017-0.019 s per megapixel of the rehearsal's maps
-# (two runs), 0.036 for a smooth random map, within SAFETY of this (sizes: 0.39 and 1.5 MB per megapixel); 0.04
-# declared 2 minutes for the rehearsal's 14-16 s
+# (two runs); 0.036 for a smooth random map (sizes: 0.39 and 1.5 MB per megapixel), 1.8x this, more than the
+# limit's √3 once the work outweighs the start-up: such maps could outrun the first attempt (a retry doubles
+# it); 0.04 declared 2 minutes for the rehearsal's 14-16 s
 
 
 def _grid(cfg: dict) -> tuple[int, int]:
