@@ -18,8 +18,8 @@ setup: $(VENV)/.installed
 WARM_A := import torch, torch._dynamo, torch.jit, torchvision, timm
 WARM_B := import sklearn.metrics, sklearn.decomposition, scipy.ndimage, matplotlib.pyplot, pandas, h5py, \
 	tifffile, snakemake.cli, pytest, xdist
-WARM_DFR := import importlib, pkgutil, dfr; [importlib.import_module(f'dfr.{m.name}') for m in \
-	pkgutil.iter_modules(dfr.__path__) if m.name[0] != '_']; import matplotlib.backends.backend_agg
+WARM_DFR := import importlib, pkgutil, dfr; [importlib.import_module(m.name) for m in \
+	pkgutil.walk_packages(dfr.__path__, 'dfr.') if '._' not in m.name]; import matplotlib.backends.backend_agg
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,7 @@ report: setup
 	$(BIN)/snakemake --report report.html --configfile $(CONFIG)
 
 rehearsal: setup
-	$(BIN)/python -m dfr.rehearsal --configfile config/rehearsal.yaml --run --cores $(CORES)
+	$(BIN)/python -m dfr.tools.rehearsal --configfile config/rehearsal.yaml --run --cores $(CORES)
 
 # CI's suite: every stage end to end at least once (the tiny run, each head, an ensemble, a study, MVTec AD 2's
 # submission), under 10 minutes on 2 cores; one pytest-xdist worker per core, a test file per worker at a time
@@ -77,18 +77,18 @@ test-fast: setup
 	$(BIN)/python -m pytest -ra -m "not slow"
 
 bench: setup
-	$(BIN)/python -m dfr.bench
+	$(BIN)/python -m dfr.tools.bench
 
 # config/README.md's table of every key, from the schema (tests/test_config.py checks that it is current)
 config-readme: setup
-	$(BIN)/python -m dfr.config
+	$(BIN)/python -m dfr.planning.config
 
 dry-run: setup
 	$(BIN)/snakemake -n --quiet rules
 
 # the dry run under profiles/slurm, and how many SLURM submissions it makes: make slurm-dry-run CONFIG=config/config.yaml
 slurm-dry-run: setup
-	$(BIN)/python -m dfr.slurm_plan --configfile $(CONFIG)
+	$(BIN)/python -m dfr.tools.slurm_plan --configfile $(CONFIG)
 
 clean:
 	rm -rf results logs benchmarks .snakemake

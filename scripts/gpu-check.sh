@@ -49,5 +49,5 @@ cat "$OUT"/demo/tables/*.md
 echo "demo wall time: $("$PY" -c "print(round($(date +%s.%N) - $start, 1))") s"
 
 echo "== benchmark: ResNet50 at 224, $IMAGES images, batch $BATCH, on $DEVICE"
-"$PY" -m dfr.bench --device "$DEVICE" --images "$IMAGES" --batch-size "$BATCH" --workers "$WORKERS" \
+"$PY" -m dfr.tools.bench --device "$DEVICE" --images "$IMAGES" --batch-size "$BATCH" --workers "$WORKERS" \
     --gpu-decode-workers "$WORKERS" --json "$OUT/bench.json"

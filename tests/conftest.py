@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A small synthetic dataset (two categories) shared by the tests that only read it."""
-    from dfr import synthetic
+    from dfr.stages import synthetic
 
     root = tmp_path_factory.mktemp("synth")
     for cat in ("disc", "grain"):
@@ -55,8 +55,8 @@ def place_weights(workdir: Path) -> Path:
 def tiny_paths(workdir: Path, cfg: dict, dataset: str, category: str) -> dict[str, Path]:
     """Every artifact path of a category of a run in ``workdir``, planned as Snakemake plans it there (relative
     paths, the weights file among them, resolve in the working directory)."""
-    from dfr import config as dfr_config
-    from dfr import plan
+    from dfr.planning import config as dfr_config
+    from dfr.planning import plan
 
     here = os.getcwd()
     os.chdir(workdir)

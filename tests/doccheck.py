@@ -36,7 +36,7 @@ FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
 SHELLS = {"bash", "sh", "shell", "console"}
 UNCHECKED = re.compile(r"#\s*unchecked:\s*(.+)$")
 OUTPUT_FLAGS = {"out", "json"}  # arguments a command writes, not reads
-# a rule that writes a whole folder declares a file in it that marks it complete (dfr.layout's "synthetic")
+# a rule that writes a whole folder declares a file in it that marks it complete (dfr.planning.layout's "synthetic")
 MARKERS = ("synthetic.json",)
 
 
@@ -203,7 +203,7 @@ class Checker:
         nothing plans was tried against every config at every level: 120 plans)."""
         import yaml
 
-        from dfr import layout
+        from dfr.planning import layout
 
         if self._configs is None:
             self._configs = []

@@ -1,7 +1,7 @@
 """The original in-memory pixel metrics (before the bounded-memory rewrite), kept as a slow reference.
 
 All maps and masks are concatenated, sorted once with argsort and scored with scikit-learn: ~60 bytes per
-pixel. Tests compare :mod:`dfr.metrics` against these on random cases with ties and many regions.
+pixel. Tests compare :mod:`dfr.stages.metrics` against these on random cases with ties and many regions.
 """
 
 import numpy as np

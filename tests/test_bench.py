@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dfr import bench
+from dfr.tools import bench
 
 
 def _cache(tmp_path, n, shape=(256, 28, 28)):

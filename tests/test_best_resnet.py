@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from dfr import keys, plan
-from dfr import config as dfr_config
-from dfr import resources
+from dfr.planning import keys, plan
+from dfr.planning import config as dfr_config
+from dfr.planning import resources
 
 RESNET = ROOT / "config" / "best-resnet.yaml"
 

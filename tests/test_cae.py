@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from dfr import keys
-from dfr import cae
-from dfr.cache import write_cache_meta
+from dfr.planning import keys
+from dfr import heads
+from dfr.heads.cae import model as cae
+from dfr.stages.cache import write_cache_meta
 from dfr.io import DFRError
 
 
@@ -78,7 +79,7 @@ def test_training_is_deterministic_and_keeps_best(tmp_path):
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])
     assert a["params"]["seed"] == 5 and "torch" in a["versions"]
-    model = cae.load(tmp_path / "a.pt")
+    model = heads.load(tmp_path / "a.pt")
     assert model.latent_dim == 3 and not model.training
 
 
@@ -130,7 +131,7 @@ def test_spatial_cae_normalisation_and_checkpoint(tmp_path):
     cae.train(feats, split, tmp_path / "s.pt", tmp_path / "s.csv", params)
     h = pd.read_csv(tmp_path / "s.csv")
     assert h.train_loss.iloc[-1] < h.train_loss.iloc[0]
-    m = cae.load(tmp_path / "s.pt")
+    m = heads.load(tmp_path / "s.pt")
     assert (m.kernel, m.padding, m.depthwise) == (3, "zeros", True)
     # the 1x1 CAE of an older checkpoint (no kernel recorded) still loads as the paper's CAE
     ck = torch.load(tmp_path / "s.pt", weights_only=True)
@@ -143,7 +144,7 @@ def test_spatial_cae_normalisation_and_checkpoint(tmp_path):
 
 
 def test_spatial_options_key_the_model_only_when_used():
-    from dfr import config as dfr_config
+    from dfr.planning import config as dfr_config
 
     base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
     # the 1x1 CAE has no spatial padding and no depthwise conv: they do not key it
@@ -185,8 +186,8 @@ def test_early_stopping_stops_at_best_plus_patience_and_keeps_the_best_weights(t
     assert len(h) < 200
     assert int(h.epoch.iloc[-1]) == r["best_epoch"] + patience == _stop_epoch(h, patience)
     assert r["best_epoch"] == int(h.epoch[h.val_loss.idxmin()]) and r["epoch"] == r["best_epoch"]
-    model = cae.load(tmp_path / "m.pt")
-    from dfr.cache import FeatureCache
+    model = heads.load(tmp_path / "m.pt")
+    from dfr.stages.cache import FeatureCache
 
     with FeatureCache(feats) as c:
         f = torch.from_numpy(c.read(c.positions(json.loads(split.read_text())["val"]))).float()

@@ -4,8 +4,8 @@ import re
 import pytest
 import yaml
 
-from dfr import keys, plan
-from dfr import config as dfr_config
+from dfr.planning import keys, plan
+from dfr.planning import config as dfr_config
 from dfr.io import DFRError
 from conftest import ROOT
 
@@ -37,16 +37,19 @@ def test_defaults_are_filled():
     assert cfg["thresholds"]["alpha"] == 3.0
 
 
-def test_defaults_are_those_snakemake_utils_validate_sets():
-    """dfr.config fills defaults with the jsonschema recipe that snakemake.utils.validate applies, compiled once
+def test_defaults_are_those_snakemake_utils_validate_sets(tmp_path):
+    """dfr.planning.config fills defaults with the jsonschema recipe that snakemake.utils.validate applies, compiled once
     (snakemake's re-reads the schema on each call: 48 calls for study-beyond's variants and members): the two
-    give the same config for every shipped one and for its study variants' raw members."""
+    give the same config for every shipped one and for its study variants' raw members, on the schema composed of
+    schemas/config.schema.yaml and the heads' sections."""
     from snakemake.utils import validate as snakemake_validate
 
+    composed = tmp_path / "config.schema.yaml"
+    composed.write_text(yaml.safe_dump(dfr_config.schema(), sort_keys=False))
     for path in sorted((ROOT / "config").glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
         theirs = copy.deepcopy(raw)
-        snakemake_validate(theirs, str(dfr_config.SCHEMA_PATH), set_default=True)
+        snakemake_validate(theirs, str(composed), set_default=True)
         assert dfr_config.validate(raw, str(path)) == theirs, path.name
     folder = {"datasets": {"d": {"kind": "folder", "root": "x", "categories": ["a"]}}}
     a = dfr_config.validate(folder)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfr import data, features
+from dfr.stages import data, features
 from dfr.io import DFRError
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import BOTTLE, SHARED_DATA
-from dfr import data, datasets, synthetic
+from dfr.stages import data, datasets, synthetic
 from dfr.io import DFRError
 from test_workflow import TINY, snakemake
 
@@ -352,7 +352,7 @@ def test_mvtec_ad2_from_a_mirror_is_verified_extracted_and_indexed(tmp_path, ad2
 
 def test_a_dry_run_plans_every_mvtec_ad2_category_and_says_what_it_downloads(tmp_path):
     from conftest import planned_jobs
-    from dfr import config as dfr_config
+    from dfr.planning import config as dfr_config
 
     cats = dfr_config.MVTEC_AD2_CATEGORIES
     assert cats == ["can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"]

@@ -1,4 +1,4 @@
-"""The device in the keys and the record (dfr.devices): a GPU-made f(x) or model never stands in for a CPU-made
+"""The device in the keys and the record (dfr.planning.devices): a GPU-made f(x) or model never stands in for a CPU-made
 one, `device: auto` names the device the jobs will run on (not the planning node's), TF32 is set explicitly, and
 every artifact's provenance names its device."""
 
@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from conftest import TINY, place_weights, snakemake
-from dfr import backbones, devices, io, keys
-from dfr import config as dfr_config
+from dfr import compute
+from dfr.planning import devices, keys
+from dfr import io
+from dfr.planning import config as dfr_config
 from dfr.io import DFRError
 
 
@@ -45,22 +47,22 @@ def test_gpu_made_artifacts_have_keys_of_their_own(tmp_path, monkeypatch):
 
 
 def test_a_job_runs_on_the_device_class_its_key_names():
-    assert backbones.resolve_device("auto", "cpu").type == "cpu"
+    assert compute.resolve_device("auto", "cpu").type == "cpu"
     with pytest.raises(DFRError, match="key names device class 'cuda'"):
-        backbones.resolve_device("cpu", "cuda")
+        compute.resolve_device("cpu", "cuda")
     if not torch.cuda.is_available():
         with pytest.raises(DFRError, match="no CUDA GPU is visible.*key names a GPU"):
-            backbones.resolve_device("auto", "cuda")
+            compute.resolve_device("auto", "cuda")
 
 
 def test_tf32_is_set_explicitly_off_unless_autocast():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # cuDNN's default
-    backbones.resolve_device("cpu", "cpu")
+    compute.resolve_device("cpu", "cpu")
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert io.device_info()["tf32"] is False and io.device_info()["type"] == "cpu"
-    backbones.resolve_device("cpu", "cpu", amp="bf16")
+    compute.resolve_device("cpu", "cpu", amp="bf16")
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-    backbones.resolve_device("cpu", "cpu")
+    compute.resolve_device("cpu", "cpu")
     assert io.provenance({})["device"]["tf32"] is False
 
 
@@ -92,7 +94,7 @@ def test_a_cluster_plan_keys_the_gpu_nodes_device_not_the_submitting_nodes(tmp_p
 
 
 def test_the_slurm_dry_run_says_how_many_submissions_it_makes(tmp_path):
-    """`python -m dfr.slurm_plan` (make slurm-dry-run) runs the dry run under profiles/slurm and counts what
+    """`python -m dfr.tools.slurm_plan` (make slurm-dry-run) runs the dry run under profiles/slurm and counts what
     reaches the queue: one submission per gpu_stages group job (each category's features, pca, train and maps),
     one per other job with outputs, none for the `default` target."""
     import subprocess
@@ -101,11 +103,11 @@ def test_the_slurm_dry_run_says_how_many_submissions_it_makes(tmp_path):
     import yaml
 
     from conftest import ROOT, planned_jobs
-    from dfr import slurm_plan
+    from dfr.tools import slurm_plan
 
     place_weights(tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
-    r = subprocess.run([sys.executable, "-m", "dfr.slurm_plan", "--snakefile", str(ROOT / "Snakefile"),
+    r = subprocess.run([sys.executable, "-m", "dfr.tools.slurm_plan", "--snakefile", str(ROOT / "Snakefile"),
                         "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
                        capture_output=True, text=True, cwd=ROOT / "workflow", timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
@@ -129,7 +131,7 @@ def test_submission_counting_reads_groups_local_and_target_jobs():
         "    [Mon Dec  7 04:29:14 2026]", "    rule maps:", "        output: m", "",
         "[Mon Dec  7 04:29:14 2026]", "rule default:", "    input: t", "",
         "Job stats:", "rule index:"])
-    from dfr import slurm_plan
+    from dfr.tools import slurm_plan
 
     assert slurm_plan.count(text) == {"groups": 1, "grouped": 2, "single": 1, "local": 1, "submissions": 2}
     assert slurm_plan.count(text, {"index"}) == {"groups": 1, "grouped": 2, "single": 0, "local": 2,

@@ -32,7 +32,7 @@ BROKEN = {
     "--out p --treshold val_percentile": "unrecognized arguments: --treshold",
     ".venv/bin/dfr predict results/demo/synthetic/nowhere/bundle.pt results/datasets/synthetic/weave/test "
     "--out p": "results/demo/synthetic/nowhere/bundle.pt is neither in the repository nor planned",
-    ".venv/bin/python -m dfr.rehearsal --configfile config/rehearsal.yaml --runn": "unrecognized arguments: --runn",
+    ".venv/bin/python -m dfr.tools.rehearsal --configfile config/rehearsal.yaml --runn": "unrecognized arguments: --runn",
     "scripts/gpu-check": "no such executable script",
     "curl -O https://example.org/data.tar": "no check for this command",
 }
@@ -43,7 +43,7 @@ FIXED = [
     ".venv/bin/snakemake results/demo/tables/synthetic.md --cores all --configfile config/demo.yaml",
     ".venv/bin/dfr predict results/demo/synthetic/weave/bundle.pt results/datasets/synthetic/weave/test "
     "--out p --threshold val_percentile",
-    ".venv/bin/python -m dfr.rehearsal --configfile config/rehearsal.yaml --run",
+    ".venv/bin/python -m dfr.tools.rehearsal --configfile config/rehearsal.yaml --run",
     "scripts/gpu-check.sh",
     "curl -O https://example.org/data.tar   # unchecked: a download",
 ]

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfr import keys, plan
-from dfr import config as dfr_config
-from dfr import ensemble
+from dfr.planning import keys, plan
+from dfr.planning import config as dfr_config
+from dfr.stages import ensemble
 from dfr.io import DFRError
-from dfr.scoring import MAP_COLUMNS, Maps, maps_params, write_maps
+from dfr.stages.scoring import MAP_COLUMNS, Maps, maps_params, write_maps
 
 BASE = {"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}},
         "features": {"backbone": "tf_efficientnet_lite0", "layers": ["blocks[2]", "blocks[4]"]}}

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfr import keys
-from dfr import backbones, cache, data, features, shapes
+from dfr.planning import keys
+from dfr.stages import backbones, cache, data, features
+from dfr import shapes
 from dfr.io import DFRError
 
 
@@ -160,7 +161,7 @@ def test_fuse_to_an_explicit_grid():
 
 
 def test_extract_with_a_grid_and_three_scales(synth_root, tmp_path):
-    from dfr import config as dfr_config
+    from dfr.planning import config as dfr_config
 
     idx = tmp_path / "index.csv"
     data.write_index(data.index_category(synth_root, "disc"), idx)
@@ -174,9 +175,9 @@ def test_extract_with_a_grid_and_three_scales(synth_root, tmp_path):
     fine = dfr_config.validate({**base, "features": {**base["features"], "grid": 56}})
     assert keys.feature_params(base)["grid"] is None and keys.feature_params(fine)["grid"] == 56
     assert keys.feature_key(fine) != keys.feature_key(base)
-    from dfr import resources
+    from dfr.planning import resources
 
-    assert resources._grid(fine)[1] == 56 * 56 and resources._grid(base)[1] == 28 * 28
+    assert resources.geometry(fine)[1] == 56 * 56 and resources.geometry(base)[1] == 28 * 28
     with pytest.raises(DFRError, match="features.grid: 2 is less than the minimum of 4"):
         dfr_config.validate({**base, "features": {**base["features"], "grid": 2}})
 
@@ -203,7 +204,7 @@ def test_reflection_padding_leaves_no_border_in_the_features(name, layers, weigh
 
 
 def test_reflection_padding_is_in_the_cache_key():
-    from dfr import config as dfr_config
+    from dfr.planning import config as dfr_config
 
     base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
     refl = dfr_config.validate({**base, "features": {**base["features"], "padding": "reflect"}})

@@ -1,9 +1,9 @@
-"""The plan says what the run will download (dfr.fetches): data sets whose category folders are missing and
+"""The plan says what the run will download (dfr.planning.fetches): data sets whose category folders are missing and
 torchvision weights that torch's cache lacks, with their approximate sizes, in a dry run too."""
 
 from conftest import TINY, snakemake
-from dfr import config as dfr_config
-from dfr import fetches
+from dfr.planning import config as dfr_config
+from dfr.planning import fetches
 
 
 def _cfg(tmp_path, backbone="resnet50"):

@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dfr import config as dfr_config
-from dfr import flow, heads, keys
-from dfr.cache import FeatureCache
+from dfr.planning import config as dfr_config
+from dfr.heads.flow import model as flow
+from dfr import heads
+from dfr.planning import keys
+from dfr.stages.cache import FeatureCache
 from dfr.io import DFRError
 from test_cae import _cache
 

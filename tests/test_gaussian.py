@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dfr import keys
-from dfr import gaussian, heads
-from dfr import config as dfr_config
-from dfr.cache import FeatureCache
+from dfr.planning import keys
+from dfr.heads.gaussian import model as gaussian
+from dfr import heads
+from dfr.planning import config as dfr_config
+from dfr.stages.cache import FeatureCache
 from dfr.io import DFRError
 from test_cae import _cache
 
@@ -68,7 +69,8 @@ def test_config_keys_and_validation():
 FIT_SCRIPT = r"""
 import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
-from dfr import gaussian, measure
+from dfr.heads.gaussian import model as gaussian
+from dfr import measure
 base = measure.rss_mb()
 exact = measure.reset_peak()
 r = gaussian.fit(sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6],
@@ -86,7 +88,7 @@ def test_fit_memory_is_the_sums_plus_the_float32_precisions(tmp_path):
     import sys
 
     from conftest import ROOT
-    from dfr import resources
+    from dfr.planning import resources
 
     hw, k = 28, 384
     feats, split = _cache(tmp_path / "train.h5", n=24, c=k, hw=hw)

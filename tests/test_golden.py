@@ -25,8 +25,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dfr import config as dfr_config
-from dfr import data, ensemble, features, heads, keys, metrics, pca, scoring, tables
+from dfr.planning import config as dfr_config
+from dfr.stages import data, ensemble, features, metrics, pca, scoring, tables
+from dfr import heads
+from dfr.planning import heads as registry
+from dfr.planning import keys
 
 STAGES = ["index", "split", "features", "pca", "cae", "gaussian", "memory_bank", "flow", "maps", "ensemble",
           "scores", "metrics", "tables"]
@@ -191,9 +194,22 @@ def _owner(stage: str):
     return importlib.import_module(f"dfr.{keys.CODE_OWNERS[stage]}")
 
 
+def _pins(stage: str) -> dict:
+    """A stage's golden pins (GOLDEN in its owner module), or a head's (its ``golden``)."""
+    if stage in keys.CODE_OWNERS:
+        return getattr(_owner(stage), "GOLDEN", {}).get(stage, {})
+    return registry.get(stage).golden
+
+
+def _where(stage: str) -> str:
+    if stage in keys.CODE_OWNERS:
+        return f"dfr/{keys.CODE_OWNERS[stage].replace('.', '/')}.py"
+    return f"dfr/heads/{stage}/__init__.py (the head's golden)"
+
+
 def check_pin(stage: str, version: int, pins: dict, got: tuple[str, str]) -> str | None:
     """What is wrong with a stage's pins for its version and what was computed, or None."""
-    where = f"dfr/{keys.CODE_OWNERS[stage]}.py"
+    where = _where(stage)
     fix = f'{version}: ("{got[0]}", "{got[1]}")'
     if version not in pins:
         return f"{stage}: no golden pin for version {version} in {where}: add {fix} to GOLDEN[{stage!r}]"
@@ -214,7 +230,7 @@ def check_pin(stage: str, version: int, pins: dict, got: tuple[str, str]) -> str
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_stages_numbers_change_only_with_its_version(stage, chain):
     version = keys.code_version(stage)
-    pins = getattr(_owner(stage), "GOLDEN", {}).get(stage, {})
+    pins = _pins(stage)
     problem = check_pin(stage, version, pins, chain[stage])
     assert problem is None, problem
 

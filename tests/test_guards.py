@@ -13,7 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dfr import cache, cae, data, features, metrics, scoring, tables
+from dfr.stages import cache, data, features, metrics, scoring, tables
+
+from dfr import heads
+from dfr.heads import common
+from dfr.heads.cae import model as cae
 from dfr.io import DFRError
 from test_cae import _cache
 
@@ -152,13 +156,13 @@ def test_a_channel_constant_in_training_does_not_blow_up(tmp_path):
         x[:, 5] = 0.0  # a ReLU channel that never fires on the training images
         f["features"][...] = x
     with cache.FeatureCache(feats) as c:
-        mean, std = cae.channel_stats(c, np.arange(20))
+        mean, std = common.channel_stats(c, np.arange(20))
     live = np.median(std[np.arange(16) != 5])
-    assert std[5] == pytest.approx(cae.STD_FLOOR * live, rel=1e-6)  # relative to the features' scale, not 1e-6
+    assert std[5] == pytest.approx(common.STD_FLOOR * live, rel=1e-6)  # relative to the features' scale, not 1e-6
     params = {"latent_dim": 3, "normalize": True, "batchnorm": True, "epochs": 5, "batch_size": 8, "lr": 1e-2,
               "early_stopping": 0, "seed": 0, "device": "cpu"}
     cae.train(feats, split, tmp_path / "m.pt", tmp_path / "h.csv", params)
-    model = cae.load(tmp_path / "m.pt")
+    model = heads.load(tmp_path / "m.pt")
     with cache.FeatureCache(feats) as c:
         f = torch.from_numpy(c.read([21]))
     dev = f.clone()
@@ -170,7 +174,7 @@ def test_a_channel_constant_in_training_does_not_blow_up(tmp_path):
 
     e_dead, e_none = error(model), cae.error_map(f, model(f)).max().item()
     assert np.isfinite(e_dead) and e_dead < 10 * e_none  # of the order of a normal image's error
-    absolute = cae.load(tmp_path / "m.pt")
+    absolute = heads.load(tmp_path / "m.pt")
     absolute.std[0, 5] = 1e-6  # the former absolute floor
     assert error(absolute) > 1000 * e_dead  # which amplified the deviation a million times
 
@@ -191,14 +195,14 @@ def test_truncated_or_foreign_model_is_named_with_advice(tmp_path):
     torch.save({**ckpt, "format": 99}, tmp_path / "future.pt")
     with pytest.raises(DFRError, match=r"future\.pt: model file with format 99, this version of DFR reads format 2; "
                                        r"remake it: add --forcerun .*future\.pt to your snakemake command"):
-        cae.load(tmp_path / "future.pt")
+        heads.load(tmp_path / "future.pt")
     del ckpt["format"]
     torch.save(ckpt, tmp_path / "old.pt")
     with pytest.raises(DFRError, match=r"old\.pt: model file with no format version"):
-        cae.load(tmp_path / "old.pt")
+        heads.load(tmp_path / "old.pt")
     _truncate(tmp_path / "m.pt")
     with pytest.raises(DFRError, match=r"m\.pt: not a readable model checkpoint, truncated or corrupt .*--forcerun"):
-        cae.load(tmp_path / "m.pt")
+        heads.load(tmp_path / "m.pt")
 
 
 def test_truncated_corrupt_or_foreign_feature_cache(tmp_path):
@@ -341,7 +345,7 @@ def test_checkpoint_last_or_best_val(tmp_path):
     with cache.FeatureCache(feats) as c:
         v = torch.from_numpy(c.read(c.positions(json.loads(split.read_text())["val"])))
     with torch.no_grad():
-        loss = cae.reconstruction_loss(v, cae.load(tmp_path / "l.pt")(v)).item()
+        loss = cae.reconstruction_loss(v, heads.load(tmp_path / "l.pt")(v)).item()
     assert loss == pytest.approx(h.val_loss.iloc[-1], rel=1e-4)
 
 

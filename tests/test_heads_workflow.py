@@ -24,7 +24,7 @@ HEADS = {
 def test_a_head_through_the_pipeline_bundle_predict_and_export(head, tiny_copy, tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from dfr import export, predict
+    from dfr.stages import export, predict
 
     section, scoring, key = HEADS[head]
     cfg = {**TINY, "experiment": f"tiny-{head}", "model": head, **section, "scoring": {**TINY["scoring"], **scoring}}

@@ -9,8 +9,9 @@ import os
 import pytest
 
 from conftest import TINY, place_weights
-from dfr import config as dfr_config
-from dfr import keys, layout, overrides, plan
+from dfr.planning import config as dfr_config
+from dfr import fileid
+from dfr.planning import heads, keys, layout, overrides, plan
 
 # What each artifact (named by the rule that makes it) feeds, for a single CAE with latent_dim auto.
 DOWNSTREAM = {
@@ -29,7 +30,7 @@ ROWS = {
     "experiment": [("other", EXPERIMENT)],
     "results": [("elsewhere", ALL)],
     "seed": [(1, {"synthetic", "split", "pca", "train", "metrics"})],  # metrics: the few-label draws
-    "device": [("cuda", {"features", "train", "maps"}), ("cuda:1", {"features", "train", "maps"})],  # dfr.devices
+    "device": [("cuda", {"features", "train", "maps"}), ("cuda:1", {"features", "train", "maps"})],  # dfr.planning.devices
     "cluster": [(True, set())],  # TINY runs on the CPU (device: cpu); tests/test_devices.py for auto
     "resources.gpu": [(0, set())], "resources.threads": [(1, set())], "resources.mem_mb_min": [(4000, set())],
     "resources.start_s": [(45, set())],
@@ -171,7 +172,7 @@ def test_every_schema_key_has_a_row():
 
 
 def test_runtime_only_keys_shape_nothing():
-    for key in overrides.RUNTIME_ONLY:
+    for key in overrides.runtime_only():
         assert all(not shaped for _, shaped in ROWS[key]), key
 
 
@@ -188,7 +189,7 @@ def test_a_key_changes_exactly_the_artifacts_it_shapes(key, value, shaped):
 
 @pytest.mark.parametrize("stage, artifact", [
     ("synthetic", "synthetic"), ("index", "index"), ("features", "features"), ("split", "split"), ("pca", "pca"),
-    ("cae", "train"), ("maps", "maps"), ("scores", "scores"), ("metrics", "metrics"), ("plots", "plots"),
+    ("maps", "maps"), ("scores", "scores"), ("metrics", "metrics"), ("plots", "plots"),
     ("bundle", "bundle"), ("tables", "tables")])
 def test_a_code_version_changes_its_stage_and_what_follows(stage, artifact, monkeypatch):
     base = signatures(TINY)
@@ -199,6 +200,15 @@ def test_a_code_version_changes_its_stage_and_what_follows(stage, artifact, monk
     monkeypatch.setattr(plan, "_KEYS", {})  # keys are remembered for the life of a process (one plan)
     got = changed(base, signatures(TINY))
     assert {artifact} <= got <= closure({artifact}), f"{stage}: {sorted(got)}"
+
+
+def test_a_heads_code_version_changes_its_model_and_what_follows(monkeypatch):
+    base = signatures(TINY)
+    head = heads.get(TINY.get("model", "cae"))
+    monkeypatch.setattr(head, "version", head.version + 1)  # on the instance: the class keeps its own
+    monkeypatch.setattr(plan, "_KEYS", {})
+    got = changed(base, signatures(TINY))
+    assert {"train"} <= got <= closure({"train"}), sorted(got)
 
 
 def test_every_stage_module_owns_its_code_version():
@@ -213,13 +223,13 @@ def test_the_weights_are_keyed_by_their_content(tmp_path):
     absolute = with_key(TINY, "features.weights", str(tmp_path / "weights" / "lite0.pth"))
     assert keys.feature_key(dfr_config.validate(absolute)) == base  # the same file by another path
     os.utime(tmp_path / "weights" / "lite0.pth", (1, 1))  # touched: the same content
-    keys._SHA256.clear()
+    fileid._SHA256.clear()
     assert keys.feature_key(dfr_config.validate(TINY)) == base
     cache = json.loads((tmp_path / "cache" / "file-sha256.json").read_text())
     assert list(cache) == [str((tmp_path / "weights" / "lite0.pth").resolve())]
     with open(tmp_path / "weights" / "lite0.pth", "ab") as f:  # replaced in place: another file
         f.write(b"\0")
-    keys._SHA256.clear()
+    fileid._SHA256.clear()
     assert keys.feature_key(dfr_config.validate(TINY)) != base
     with pytest.raises(Exception, match="weights file not found"):
         keys.feature_key(dfr_config.validate(with_key(TINY, "features.weights", "nowhere.pth")))
@@ -227,13 +237,13 @@ def test_the_weights_are_keyed_by_their_content(tmp_path):
 
 def test_the_hash_of_a_file_is_computed_once(tmp_path, monkeypatch):
     calls = []
-    real = keys._file_sha256
-    monkeypatch.setattr(keys, "_file_sha256", lambda *a: calls.append(a) or real(*a))
-    keys._SHA256.clear()
+    real = fileid._file_sha256
+    monkeypatch.setattr(fileid, "_file_sha256", lambda *a: calls.append(a) or real(*a))
+    fileid._SHA256.clear()
     for _ in range(3):
         keys.feature_key(dfr_config.validate(TINY))
     assert len(calls) == 1
     # a new process (the next Snakefile parse) reads it from the cache file without reading the weights
-    keys._SHA256.clear()
+    fileid._SHA256.clear()
     monkeypatch.setattr(keys, "open", lambda *a, **k: pytest.fail("the weights were read again"), raising=False)
     keys.feature_key(dfr_config.validate(TINY))

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from dfr import config as dfr_config
-from dfr import heads, keys, memory_bank, resources
-from dfr.cache import FeatureCache
+from dfr.planning import config as dfr_config
+from dfr import heads
+from dfr.planning import keys, workload
+from dfr.heads import memory_bank as memory_bank_head
+from dfr.heads.memory_bank import model as memory_bank
+from dfr.stages.cache import FeatureCache
 from dfr.io import DFRError
 from test_cae import _cache
 
@@ -94,6 +97,8 @@ def test_keys_and_resources():
         other = dfr_config.validate({**base, "model": "memory_bank", "memory_bank": {"coreset": 0.1, k: v}})
         assert keys.model_key(other) != keys.model_key(m), k
     # MVTec AD's largest category (hazelnut: 391 training images, less the held-out, 28² at 224²): 1 % kept
-    patches, kept = resources.bank_size(m | {"memory_bank": {**m["memory_bank"], "coreset": 0.01}}, 391)
+    one = m | {"memory_bank": {**m["memory_bank"], "coreset": 0.01}}
+    n_fit = 391 - workload.held_out(one, workload.from_shape(391, 0, 224, 224))
+    patches, kept = memory_bank_head.HEAD.bank_size(one, 784, n_fit)
     assert patches == round(391 * (1 - m["data"]["val_fraction"])) * 784 and kept == math.ceil(0.01 * patches)
 

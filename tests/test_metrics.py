@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score, roc_auc_score, roc_curve
 
-from dfr import metrics
+from dfr.stages import metrics
 from dfr.io import DFRError
 
 
@@ -279,7 +279,7 @@ def test_pixel_evaluator_checks_its_input():
 
 
 def test_a_few_labelled_defects_cut_midway_between_the_scores_they_separate():
-    from dfr.metrics import labelled_cut
+    from dfr.stages.metrics import labelled_cut
 
     # F1 over the cuts: at 5 -> 0, at 3 -> 0.667 (best), at 2 -> 0.5, at 1 -> 0.4; midway to the next lower: 2.5
     assert labelled_cut(np.array([0, 0, 0, 1]), np.array([1.0, 2.0, 5.0, 3.0])) == 2.5
@@ -287,7 +287,7 @@ def test_a_few_labelled_defects_cut_midway_between_the_scores_they_separate():
 
 
 def test_few_label_thresholds_leave_their_labelled_images_out_and_k0_is_the_label_free_one():
-    from dfr.metrics import confusion_at, few_label_thresholds
+    from dfr.stages.metrics import confusion_at, few_label_thresholds
 
     rng = np.random.default_rng(0)
     val = rng.uniform(0, 2, 10)  # held-out normals below 2
@@ -318,7 +318,7 @@ def test_few_label_pixel_thresholds_segf1_and_au_pro_at_005_match_a_brute_force_
 
     import pandas as pd
 
-    from dfr import scoring
+    from dfr.stages import scoring
 
     rng = np.random.default_rng(3)
     rows, A = [], []

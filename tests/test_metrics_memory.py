@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from dfr import scoring
+from dfr.stages import scoring
 
 SIDE, N_TEST, N_NORMAL, N_VAL = 1024, 20, 6, 2  # 21 M test pixels, MVTec AD's mask size
 
@@ -18,8 +18,9 @@ SCRIPT = r"""
 import json, sys, time
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import numpy as np
-from dfr import measure, metrics
-from dfr.scoring import Maps
+from dfr import measure
+from dfr.stages import metrics
+from dfr.stages.scoring import Maps
 import scipy.ndimage  # imported by metrics when first used: the baseline's, not per pixel
 d = sys.argv[3]
 params = {"alpha": 3.0, "percentile": 99.0, "pixel_fpr": 0.01, "eval_size": None, "pixel": True,

@@ -22,7 +22,7 @@ def test_a_synthetic_mvtec_ad2_run_writes_its_metrics_and_the_submission_archive
     import tifffile
     from PIL import Image
 
-    from dfr import data, submission
+    from dfr.stages import data, submission
 
     archive = "results/tiny-ad2/submission/ad2.tar.gz"
     r = snakemake(tmp_path, AD2, archive, "results/tiny-ad2/tables/ad2.md")  # all but the plots

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from dfr import pca
+from dfr.stages import pca
 from dfr.io import DFRError
 
 
@@ -42,7 +42,7 @@ def test_subsampling_takes_a_seeded_share_of_each_images_locations(tmp_path):
     that ignored the seed, or took the first locations, fails)."""
     import math
 
-    from dfr.cache import FeatureCache
+    from dfr.stages.cache import FeatureCache
     from test_cae import _cache
 
     feats, split = _cache(tmp_path / "train.h5", n=24, c=16, hw=4)  # 20 training images x 16 locations
@@ -65,14 +65,14 @@ def test_subsampling_takes_a_seeded_share_of_each_images_locations(tmp_path):
 
 
 def test_the_pca_stage_reads_the_feature_cache_without_torch(tmp_path):
-    """A PCA job reads f(x) through dfr.cache and loads no torch (its import is most of a small job's time)."""
+    """A PCA job reads f(x) through dfr.stages.cache and loads no torch (its import is most of a small job's time)."""
     import subprocess
     import sys
 
     from test_cae import _cache
 
     feats, split = _cache(tmp_path / "train.h5", n=12, c=8, hw=4)
-    code = ("import sys, json; from dfr import pca; "
+    code = ("import sys, json; from dfr.stages import pca; "
             f"pca.run({str(feats)!r}, {str(split)!r}, {str(tmp_path / 'pca.json')!r}, "
             "{'variance': 0.95, 'max_samples': 100, 'seed': 0}); "
             "print(json.dumps(sorted(k for k in ('torch', 'torchvision', 'timm') if k in sys.modules)))")

@@ -1,5 +1,5 @@
-"""The planning layer: one direction of imports (overrides → config → keys → layout → workload → plan), no torch or h5py
-at planning time, and no import circle anywhere in the package."""
+"""The package's layers: the planning package imports only itself and the leaves, in one direction (heads → overrides →
+config → keys → layout → workload → plan → resources), loads no torch or h5py, and no import circle anywhere."""
 
 import ast
 import json
@@ -11,46 +11,61 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "workflow" / "dfr"
-LAYERS = ["overrides", "config", "keys", "layout", "workload", "plan"]
-# modules below the planning layer that it may use: the error type, the benchmarks' static facts and the GPUs visible
-LEAVES = {"io", "shapes", "devices"}
+# the planning package's modules in import order: each imports only those before it and the leaves
+LAYERS = ["heads", "overrides", "config", "keys", "layout", "workload", "plan", "resources"]
+BESIDE = {"devices", "fetches", "runlock", "failures"}  # planning modules that the layers may import too
+# modules that import nothing of the package but each other: the error type, the benchmarks' static facts, a
+# file's content hash
+LEAVES = {"io", "shapes", "fileid"}
+
+
+def _name(path) -> str:
+    """A module's dotted name inside the package: planning.keys, heads (a package's __init__), cli."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_name(p): p for p in PACKAGE.rglob("*.py") if _name(p) not in ("", "__main__")}
+
+
+def _resolve(dotted: str) -> str | None:
+    parts = dotted.split(".")
+    while parts and ".".join(parts) not in MODULES:
+        parts.pop()
+    return ".".join(parts) or None
 
 
 def _imports(module: str) -> dict[str, set[str]]:
     """The package modules a module imports: {"top": at module level, "local": inside functions}."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    tree = ast.parse(MODULES[module].read_text())
     out = {"top": set(), "local": set()}
-
-    def names(node):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                yield node.module.split(".")[0]
-            else:
-                yield from (a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dfr"):
-            parts = node.module.split(".")
-            yield from ([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
-
-    for node in tree.body:
-        for n in ast.walk(node):
-            if isinstance(n, ast.ImportFrom):
-                kind = "top" if n in tree.body else "local"
-                if isinstance(node, (ast.If, ast.Try)) and n in getattr(node, "body", []):
-                    kind = "top"
-                out[kind] |= {m for m in names(n) if (PACKAGE / f"{m}.py").is_file()}
+    top = {n for node in tree.body for n in ast.walk(node)
+           if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    for n in ast.walk(tree):
+        targets = []
+        if isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "dfr" and not n.level:
+            base = n.module[4:]
+            targets = [_resolve(f"{base}.{a.name}" if base else a.name) or _resolve(base) for a in n.names]
+        elif isinstance(n, ast.ImportFrom) and n.level:
+            raise AssertionError(f"dfr.{module}: relative import (the package imports absolutely: from dfr... )")
+        elif isinstance(n, ast.Import):
+            targets = [_resolve(a.name[4:]) for a in n.names if a.name.startswith("dfr.")]
+        out["top" if n in top else "local"] |= {t for t in targets if t and t != module}
     return out
 
 
-def _modules() -> list[str]:
-    return sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
-
-
 def test_planning_modules_import_only_the_layers_before_them():
+    planning = {m.split(".", 1)[1] for m in MODULES if m.startswith("planning.")}
+    assert set(LAYERS) | BESIDE <= planning
     for i, m in enumerate(LAYERS):
-        imp = _imports(m)
-        allowed = set(LAYERS[:i]) | LEAVES
-        assert imp["top"] <= allowed, f"dfr.{m} imports {sorted(imp['top'] - allowed)}: not before it"
-        assert not imp["local"], f"dfr.{m} imports {sorted(imp['local'])} inside a function"
+        imp = _imports(f"planning.{m}")
+        allowed = {f"planning.{x}" for x in LAYERS[:i] + sorted(BESIDE)} | LEAVES
+        assert imp["top"] <= allowed, f"dfr.planning.{m} imports {sorted(imp['top'] - allowed)}: not before it"
+        assert not imp["local"], f"dfr.planning.{m} imports {sorted(imp['local'])} inside a function"
+    for m in planning:
+        imp = _imports(f"planning.{m}")
+        outside = {x for x in imp["top"] | imp["local"] if not x.startswith("planning.") and x not in LEAVES}
+        assert not outside, f"dfr.planning.{m} imports {sorted(outside)}: outside the planning package and the leaves"
     for leaf in LEAVES:
         assert not (_imports(leaf)["top"] - LEAVES), f"dfr.{leaf} is a leaf: it imports no other module"
 
@@ -58,7 +73,7 @@ def test_planning_modules_import_only_the_layers_before_them():
 def test_the_package_has_no_import_circle():
     """Every import counts, module-level or inside a function: then no function-local import can be dodging
     a circle (it could as well be at the top)."""
-    graph = {m: (lambda i: i["top"] | i["local"])(_imports(m)) - {m} for m in _modules()}
+    graph = {m: (lambda i: i["top"] | i["local"])(_imports(m)) for m in MODULES}
     state: dict[str, int] = {}
 
     def visit(m, path):
@@ -75,9 +90,17 @@ def test_the_package_has_no_import_circle():
             visit(m, [m])
 
 
+def test_the_shared_import_graph_tool_finds_no_circle():
+    tool = ROOT.parent / "shared" / "tools" / "import_graph.py"
+    if not tool.is_file():
+        pytest.skip(f"{tool} is not here")
+    r = subprocess.run([sys.executable, str(tool), str(PACKAGE)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "import circle" not in r.stdout, r.stdout + r.stderr
+
+
 def test_planning_imports_neither_torch_nor_h5py():
     """What the Snakefile and every job's start-up import: the planning layer and the resource estimates."""
-    code = ("import sys; sys.path.insert(0, %r); import dfr.plan, dfr.resources, dfr.data; "
+    code = ("import sys; sys.path.insert(0, %r); import dfr.planning.plan, dfr.planning.resources, dfr.planning.fetches, dfr.planning.runlock, dfr.planning.failures, dfr.stages.data; "
             "print(__import__('json').dumps(sorted(m for m in ('torch', 'h5py', 'torchvision', 'timm') "
             "if m in sys.modules)))") % str(ROOT / "workflow")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -89,8 +112,8 @@ def test_what_can_be_known_before_a_job_runs_is_checked_when_planning(tmp_path):
     """top_k and the border against the size of A(x), and a folder dataset's categories, refused at the dry run
     (they used to fail in the scores or index job, after features and training)."""
     from conftest import TINY
-    from dfr import config as dfr_config
-    from dfr import plan
+    from dfr.planning import config as dfr_config
+    from dfr.planning import plan
     from dfr.io import DFRError
 
     base = {**TINY, "features": {**TINY["features"], "weights": "none"}}  # A(x) is 16x16 at 128 px
@@ -117,7 +140,7 @@ def test_one_run_per_results_folder(tmp_path):
     import os
     import socket
 
-    from dfr import runlock
+    from dfr.planning import runlock
     from dfr.io import DFRError
 
     lock = runlock.acquire(tmp_path / "results")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfr import data, metrics, plots, scoring
+from dfr.stages import data, metrics, plots, scoring
 
 
 @pytest.fixture

@@ -8,7 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dfr import cae, data, features, heads, predict, scoring
+from dfr.heads.cae import model as cae
+
+from dfr.stages import data, features, predict, scoring
+
+from dfr import heads
 from dfr.io import DFRError
 
 FPARAMS = {"backbone": "resnet18", "weights": "none", "layers": ["layer2[-1]", "layer3[-1]"], "pool": 3,
@@ -160,7 +164,7 @@ def test_model_files_that_would_run_code_are_refused(trained, tmp_path):
     ckpt = torch.load(trained / "model.pt", weights_only=True)
     torch.save({**ckpt, "evil": _Payload(ran)}, tmp_path / "model.pt")
     with pytest.raises(DFRError, match=r"model\.pt: refused: it holds objects other than tensors and plain data"):
-        cae.load(tmp_path / "model.pt")
+        heads.load(tmp_path / "model.pt")
     with pytest.raises(DFRError, match="refused"):
         predict.write_bundle([tmp_path / "model.pt"], trained / "metrics.json", tmp_path / "b2.pt",
                              {"features": [FPARAMS], "top_k": 5})
@@ -169,7 +173,8 @@ def test_model_files_that_would_run_code_are_refused(trained, tmp_path):
 
 def test_an_exported_graph_gives_the_bundles_maps_and_scores(trained, synth_root, tmp_path):
     """dfr export: the bundle as one TorchScript graph (backbone through A(x) and s(x)) with its dfr.json."""
-    from dfr import cli, export
+    from dfr import cli
+    from dfr.stages import export
 
     assert cli.main(["export", str(trained / "bundle.pt"), "--out", str(tmp_path / "m.ts")]) == 0
     graph, meta = export.load(tmp_path / "m.ts")

@@ -1,5 +1,5 @@
 """The benchmark DAG on MVTec-AD-shaped categories at real image size (scale 0.03), through
-``python -m dfr.rehearsal --run``: every stage runs, every job's measured peak RSS stays below the mem_mb its
+``python -m dfr.tools.rehearsal --run``: every stage runs, every job's measured peak RSS stays below the mem_mb its
 rule declared (with the memory floor lowered, so the estimates themselves are tested), and the report and
 projections are printed. What it checks holds per job, so three categories that span the extremes stand for
 the fifteen: the largest masks, a grey-scale one and the smallest images."""
@@ -35,7 +35,7 @@ def test_scaled_rehearsal_runs_within_its_declared_memory(tmp_path):
     cfg.setdefault("data", {})["val_fraction"] = 0.4  # at 3 % of the counts, 0.15 would hold out one normal: too few for a sigma
     cfg["resources"] = {"mem_mb_min": 500}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, "-m", "dfr.rehearsal", "--configfile", "config.yaml", "--run", "--cores",
+    r = subprocess.run([sys.executable, "-m", "dfr.tools.rehearsal", "--configfile", "config.yaml", "--run", "--cores",
                         "2", "--json", "rehearsal.json"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=1800, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "workflow")})
     report = r.stdout[r.stdout.find("| stage |"):]

@@ -5,8 +5,13 @@ import copy
 import pandas as pd
 import pytest
 
-from dfr import layout, plan, workload
-from dfr import config, data, rehearsal, resources, shapes, synthetic
+from dfr.planning import layout, plan, workload
+from dfr.planning import config, keys, resources
+from dfr.stages import data, synthetic
+from dfr.tools import rehearsal
+from dfr import shapes
+from dfr.heads import cae as cae_head
+from dfr.heads.cae import HEAD as CAE
 
 RULES = ["synthetic", "index", "features", "split", "pca", "train", "maps", "scores", "metrics", "plots"]
 
@@ -179,18 +184,18 @@ def test_a_training_job_is_sized_with_the_latent_dim_its_pca_chose_once_pca_has_
                            "datasets": {"m": {"kind": "synthetic", "categories": ["screw"],
                                               "synthetic": {"shape": "mvtec_ad"}}}})
     guess = resources.work_seconds(cfg, "train", "m", "screw")
-    assert resources._latent(cfg, 1536, "m", "screw") == 384
+    assert CAE.latent(cfg, 1536, "m", "screw") == 384
     write_json(plan.paths(cfg, "m", "screw")["pca"], {"latent_dim": 100})
-    assert resources._latent(cfg, 1536, "m", "screw") == 100
+    assert CAE.latent(cfg, 1536, "m", "screw") == 100
     chosen = resources.work_seconds(cfg, "train", "m", "screw")
-    c, hw = resources._grid(cfg)
-    step = resources.cae_step_s(cfg, c, 100, hw)
+    c, hw = resources.geometry(cfg)
+    step = CAE.step_s(cfg, c, 100, hw)
     wl = workload.workload(cfg, "m", "screw")
     held = workload.held_out(cfg, wl)
-    assert chosen == pytest.approx(resources.CAE_JOB_FACTOR * 50 * ((wl.n_train - held) * step + held * step / 3))
+    assert chosen == pytest.approx(cae_head.CAE_JOB_FACTOR * 50 * ((wl.n_train - held) * step + held * step / 3))
     assert 1.5 < guess / chosen < 2.5
     cfg["cae"]["latent_dim"] = 64  # a configured d is taken as it is
-    assert resources._latent(cfg, 1536, "m", "screw") == 64
+    assert CAE.latent(cfg, 1536, "m", "screw") == 64
 
 
 def test_mvtec_ad2_holds_out_its_validation_images_before_and_after_indexing(tmp_path):
@@ -222,3 +227,25 @@ def test_a_folder_dataset_is_counted_once_per_state_of_its_folders(tmp_path):
     shutil.copyfile(img, img.with_name("added.png"))
     (sorted((folder / "train" / "good").glob("*.png"))[0]).unlink()
     assert (workload.from_folder(folder).n_train, workload.from_folder(folder).n_test) == (5, 4)
+
+
+@pytest.mark.parametrize("backbone, layers", [("tf_efficientnet_lite0", ["blocks[1]", "blocks[2]"]),
+                                              ("tf_efficientnet_lite0", None), ("resnet18", ["layer1", "layer2"])])
+def test_jobs_are_sized_with_the_features_geometry(backbone, layers, synth_root, tmp_path):
+    """The channels and grid that size every job are those the features stage writes: with a stride-4 layer
+    hooked, 4x the locations of the stride-8 default and the hooked layers' channels (the sizing assumed
+    image_size // 8 and the default layers' channels whatever was hooked)."""
+    from dfr.stages import features
+    from dfr.stages.cache import FeatureCache
+
+    cfg = config.validate({"datasets": {"s": {"kind": "folder", "root": str(synth_root), "categories": ["disc"]}},
+                           "device": "cpu", "data": {"image_size": 96},
+                           "features": {"backbone": backbone, "weights": "none", "layers": layers, "batch_size": 4}})
+    index = tmp_path / "index.csv"
+    data.write_index(data.index_category(synth_root, "disc"), index)
+    features.extract(index, "test", tmp_path / "f.h5", {**keys.feature_params(cfg), **keys.feature_runtime(cfg)})
+    with FeatureCache(tmp_path / "f.h5") as cache:
+        c, h, w = cache.shape[1:]
+    assert resources.geometry(cfg) == (c, h * w)
+    if layers and layers[0] in ("blocks[1]", "layer1"):
+        assert h == 96 // 4

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from dfr import keys
-from dfr import metrics, scoring
+from dfr.planning import keys
+from dfr.stages import metrics, scoring
 from dfr.io import DFRError
 
 
@@ -35,7 +35,7 @@ def test_upsample_bilinear_to_original_size():
 
 def test_border_is_left_out_of_scores_and_replaced_in_maps():
     from dfr.io import DFRError
-    from dfr.scoring import top_k_score, without_border
+    from dfr.stages.scoring import top_k_score, without_border
 
     a = np.zeros((2, 6, 6), np.float32)
     a[:, 0, :] = 100.0  # a hot top edge, as zero padding can make it
@@ -56,7 +56,7 @@ def test_border_is_left_out_of_scores_and_replaced_in_maps():
 def test_maps_and_scores_with_a_border(tmp_path):
     import pandas as pd
 
-    from dfr import scoring
+    from dfr.stages import scoring
 
     a = np.ones((3, 8, 8), np.float32)
     a[:, :, -1] = 50.0
@@ -70,7 +70,7 @@ def test_maps_and_scores_with_a_border(tmp_path):
 
 
 def test_border_config_shares_the_model_and_is_recorded_only_when_used():
-    from dfr import config as dfr_config
+    from dfr.planning import config as dfr_config
 
     base = dfr_config.validate({"datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}}})
     b2 = dfr_config.validate({**base, "scoring": {"top_k": 10, "border": 2}})

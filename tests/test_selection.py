@@ -1,10 +1,10 @@
-"""Choosing a configuration without the test labels it is reported on (dfr.selection)."""
+"""Choosing a configuration without the test labels it is reported on (dfr.stages.selection)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from dfr import selection
+from dfr.stages import selection
 
 # Two data sets: "a" (two categories) and "b" (one). "wide" wins on a but loses b's AU-PRO to the paper;
 # "steady" is level with the paper on a and ahead on b; "tie" equals the paper everywhere.

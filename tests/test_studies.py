@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfr import plan
-from dfr import config as dfr_config
-from dfr import studies, tables
+from dfr.planning import plan
+from dfr.planning import config as dfr_config
+from dfr.stages import studies, tables
 from dfr.io import DFRError
 
 BASE = {"experiment": "st", "datasets": {"s": {"kind": "synthetic", "categories": ["disc"]}},
@@ -188,7 +188,7 @@ def test_an_ensemble_less_one_member_is_found_as_that_members_ablation():
 def test_the_study_timing_interleaves_its_variants_and_keeps_each_ones_best_round(monkeypatch, tmp_path):
     """Round by round, every variant once in turn (a drifting machine speeds or slows all alike); each keeps
     its best round."""
-    from dfr import timing
+    from dfr.stages import timing
 
     calls = []
     speeds = iter([10.0, 20.0, 30.0, 12.0, 18.0, 33.0])  # round 1: a, b, c; round 2: a, b, c

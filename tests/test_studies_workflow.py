@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from dfr import studies
+from dfr.stages import studies
 from test_workflow import TINY, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def study_run(tiny_run, tmp_path_factory):
     """The study in a copy of the session's tiny run: its base variant is TINY, so only the other variant's
     models and every variant's scores, metrics and tables, and the comparison, are made (not the variants'
     per-category plots, which the tiny run covers: ``study_run_full`` makes them)."""
-    from dfr import layout
+    from dfr.planning import layout
 
     wd = tmp_path_factory.mktemp("study") / "run"
     shutil.copytree(tiny_run, wd, symlinks=True)
@@ -203,8 +203,8 @@ def test_a_large_studys_manifest_travels_in_a_file(tmp_path):
     """config/study-select.yaml (15 variants x 15 categories): its manifest is longer than one command-line
     argument may be on Linux (128 KiB, where `study` once failed with 'Argument list too long'), so the
     study_manifest rule writes it to a file and the study's command names that file."""
-    from dfr import config as dfr_config
-    from dfr import plan
+    from dfr.planning import config as dfr_config
+    from dfr.planning import plan
 
     cfg = yaml.safe_load((ROOT / "config" / "study-select.yaml").read_text())
     for ds in cfg["datasets"].values():  # the offline data, wherever the test runs

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfr import shapes, synthetic
+from dfr import shapes
+
+from dfr.stages import synthetic
 from dfr.io import DFRError
 
 
@@ -73,7 +75,8 @@ def test_unknown_category_and_defect(tmp_path):
 # ---- categories shaped like the real benchmarks (full-size rehearsals) ----
 
 def test_shaped_category_has_the_benchmarks_counts_sizes_and_modes(tmp_path):
-    from dfr import data, shapes
+    from dfr.stages import data
+    from dfr import shapes
 
     synthetic.generate_category(tmp_path, "grid", shape="mvtec_ad", scale=0.05, size_scale=0.25, seed=0)
     s = shapes.MVTEC_AD["grid"]
@@ -88,7 +91,7 @@ def test_shaped_category_has_the_benchmarks_counts_sizes_and_modes(tmp_path):
 
 
 def test_visa_shaped_category_is_jpeg_at_visa_size(tmp_path):
-    from dfr import data
+    from dfr.stages import data
 
     synthetic.generate_category(tmp_path, "pcb1", shape="visa", scale=0.01, size_scale=0.1, seed=0)
     df = data.index_category(tmp_path, "pcb1")
@@ -114,7 +117,8 @@ def test_shaped_counts_at_full_scale_add_up_to_the_benchmarks():
 
 
 def test_mvtec_ad2_shaped_category_has_its_layout_sizes_and_private_counts(tmp_path):
-    from dfr import data, shapes
+    from dfr.stages import data
+    from dfr import shapes
 
     synthetic.generate_category(tmp_path, "sheet_metal", shape="mvtec_ad2", scale=0.04, size_scale=0.05, seed=0,
                                 layout="mvtec_ad2")

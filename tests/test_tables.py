@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfr import tables
+from dfr.stages import tables
 
 
 def _m(cat, auroc, f1, pixel):

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import TINY, snakemake
-from dfr import data, failures, features
+from dfr.stages import data, features
+from dfr.planning import failures
 from dfr.io import DFRError
 
 
@@ -67,7 +68,7 @@ def test_an_image_that_breaks_in_a_loader_worker_is_named_without_its_traceback(
     process, not wrapped in the worker's traceback."""
     import shutil
 
-    from dfr import features
+    from dfr.stages import features
 
     root = tmp_path / "d"
     shutil.copytree(synth_root / "disc", root / "disc")

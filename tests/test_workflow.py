@@ -127,13 +127,15 @@ def test_weights_and_code_versions_plan_their_stage_and_what_follows(tiny_copy, 
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "workflow", repo / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "Snakefile", repo / "Snakefile")
-    for module, stage, artifact in (("features", "features", "features"), ("cae", "cae", "train"),
-                                    ("metrics", "metrics", "metrics")):
+    def version(stage):  # a stage's CODE_VERSIONS entry, or a head's version
+        return rf'(CODE_VERSIONS = {{[^}}]*"{stage}": )(\d+)' if stage else r"(\n    version = )(\d+)"
+
+    for module, stage, artifact in (("stages/features", "features", "features"), ("heads/cae/__init__", None, "train"),
+                                    ("stages/metrics", "metrics", "metrics")):
         src = repo / "workflow" / "dfr" / f"{module}.py"
         text = src.read_text()
-        bumped = re.sub(rf'(CODE_VERSIONS = {{[^}}]*"{stage}": )(\d+)', lambda m: m.group(1) + str(int(m.group(2)) + 1),
-                        text)
-        assert bumped != text, f"{module}.py has no CODE_VERSIONS entry for {stage}"
+        bumped = re.sub(version(stage), lambda m: m.group(1) + str(int(m.group(2)) + 1), text, count=1)
+        assert bumped != text, f"{module}.py has no code version for {stage or 'its head'}"
         src.write_text(bumped)
         cfg_path = wd / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(TINY))
@@ -142,7 +144,7 @@ def test_weights_and_code_versions_plan_their_stage_and_what_follows(tiny_copy, 
                            timeout=300)
         src.write_text(text)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert set(planned_jobs(r.stdout)) == closure({artifact}), f"{module}.py's {stage} bumped"
+        assert set(planned_jobs(r.stdout)) == closure({artifact}), f"{module}.py's {stage or 'head'} bumped"
 
 
 def test_bad_config_fails_with_readable_message(tmp_path):
@@ -256,7 +258,7 @@ def test_predict_with_the_bundle_gives_the_pipelines_scores_and_maps(tiny_run, t
     import torch
     from PIL import Image
 
-    from dfr import predict, scoring
+    from dfr.stages import predict, scoring
 
     # back to TINY after the rerun tests' edits: its models are kept under their keys, so only the
     # experiment's own scores, metrics and bundle are remade
@@ -311,7 +313,7 @@ def test_an_ensemble_bundle_serves_the_ensembles_scores_and_maps(tiny_copy, tmp_
     the thresholds; dfr predict runs each backbone once per image and gives the pipeline's s(x) and fused A(x)."""
     import torch
 
-    from dfr import predict, scoring
+    from dfr.stages import predict, scoring
 
     wd = tiny_copy
     ens = {**TINY, "experiment": "tinyens",
@@ -352,7 +354,7 @@ def test_an_ensemble_bundle_serves_the_ensembles_scores_and_maps(tiny_copy, tmp_
     got = pr.maps(xs)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     # dfr export: the ensemble as one TorchScript graph (traced on one image, run on five) gives the bundle's
-    from dfr import export
+    from dfr.stages import export
 
     export.export(p["bundle"], tmp_path / "ens.ts")
     graph, meta = export.load(tmp_path / "ens.ts")

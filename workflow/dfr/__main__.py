@@ -1,3 +1,3 @@
-from .cli import entry
+from dfr.cli import entry
 
 entry()

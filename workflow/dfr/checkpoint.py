@@ -1,14 +1,17 @@
 """Checkpoint files (model.pt, bundle.pt): ``torch.save`` dicts of tensors and plain data that carry the sha256
 of their own contents, so that a reader tells a garbled file from a good one (torch does not check the CRCs of
-the archive it reads)."""
+the archive it reads), and are read back weights-only (:func:`load_safely`): never unpickled."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
 import torch
+
+from dfr.io import DFRError, check_format, remake_hint
 
 
 def _digest(obj, h):
@@ -42,26 +45,28 @@ def content_digest(obj: dict) -> str:
     return _digest(obj, hashlib.sha256()).hexdigest()
 
 
-def write_fitted(model: torch.nn.Module, kind: str, params: dict, out_model: str | Path, out_history: str | Path,
-                 out_info: str | Path | None, *, in_channels: int, grid: list[int], seconds: float, losses: dict,
-                 parameters: int, history: list[dict] | None = None) -> None:
-    """The files of a head other than the CAE: its sealed checkpoint (kind, state, f(x)'s channels and grid,
-    format, provenance), its history (one row per epoch; without one, a single row for a fit in one pass, with
-    the losses it reports, NaN where none) and its sidecar (model.json). The last epoch is the one kept."""
-    import numpy as np
-    import pandas as pd
-
-    from .io import FORMATS, atomic_path, check_space, provenance, write_model_info
-
-    state = model.state_dict()
-    ckpt = {"kind": kind, "state_dict": state, "in_channels": in_channels, "grid": list(grid), "latent_dim": 0,
-            "format": FORMATS["model"], **provenance(params)}
-    check_space(out_model, sum(t.numel() * t.element_size() for t in state.values()))
-    with atomic_path(out_model, suffix=".pt") as tmp:
-        save_sealed(ckpt, tmp)
-    history = pd.DataFrame(history or [{"epoch": 1, "train_loss": losses.get("train", np.nan),
-                                        "val_loss": losses.get("val", np.nan), "seconds": seconds, "best": True}])
-    with atomic_path(out_history, suffix=".csv") as tmp:
-        history.to_csv(tmp, index=False)
-    write_model_info(out_info, out_model, kind=kind, latent_dim=0, epochs_run=len(history),
-                     epoch_saved=int(history.epoch.iloc[-1]), parameters=parameters)
+def load_safely(path: str | Path, what: str, device: torch.device | str = "cpu", kind: str | None = None) -> dict:
+    """A DFR checkpoint (``torch.save`` of a dict of tensors and plain data), loaded with ``weights_only``: a file
+    that would build other objects, and so could run code, is refused unread. Then, in this order: it must be a
+    dict, of ``kind``'s format version (``io.FORMATS``) when one is given, and match the checksum sealed in it."""
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise DFRError(f"{path}: {what} not found") from None
+    except pickle.UnpicklingError as e:  # what weights_only refuses: a global that is not a tensor's
+        why = next((ln.split("error:", 1)[1].strip() for ln in str(e).splitlines() if "Unpickler error:" in ln),
+                   type(e).__name__)
+        raise DFRError(f"{path}: refused: it holds objects other than tensors and plain data, and loading it "
+                       f"could run code ({why[:300]}); this version of DFR writes none such (earlier ones did): "
+                       f"remake it with the workflow ({remake_hint(path)})") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a truncated or foreign file
+        raise DFRError(f"{path}: not a readable {what}, truncated or corrupt ({type(e).__name__}: {e}); "
+                       + remake_hint(path)) from None
+    if not isinstance(obj, dict):
+        raise DFRError(f"{path}: not a DFR {what}; " + remake_hint(path))
+    if kind is not None:  # before the checksum: another version may seal (or not) in another way
+        check_format(path, kind, obj.get("format"))
+    if "sha256" in obj and content_digest(obj) != obj["sha256"]:
+        raise DFRError(f"{path}: {what} is corrupt: its contents do not match the checksum written with them; "
+                       + remake_hint(path))
+    return obj

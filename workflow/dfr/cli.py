@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 
-from .io import DFRError, no_space
+from dfr.io import DFRError, no_space
 
 
 def _params(s: str) -> dict:
@@ -75,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--params", type=_params, required=True)
 
-    s = sub.add_parser("train", help="train the 1x1 CAE on cached normal features")
+    s = sub.add_parser("train", help="fit the model (its head: params kind) on cached normal features")
     s.add_argument("--features", required=True)
     s.add_argument("--split-json", required=True)
     s.add_argument("--pca", default=None)
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dfr {args.stage}: error: {full}", file=sys.stderr)
         return 2
     finally:  # exact figures beside Snakemake's sampled benchmark record
-        from . import measure
+        from dfr import measure
 
         logging.info("dfr %s: wall %.1f s, CPU %.1f s, peak RSS %.0f MB", args.stage, time.perf_counter() - t0,
                      measure.cpu_seconds(), measure.peak_rss_mb())
@@ -256,15 +256,15 @@ def _run(a: argparse.Namespace) -> int:
         torch.set_num_threads(a.threads)
     rt = runtime()
     if a.stage == "synthetic":
-        from . import synthetic
+        from dfr.stages import synthetic
 
         synthetic.generate_category(a.root, a.category, **{k: v for k, v in a.params.items() if k != "code"})
     elif a.stage == "prepare-dataset":
-        from . import datasets
+        from dfr.stages import datasets
 
         datasets.prepare(a.root, a.spec)
     elif a.stage == "index":
-        from . import data
+        from dfr.stages import data
 
         df = data.index_category(a.root, a.category)
         data.write_index(df, a.out)
@@ -272,54 +272,55 @@ def _run(a: argparse.Namespace) -> int:
                      (df.split == "train").sum(), (df.split == "test").sum(), (df.label == 1).sum(),
                      (df.split == "private").sum())
     elif a.stage == "split":
-        from . import data
+        from dfr.stages import data
 
         data.write_split(a.index, a.out, a.params["val_fraction"], a.params["seed"])
     elif a.stage == "features":
-        from . import features
+        from dfr.stages import features
 
         # where the local weights file that params.weights names (by its sha256) lies: runtime-only
         features.extract(a.index, a.split, a.out, {**rt, **a.params},
                          weights_file=rt.get("weights_files", {}).get(a.params["weights"]))
     elif a.stage == "pca":
-        from . import pca
+        from dfr.stages import pca
 
         pca.run(a.features, a.split_json, a.out, a.params)
     elif a.stage == "train":
-        from . import heads
+        from dfr import heads
 
-        heads.fit(a.features, a.split_json, a.model, a.history, {"device": rt.get("device", "auto"),
-                                                            "in_memory": rt.get("train_in_memory", "auto"), **a.params},
+        # the head's runtime-only settings travel in DFR_RUNTIME, not in its params
+        own = rt.get("heads", {}).get(heads.kind_of(a.params), {})
+        heads.fit(a.features, a.split_json, a.model, a.history, {"device": rt.get("device", "auto"), **own, **a.params},
                   pca_json=a.pca, out_info=a.info)
     elif a.stage == "maps":
-        from . import scoring
+        from dfr.stages import scoring
 
         mp = {"device": rt.get("device", "auto"), "batch_size": rt.get("batch_size", 16), **a.params}
         scoring.anomaly_maps(a.model, a.train_features, a.test_features, a.split_json, a.out, mp)
     elif a.stage == "ensemble":
-        from . import ensemble
+        from dfr.stages import ensemble
 
         ensemble.fuse(a.maps, a.out, a.params)
     elif a.stage == "scores":
-        from . import scoring
+        from dfr.stages import scoring
 
         scoring.image_scores(a.maps, a.out, a.params["top_k"], a.params.get("border", 0))
     elif a.stage == "metrics":
-        from . import metrics
+        from dfr.stages import metrics
 
         metrics.evaluate(a.scores, a.maps, a.out, a.params)
     elif a.stage == "plots":
-        from . import plots
+        from dfr.stages import plots
 
         plots.category_figures(a.scores, a.maps, a.metrics, a.history, a.outdir, a.params)
     elif a.stage == "bundle":
-        from . import predict
+        from dfr.stages import predict
 
         # where a local weights file lies travels with the bundle (runtime-only: its identity is in the params)
         wfs = [rt.get("weights_files", {}).get(fp["weights"]) for fp in a.params["features"]]
         predict.write_bundle(a.model, a.metrics, a.out, {**a.params, "weights_files": wfs}, a.maps)
     elif a.stage == "predict":
-        from . import predict
+        from dfr.stages import predict
 
         df = predict.predict(a.bundle, a.images, a.out, a.threshold, a.device, a.batch_size, a.workers,
                              heatmaps=not a.no_images, max_pixels=a.max_pixels)
@@ -329,17 +330,17 @@ def _run(a: argparse.Namespace) -> int:
         if len(ok) < len(df):
             return 1  # some images could not be read: the others are scored, predictions.csv says which
     elif a.stage == "export":
-        from . import export
+        from dfr.stages import export
 
         meta = export.export(a.bundle, a.out)
         print(f"{a.out}: inputs {meta['inputs']}, outputs (A, s)")
     elif a.stage == "tables":
-        from . import tables
+        from dfr.stages import tables
 
         tables.write(a.metrics, a.dataset, a.csv, a.md, a.val_csv, a.reference or None)
     elif a.stage == "study":
-        from . import studies
-        from .io import read_json
+        from dfr.stages import studies
+        from dfr.io import read_json
 
         manifest = read_json(a.manifest)
         if not isinstance(manifest, dict) or not isinstance(manifest.get("variants"), list):
@@ -347,20 +348,20 @@ def _run(a: argparse.Namespace) -> int:
                            "the study_manifest rule writes it")
         studies.compare(manifest, a.csv, a.md, a.best, a.plots, timing_csv=a.timing)
     elif a.stage == "submission-part":
-        from . import submission
+        from dfr.stages import submission
 
         submission.category_tar(a.bundle, a.metrics, a.index, a.category, a.out, rt.get("device", "auto"),
                                 a.batch_size or rt.get("batch_size", 8))
     elif a.stage == "submission":
-        from . import submission
+        from dfr.stages import submission
 
         print(f"{submission.archive(a.parts, a.out)} files -> {a.out}")
     elif a.stage == "timing":
-        from . import timing
+        from dfr.stages import timing
 
         device = a.device or rt.get("device", "auto")
         if a.manifest:
-            from .io import read_json
+            from dfr.io import read_json
 
             timing.study(read_json(a.manifest), a.out, a.params, device, rt.get("weights_files"))
         elif a.bundle and a.images:

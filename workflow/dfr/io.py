@@ -140,7 +140,7 @@ def _json_default(o: Any) -> Any:
 def versions() -> dict[str, str]:
     """Versions of the libraries that shape an artifact (recorded in every artifact)."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    from . import __version__
+    from dfr import __version__
 
     out["dfr"] = __version__
     from importlib import metadata
@@ -163,7 +163,7 @@ _DEVICE: dict[str, Any] = {}
 
 
 def record_device(info: dict[str, Any]) -> None:
-    """The device this process computes on (:func:`dfr.backbones.resolve_device` records it)."""
+    """The device this process computes on (:func:`dfr.compute.resolve_device` records it)."""
     _DEVICE.clear()
     _DEVICE.update(info)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .io import DFRError
+from dfr.io import DFRError
 
 
 class Shape(NamedTuple):
@@ -127,9 +127,15 @@ DEFAULT_LAYERS = {
     **{k: ["layer2[-1]", "layer3[-1]"] for k in TORCHVISION_BACKBONES},
     **{k: ["blocks[2]", "blocks[4]"] for k in LITE_WEIGHTS_PACKAGES},
 }
-# channels of f(x) with the default layers (used to size jobs before any feature exists)
-FUSED_CHANNELS = {"resnet18": 384, "resnet34": 384, "resnet50": 1536, "wide_resnet50_2": 1536,
-                  "tf_efficientnet_lite0": 152, "tf_efficientnet_lite1": 152, "tf_efficientnet_lite2": 168}
+# the channels of each stage's output: f(x) has the hooked layers' channels, concatenated
+_RESNET = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
+LAYER_CHANNELS = {
+    **{k: dict(_RESNET) for k in ("resnet18", "resnet34")},
+    **{k: {n: 4 * c for n, c in _RESNET.items()} for k in ("resnet50", "wide_resnet50_2")},
+    **{k: {f"blocks[{i}]": c for i, c in enumerate((16, 24, 40, 80, 112, 192, 320))}
+       for k in ("tf_efficientnet_lite0", "tf_efficientnet_lite1")},
+    "tf_efficientnet_lite2": {f"blocks[{i}]": c for i, c in enumerate((16, 24, 48, 88, 120, 208, 352))},
+}
 # the output stride of each stage of the backbones: f(x) has the first hooked layer's grid (image_size / stride)
 LAYER_STRIDES = {**{k: {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32} for k in TORCHVISION_BACKBONES},
                  **{k: {f"blocks[{i}]": s for i, s in enumerate((2, 4, 8, 16, 16, 32, 32))}

@@ -9,22 +9,22 @@ from pathlib import Path
 WORKFLOW_DIR = Path(workflow.current_basedir).parent  # workflow/, whichever Snakefile was run
 sys.path.insert(0, str(WORKFLOW_DIR))
 
-from dfr import config as dfr_config  # noqa: E402
-from dfr import data as dfr_data  # noqa: E402
-from dfr import devices as dfr_devices  # noqa: E402
-from dfr import failures as dfr_failures  # noqa: E402
-from dfr import fetches as dfr_fetches  # noqa: E402
-from dfr import keys as dfr_keys  # noqa: E402
-from dfr import layout as dfr_layout  # noqa: E402
-from dfr import plan as dfr_plan  # noqa: E402
-from dfr import resources as dfr_resources  # noqa: E402
-from dfr import runlock as dfr_runlock  # noqa: E402
+from dfr.planning import config as dfr_config  # noqa: E402
+from dfr.stages import data as dfr_data  # noqa: E402
+from dfr.planning import devices as dfr_devices  # noqa: E402
+from dfr.planning import failures as dfr_failures  # noqa: E402
+from dfr.planning import fetches as dfr_fetches  # noqa: E402
+from dfr.planning import keys as dfr_keys  # noqa: E402
+from dfr.planning import layout as dfr_layout  # noqa: E402
+from dfr.planning import plan as dfr_plan  # noqa: E402
+from dfr.planning import resources as dfr_resources  # noqa: E402
+from dfr.planning import runlock as dfr_runlock  # noqa: E402
 from dfr import io as dfr_io  # noqa: E402
 from dfr.io import DFRError  # noqa: E402
 
 try:
     config = dfr_config.validate(config, "config")
-    # `device: auto` resolved for where the jobs run (dfr.devices): locally, the GPUs this machine shows; under
+    # `device: auto` resolved for where the jobs run (dfr.planning.devices): locally, the GPUs this machine shows; under
     # a cluster executor (or `cluster: true`, which profiles/slurm sets so that its dry runs plan the same), the
     # GPUs a GPU stage's job asks for, not the submitting node's. The feature and model keys name the result.
     _VISIBLE_GPUS = dfr_devices.visible_gpus() if workflow.local_exec else 0  # a submitting node's are not asked
@@ -129,8 +129,8 @@ def stage_params(fn):
     return lambda wildcards: P(fn(cfg_of(wildcards)))
 
 
-def cae_inputs(wildcards):
-    """The CAE's inputs: cached training features, the split, and pca.json when d is chosen by PCA."""
+def model_inputs(wildcards):
+    """A model's inputs: cached training features, the split, and pca.json where its head uses PCA's d."""
     p, cfg = paths_of(wildcards), cfg_of(wildcards)
     out = {"features": p["features_train"], "split": p["split"]}
     if dfr_keys.uses_pca(cfg):
@@ -156,7 +156,7 @@ def dataset_root(dataset):
 
 
 def category_files(wildcards):
-    """The category's files on disk (names, sizes, modification times; dfr.data.fingerprint). Not cached:
+    """The category's files on disk (names, sizes, modification times; dfr.stages.data.fingerprint). Not cached:
     Snakemake evaluates it again when the job is about to run, after a download or generation made the files.
     A param of the index and of each job that reads it. An image or mask added, removed, replaced or edited
     re-indexes the category and reruns what depends on it, and nothing else; after a failed index (its output
@@ -185,7 +185,7 @@ def all_targets():
     return PLAN.targets()
 
 
-# ---- resources: what a job asks a scheduler for, derived from what it processes (dfr.resources) ----
+# ---- resources: what a job asks a scheduler for, derived from what it processes (dfr.planning.resources) ----
 RES = config["resources"]
 
 # Run locally (--cores all), jobs start only while their declared mem_mb fits in the memory available now,
@@ -196,7 +196,7 @@ if workflow.local_exec and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", int(psutil.virtual_memory().available / 2**20))
 GPU = RES["gpu"]
 THREADS = RES["threads"]
-# Run locally, a GPU stage's job holds one of the GPUs visible (dfr.devices.visible_gpus), so that no more
+# Run locally, a GPU stage's job holds one of the GPUs visible (dfr.planning.devices.visible_gpus), so that no more
 # GPU jobs run at once than there are GPUs; without a GPU they ask for none. `--resources gpu=N` sets another
 # budget (N=1 on a CPU machine runs them one at a time).
 if workflow.local_exec and "gpu" not in workflow.global_resources:
@@ -217,7 +217,7 @@ def _estimate(rule, what):
     return f
 
 
-# the study's timing: every variant in one job (dfr.resources.timing_estimate)
+# the study's timing: every variant in one job (dfr.planning.resources.timing_estimate)
 TIMING_ESTIMATE = (
     dfr_resources.timing_estimate(list(CFGS.values()), PLAN.timed_categories(), dfr_keys.TIMING) if STUDY else {}
 )
@@ -256,7 +256,7 @@ localrules:
     study,
 
 
-# One run per results folder, whichever working directory it starts from (dfr.runlock): taken when jobs are
+# One run per results folder, whichever working directory it starts from (dfr.planning.runlock): taken when jobs are
 # about to start, released when the run ends.
 onstart:
     try:

@@ -22,7 +22,7 @@ rule study_manifest:
 
 
 # The speeds the comparison publishes and chooses on: every variant timed warm, in one process, on the same
-# images (dfr.timing); the jobs' wall times stay as cost records.
+# images (dfr.stages.timing); the jobs' wall times stay as cost records.
 rule study_timing:
     input:
         unpack(lambda wc: PLAN.timing_inputs() if STUDY else {}),

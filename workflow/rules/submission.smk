@@ -1,4 +1,4 @@
-# MVTec AD 2's leaderboard submission (dfr.submission): each category's private test images scored with its
+# MVTec AD 2's leaderboard submission (dfr.stages.submission): each category's private test images scored with its
 # bundle and binarised at the threshold its validation images set, then one archive per dataset to upload.
 
 
