@@ -11,6 +11,7 @@ import torch
 
 from dfr.checkpoint import save_sealed
 from dfr.io import FORMATS, DFRError, atomic_path, check_space, provenance, write_model_info
+from dfr.planning.resources import IN_RAM_BYTES
 from dfr.stages.cache import FeatureCache
 
 
@@ -60,9 +61,6 @@ class FeatureBatches:
             else:
                 x = torch.from_numpy(self.cache.read(self.positions[idx]))
                 yield x.contiguous(memory_format=torch.channels_last)
-
-
-IN_RAM_BYTES = 2 * 2**30  # a fit holds its images' features in RAM up to this size, else streams them
 
 
 def fits_in_ram(cache: FeatureCache, n: int, limit_bytes: float = IN_RAM_BYTES) -> bool:

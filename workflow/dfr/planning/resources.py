@@ -57,7 +57,7 @@ ARCHIVE_S_PER_MPIXEL = 0.02  # gzip of the submission's TIFFs: 0.017-0.019 s per
 # it); 0.04 declared 2 minutes for the rehearsal's 14-16 s
 
 
-IN_RAM_BYTES = 2 * 2**30  # a fit holds its images' features in RAM up to this size (dfr.heads.common)
+IN_RAM_BYTES = 2 * 2**30  # a fit holds its images' features in RAM up to this size, else streams them (dfr.heads.common)
 READ_BATCH = 16  # images a one-pass fit or its maps read from the feature cache at a time
 
 
@@ -94,7 +94,8 @@ def model_file_mb(cfg: dict, wl: workload.Workload) -> float:
     """The size of a model file in MB (its head's :meth:`~dfr.planning.heads.Head.file_mb`) for a category of
     this workload."""
     c, hw = geometry(cfg)
-    return heads.get(cfg["model"]).file_mb(cfg, c, hw, max(1, wl.n_train - workload.held_out(cfg, wl)))
+    n_fit = Job(cfg, "train", c, hw, wl, workload.held_out(cfg, wl)).n_fit
+    return heads.get(cfg["model"]).file_mb(cfg, c, hw, n_fit)
 
 
 def limit_minutes(work_s: float, start_s: float = START_S) -> int:
